@@ -98,7 +98,8 @@ def cross_references(dx: str, conclusion: str, options: Sequence[str] | None = N
 # ---------------------------------------------------------------------------------------------------
 
 # Non-ASCII characters that still count as English text: typography, units, Greek letters of medicine.
-ENGLISH_EXTRA = frozenset("°µμ±–—‘’“”•·…×÷≤≥≈≠→←↑↓↔‰′″™®©²³¹½¼¾αβγδεκλπστωΔ")
+ENGLISH_EXTRA = frozenset("°µμ±‐‑‒–—‘’“”•·…×÷≤≥≈≠→←↑↓↔‰′″™®©½¼¾αβγδεκλπστωΔ"
+                          "⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻₀₁₂₃₄₅₆₇₈₉₊₋\u00a0\u2009\u202f")
 MAX_LOOP = 20  # repeated spans of up to this many tokens are detected as loops
 _TOKEN = re.compile(r"\S+")
 _SENTENCE_END = re.compile(r"[.!?;\n]")
@@ -272,7 +273,7 @@ def r1_format(completions: list[Any], **_: Any) -> list[float]:
                 score = 1.0
                 body = t[b + len("<answer>") : len(t) - len("</answer>")]
                 boxes = find_boxes(body)
-                if len(boxes) == 1 and (body[: boxes[0].start] + body[boxes[0].end :]).strip():
+                if len(boxes) == 1 and boxes[0].content is not None and (body[: boxes[0].start] + body[boxes[0].end :]).strip():
                     score += 0.5
         out.append(score)
     return out

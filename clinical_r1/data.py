@@ -1,0 +1,597 @@
+"""Benchmarks -> one record schema; the paper's MedQA split; decontamination.
+
+    from clinical_r1.data import load_benchmark, make_splits
+    medqa = load_benchmark("medqa", path="data/medqa/train.jsonl")          # local file, any MedQA release
+    medqa = load_benchmark("medqa", split="train")                           # hub (online)
+    manifest = make_splits(medqa, "data/splits", eval_sets={"medqa_test": load_benchmark("medqa")})
+
+    python -m clinical_r1 split --train medqa:path/to/train.jsonl --out data/splits
+
+Every loader returns a ``datasets.Dataset`` with the columns of ``COLUMNS``:
+``id`` (str), ``question`` (the stem), ``options`` (list of str in letter order A, B, C, …), ``answer``
+(the gold letter), ``source``, ``subgroup`` (MedQA step, MedXpertQA body system, MedMCQA subject; ""),
+``explanation`` ("" when none) and ``meta`` (a JSON string of the remaining fields).
+
+Bad rows raise :class:`DataError` naming the file, the row (1-based line number) and the field. With
+``strict=False`` they are skipped and a :class:`SkipReport` says which and why; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+from clinical_r1.parsing import LETTERS
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("id", "question", "options", "answer", "source", "subgroup", "explanation", "meta")
+
+HUB_IDS = {
+    "medqa": ("GBaker/MedQA-USMLE-4-options", None),
+    "medmcqa": ("openlifescienceai/medmcqa", None),
+    "medxpertqa": ("TsinghuaC3I/MedXpertQA", "Text"),
+    "pubmedqa": ("qiaojin/PubMedQA", "pqa_labeled"),
+}
+PUBMEDQA_CHOICES = ("yes", "no", "maybe")
+
+
+class DataError(ValueError):
+    """A malformed input row or file; the message names the file, the row and the field."""
+
+
+@dataclass
+class SkipReport:
+    """What ``strict=False`` skipped, and why."""
+
+    source: str
+    total: int = 0
+    kept: int = 0
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # {"row", "field", "reason"}
+
+    @property
+    def n_skipped(self) -> int:
+        return len(self.skipped)
+
+    def by_reason(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self.skipped:
+            out[s["field"]] = out.get(s["field"], 0) + 1
+        return out
+
+    def __str__(self) -> str:
+        return f"{self.source}: kept {self.kept} of {self.total}, skipped {self.n_skipped} {self.by_reason()}"
+
+
+class _RowError(Exception):
+    def __init__(self, field_name: str, reason: str):
+        super().__init__(reason)
+        self.field, self.reason = field_name, reason
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading files
+# ---------------------------------------------------------------------------------------------------
+
+
+def _iter_raw(path: Path) -> Iterator[tuple[int, Any]]:
+    """Yield (1-based row number, parsed JSON object) from a .jsonl, .json or .parquet file."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    suffix = "".join(path.suffixes[-1:]).lower()
+    if suffix == ".parquet":
+        import pandas as pd
+
+        for i, rec in enumerate(pd.read_parquet(path).to_dict("records"), start=1):
+            yield i, rec
+        return
+    data = path.read_bytes()
+    if suffix == ".json" and data.lstrip()[:1] == b"[":
+        try:
+            rows = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: byte {e.start}: not valid UTF-8") from e
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from e
+        yield from enumerate(rows, start=1)
+        return
+    for i, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield i, _RowError("bytes", f"not valid UTF-8 at byte {e.start} of the line")
+            continue
+        try:
+            yield i, json.loads(text)
+        except json.JSONDecodeError as e:
+            yield i, _RowError("json", f"invalid JSON ({e.msg} at column {e.colno})")
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All rows of a JSONL file; a malformed line raises :class:`DataError` naming file and line."""
+    rows = []
+    for i, obj in _iter_raw(Path(path)):
+        if isinstance(obj, _RowError):
+            raise DataError(f"{path}: row {i}: {obj.reason}")
+        rows.append(obj)
+    return rows
+
+
+def write_jsonl(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Write rows atomically: a temporary file in the same folder, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> Path:
+    """Write one JSON document atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Field helpers (raise _RowError; the caller adds file and row)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _req(raw: Mapping[str, Any], key: str) -> Any:
+    if key not in raw or raw[key] is None:
+        raise _RowError(key, "missing field")
+    return raw[key]
+
+
+def _text(raw: Mapping[str, Any], key: str) -> str:
+    v = _req(raw, key)
+    if not isinstance(v, str):
+        raise _RowError(key, f"expected a string, got {type(v).__name__}")
+    if not v.strip():
+        raise _RowError(key, "empty text")
+    return v.strip()
+
+
+def _options(v: Any, key: str = "options") -> list[str]:
+    """Options from a {"A": ...} dict (sorted by letter) or a list, validated."""
+    if isinstance(v, Mapping):
+        keys = list(v.keys())
+        expected = list(LETTERS[: len(keys)])
+        if sorted(str(k).strip().upper() for k in keys) != expected:
+            raise _RowError(key, f"option letters {keys} are not A.. in sequence")
+        opts = [v[k] for k in sorted(keys, key=lambda k: str(k).strip().upper())]
+    elif isinstance(v, (list, tuple)):
+        opts = list(v)
+    else:
+        raise _RowError(key, f"expected a dict of letters or a list, got {type(v).__name__}")
+    if len(opts) < 2:
+        raise _RowError(key, f"needs at least 2 options, got {len(opts)}")
+    if len(opts) > len(LETTERS):
+        raise _RowError(key, f"too many options ({len(opts)})")
+    clean = []
+    for i, o in enumerate(opts):
+        if isinstance(o, (int, float)) and not isinstance(o, bool):
+            o = str(o)
+        if not isinstance(o, str):
+            raise _RowError(key, f"option {LETTERS[i]} is {type(o).__name__}, not a string")
+        if not o.strip():
+            raise _RowError(key, f"option {LETTERS[i]} is empty")
+        clean.append(o.strip())
+    folded = [" ".join(o.lower().split()) for o in clean]
+    dup = {o for o in folded if folded.count(o) > 1}
+    if dup:
+        raise _RowError(key, f"duplicate options {sorted(dup)}")
+    return clean
+
+
+def _letter(v: Any, options: Sequence[str], key: str) -> str:
+    if not isinstance(v, str):
+        raise _RowError(key, f"expected a letter, got {type(v).__name__} {v!r}")
+    s = v.strip().upper()
+    if len(s) != 1 or s not in LETTERS:
+        raise _RowError(key, f"gold answer {v!r} is not a letter")
+    if LETTERS.index(s) >= len(options):
+        raise _RowError(key, f"gold letter {s} is not among the {len(options)} options")
+    return s
+
+
+def _record(id_: Any, question: str, options: list[str], answer: str, source: str, subgroup: str = "",
+            explanation: str = "", meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "id": str(id_),
+        "question": question,
+        "options": options,
+        "answer": answer,
+        "source": source,
+        "subgroup": subgroup or "",
+        "explanation": explanation or "",
+        "meta": json.dumps(dict(meta or {}), ensure_ascii=False, default=str, sort_keys=True),
+    }
+
+
+def _id(raw: Mapping[str, Any], prefix: str, row: int, *keys: str) -> str:
+    for k in keys:
+        if raw.get(k) not in (None, ""):
+            return f"{prefix}-{raw[k]}"
+    return f"{prefix}-{row}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# One normaliser per benchmark family: raw dict -> record
+# ---------------------------------------------------------------------------------------------------
+
+
+def _medqa(raw: Mapping[str, Any], row: int, src: str, **_: Any) -> dict[str, Any]:
+    """MedQA USMLE 4/5-option: hub GBaker/MedQA-USMLE-4-options, jind11 JSONL, MedAgentsBench, uniform."""
+    question = _text(raw, "question")
+    options = _options(_req(raw, "options"))
+    if "answer_idx" in raw:
+        answer = _letter(raw["answer_idx"], options, "answer_idx")
+        if isinstance(raw.get("answer"), str) and len(raw["answer"].strip()) > 1:
+            if raw["answer"].strip() != options[LETTERS.index(answer)]:
+                raise _RowError("answer", f"answer text does not match option {answer}")
+    else:
+        answer = _letter(_req(raw, "answer"), options, "answer")
+    meta = {k: raw[k] for k in ("meta_info", "metamap_phrases") if k in raw}
+    return _record(raw.get("id") or _id(raw, "medqa", row, "realidx"), question, options, answer,
+                   raw.get("source") or src, raw.get("subgroup") or raw.get("meta_info", ""),
+                   raw.get("explanation", ""), meta)
+
+
+def _medmcqa(raw: Mapping[str, Any], row: int, src: str, cop_base: int | None = None, **_: Any) -> dict[str, Any]:
+    """MedMCQA: hub (opa..opd, 0-based cop), original JSON (1-based cop), MedAgentsBench/uniform (options dict)."""
+    question = _text(raw, "question")
+    if "opa" in raw:
+        options = _options([raw.get(k) if raw.get(k) is not None else "" for k in ("opa", "opb", "opc", "opd")], "opa..opd")
+        cop = _req(raw, "cop")
+        if isinstance(cop, bool) or not isinstance(cop, int):
+            raise _RowError("cop", f"expected an integer, got {type(cop).__name__} {cop!r}")
+        if cop_base is None:
+            raise _RowError("cop", "cop_base unknown: pass cop_base=0 (hub) or cop_base=1 (original JSON release)")
+        idx = cop - cop_base
+        if not 0 <= idx < len(options):
+            raise _RowError("cop", f"cop={cop} is out of range for {len(options)} options (cop_base={cop_base})")
+        answer = LETTERS[idx]
+    else:
+        options = _options(_req(raw, "options"))
+        key = "answer_idx" if "answer_idx" in raw else "answer"
+        answer = _letter(_req(raw, key), options, key)
+    meta = {k: raw[k] for k in ("choice_type", "topic_name") if k in raw}
+    return _record(raw.get("id") or _id(raw, "medmcqa", row, "realidx"), question, options, answer,
+                   raw.get("source") or src, raw.get("subgroup") or raw.get("subject_name") or "",
+                   raw.get("exp") or raw.get("explanation") or "", meta)
+
+
+_ANSWER_CHOICES = re.compile(r"\s*Answer Choices:\s*\(A\).*\Z", re.S)
+
+
+def _medxpertqa(raw: Mapping[str, Any], row: int, src: str, **_: Any) -> dict[str, Any]:
+    """MedXpertQA Text: hub (options A–J, label, medical_task, body_system, question_type), MedAgentsBench, uniform.
+
+    The stem's repeated ``Answer Choices: (A) …`` block is stripped.
+    """
+    question = _ANSWER_CHOICES.sub("", _text(raw, "question")).strip()
+    if not question:
+        raise _RowError("question", "empty stem after removing the Answer Choices block")
+    options = _options(_req(raw, "options"))
+    key = next((k for k in ("label", "answer_idx", "answer") if k in raw), "label")
+    answer = _letter(_req(raw, key), options, key)
+    meta = {k: raw[k] for k in ("medical_task", "question_type") if k in raw}
+    return _record(raw.get("id") or _id(raw, "medxpertqa", row, "realidx"), question, options, answer,
+                   raw.get("source") or src, raw.get("subgroup") or raw.get("body_system", ""), "", meta)
+
+
+def _pubmedqa(raw: Mapping[str, Any], row: int, src: str, **_: Any) -> dict[str, Any]:
+    """PubMedQA: hub pqa_labeled (context, final_decision) or MedAgentsBench/uniform (options yes/no/maybe as A/B/C)."""
+    if "final_decision" in raw:
+        ctx = raw.get("context") or {}
+        contexts = ctx.get("contexts", []) if isinstance(ctx, Mapping) else []
+        q = _text(raw, "question")
+        question = ("\n".join(contexts) + "\n" + q).strip() if contexts else q
+        decision = str(_req(raw, "final_decision")).strip().lower()
+        if decision not in PUBMEDQA_CHOICES:
+            raise _RowError("final_decision", f"{decision!r} is not yes/no/maybe")
+        options, answer = list(PUBMEDQA_CHOICES), LETTERS[PUBMEDQA_CHOICES.index(decision)]
+        rid = raw.get("id") or _id(raw, "pubmedqa", row, "pubid")
+        expl = raw.get("long_answer", "")
+    else:
+        question = _text(raw, "question")
+        options = _options(_req(raw, "options"))
+        key = "answer_idx" if "answer_idx" in raw else "answer"
+        answer = _letter(_req(raw, key), options, key)
+        rid = raw.get("id") or _id(raw, "pubmedqa", row, "realidx")
+        expl = raw.get("answer_rationale") or raw.get("explanation") or ""
+    return _record(rid, question, options, answer, raw.get("source") or src, raw.get("subgroup", ""), expl)
+
+
+def _uniform(raw: Mapping[str, Any], row: int, src: str, **_: Any) -> dict[str, Any]:
+    """This project's uniform schema (``id, question, options, answer`` [+ source, subgroup, explanation])."""
+    question = _text(raw, "question")
+    options = _options(_req(raw, "options"))
+    answer = _letter(_req(raw, "answer"), options, "answer")
+    rid = _req(raw, "id")
+    if not isinstance(rid, (str, int)) or not str(rid).strip():
+        raise _RowError("id", f"expected a non-empty string id, got {rid!r}")
+    extra = {k: v for k, v in raw.items() if k not in COLUMNS}
+    return _record(rid, question, options, answer, raw.get("source") or src,
+                   raw.get("subgroup") or raw.get("specialty", ""), raw.get("explanation", ""), extra)
+
+
+NORMALISERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "medqa": _medqa,
+    "medmcqa": _medmcqa,
+    "medxpertqa": _medxpertqa,
+    "pubmedqa": _pubmedqa,
+    "jsonl": _uniform,
+    "sample": _uniform,
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public loaders
+# ---------------------------------------------------------------------------------------------------
+
+
+def sample_path() -> Path:
+    """The bundled, project-written sample questions (original USMLE-style vignettes)."""
+    return Path(str(resources.files("clinical_r1") / "resources" / "sample_questions.jsonl"))
+
+
+def sample_traces_path() -> Path:
+    """Project-written exemplary ``<dx>``/``<conclusion>`` traces for some sample questions."""
+    return Path(str(resources.files("clinical_r1") / "resources" / "sample_traces.jsonl"))
+
+
+def _build(rows: Iterable[tuple[int, Any]], name: str, src: str, strict: bool, **kw: Any):
+    from datasets import Dataset, Features, Sequence as HFSequence, Value
+
+    norm = NORMALISERS[name]
+    report = SkipReport(src)
+    records: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for row, raw in rows:
+        report.total += 1
+        try:
+            if isinstance(raw, _RowError):
+                raise raw
+            if not isinstance(raw, Mapping):
+                raise _RowError("row", f"expected a JSON object, got {type(raw).__name__}")
+            rec = norm(raw, row, src, **kw)
+            if rec["id"] in seen:
+                raise _RowError("id", f"duplicate id {rec['id']!r} (first at row {seen[rec['id']]})")
+        except _RowError as e:
+            if strict:
+                raise DataError(f"{src}: row {row}: field '{e.field}': {e.reason}") from None
+            report.skipped.append({"row": row, "field": e.field, "reason": e.reason})
+            continue
+        seen[rec["id"]] = row
+        records.append(rec)
+    report.kept = len(records)
+    if report.n_skipped:
+        log.warning("%s", report)
+    features = Features({
+        "id": Value("string"), "question": Value("string"), "options": HFSequence(Value("string")),
+        "answer": Value("string"), "source": Value("string"), "subgroup": Value("string"),
+        "explanation": Value("string"), "meta": Value("string"),
+    })
+    ds = Dataset.from_list(records, features=features) if records else Dataset.from_dict(
+        {c: [] for c in COLUMNS}, features=features)
+    return ds, report
+
+
+def load_benchmark(name: str, path: str | os.PathLike | None = None, split: str = "test", strict: bool = True,
+                   limit: int | None = None, cop_base: int | None = None):
+    """Load a benchmark as a ``datasets.Dataset`` in the record schema.
+
+    ``name``: ``medqa``, ``medmcqa``, ``medxpertqa``, ``pubmedqa``, ``jsonl`` (the uniform schema) or
+    ``sample`` (the bundled questions). With ``path`` a local ``.jsonl``/``.json``/``.parquet`` file is
+    read (always offline); without it the hub copy is downloaded (``HUB_IDS``). ``cop_base`` is MedMCQA's
+    answer-index base for ``opa..opd`` files: 0 for the hub, 1 for the original JSON release; detected
+    from the data when a file holds a 0 (→0) or a 4 (→1).
+
+    Returns the Dataset when ``strict`` (bad rows raise :class:`DataError`); with ``strict=False``
+    returns ``(dataset, SkipReport)``.
+    """
+    if name not in NORMALISERS:
+        raise ValueError(f"unknown benchmark {name!r}; choose one of {sorted(NORMALISERS)}")
+    if name == "sample" and path is None:
+        path = sample_path()
+    if path is None and name == "jsonl":
+        raise ValueError("benchmark 'jsonl' needs a path")
+    if path is not None:
+        p = Path(path)
+        rows = list(_iter_raw(p))
+        src = str(p)
+        if name == "medmcqa" and cop_base is None:
+            cops = {r.get("cop") for _, r in rows if isinstance(r, Mapping) and "cop" in r}
+            cop_base = 0 if 0 in cops else 1 if 4 in cops else None
+    else:
+        rows, src = _hub_rows(name, split)
+        if name == "medmcqa" and cop_base is None:
+            cop_base = 0
+    if limit is not None:
+        rows = rows[:limit]
+    ds, report = _build(rows, name, src, strict, cop_base=cop_base)
+    return ds if strict else (ds, report)
+
+
+def _hub_rows(name: str, split: str) -> tuple[list[tuple[int, Any]], str]:
+    from datasets import load_dataset
+
+    if name not in HUB_IDS:
+        raise ValueError(f"benchmark {name!r} has no hub copy; pass path=")
+    hub_id, config = HUB_IDS[name]
+    try:
+        ds = load_dataset(hub_id, config, split=split) if config else load_dataset(hub_id, split=split)
+    except Exception as e:  # datasets raises many types (ConnectionError, DatasetNotFoundError, ...)
+        raise RuntimeError(f"could not load {hub_id} split {split!r} from the hub ({type(e).__name__}: {e}); "
+                           f"download it and pass path= to load a local file") from e
+    return list(enumerate(ds, start=1)), f"hf://{hub_id}/{split}"
+
+
+def load_sample(limit: int | None = None):
+    """The bundled sample questions as a Dataset (the offline default for the demo and the tests)."""
+    return load_benchmark("sample", limit=limit)
+
+
+def to_records(ds) -> list[dict[str, Any]]:
+    return [dict(r) for r in ds]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Decontamination and the paper's split
+# ---------------------------------------------------------------------------------------------------
+
+_PUNCT = re.compile(r"[^\w\s]")
+
+
+def normalise_text(text: str) -> str:
+    """Case, whitespace and punctuation folded: the key for near-exact duplicate detection."""
+    return " ".join(_PUNCT.sub(" ", text.casefold()).split())
+
+
+def _keys(ds) -> tuple[dict[str, str], dict[str, str]]:
+    exact, norm = {}, {}
+    for r in ds:
+        exact.setdefault(r["question"] + "\x1f" + "\x1f".join(r["options"]), r["id"])
+        norm.setdefault(normalise_text(r["question"]), r["id"])
+    return exact, norm
+
+
+def decontamination_report(train_splits: Mapping[str, Any], eval_sets: Mapping[str, Any]) -> dict[str, Any]:
+    """Exact (stem + options) and normalised-stem duplicates between every training split and every
+    evaluation set, and between the training splits themselves.
+
+    Returns ``{"pairs": [{"train", "eval", "exact", "normalised", "examples"}], "overlap": total}``.
+    """
+    keys = {n: _keys(d) for n, d in {**train_splits, **eval_sets}.items()}
+    pairs = []
+    names = list(train_splits)
+    targets = [(a, b) for a in names for b in eval_sets] + [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    for a, b in targets:
+        (ea, na), (eb, nb) = keys[a], keys[b]
+        exact = sorted(set(ea) & set(eb))
+        norm = sorted(set(na) & set(nb))
+        pairs.append({
+            "train": a, "eval": b, "exact": len(exact), "normalised": len(norm),
+            "examples": [[na[k], nb[k]] for k in norm[:5]],
+        })
+    return {"pairs": pairs, "overlap": sum(p["normalised"] for p in pairs)}
+
+
+class ContaminationError(RuntimeError):
+    """Training and evaluation items overlap; the message lists the pairs."""
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    sft: int = 5000  # cold-start SFT half (the paper: ~5,000 MedQA questions with R1 traces)
+    rl: int = 5000  # CRPO half (the paper: the other ~5,000)
+    dev: int = 178  # dev slice for SFT checkpoint selection; 5000+5000+178 = MedQA-USMLE train (10,178)
+
+
+def make_splits(train, out_dir: str | os.PathLike, sizes: SplitSizes | Mapping[str, int] = SplitSizes(),
+                seed: int = 42, eval_sets: Mapping[str, Any] | None = None, allow_overlap: bool = False,
+                dedupe: bool = True) -> dict[str, Any]:
+    """Split ``train`` into disjoint ``sft``/``rl``/``dev`` JSONL files plus ``manifest.json``.
+
+    Seeded (numpy ``default_rng(seed).permutation``) and reproducible. Items whose normalised stem repeats
+    an earlier one are dropped first when ``dedupe`` (so halves are disjoint in text, not only in id).
+    The decontamination check runs before anything is written; any overlap with ``eval_sets`` (or between
+    the halves) raises :class:`ContaminationError` unless ``allow_overlap``.
+    """
+    import numpy as np
+
+    sizes = sizes if isinstance(sizes, SplitSizes) else SplitSizes(**sizes)
+    out = Path(out_dir)
+    if dedupe:
+        seen: set[str] = set()
+        keep = []
+        for i, r in enumerate(train):
+            k = normalise_text(r["question"])
+            if k not in seen:
+                seen.add(k)
+                keep.append(i)
+        dropped = len(train) - len(keep)
+        train = train.select(keep)
+    else:
+        dropped = 0
+    need = sizes.sft + sizes.rl + sizes.dev
+    if need > len(train):
+        raise ValueError(f"split sizes sft={sizes.sft} + rl={sizes.rl} + dev={sizes.dev} = {need} exceed the "
+                         f"{len(train)} training items available")
+    order = np.random.default_rng(seed).permutation(len(train)).tolist()
+    idx = {"sft": order[: sizes.sft], "rl": order[sizes.sft : sizes.sft + sizes.rl],
+           "dev": order[sizes.sft + sizes.rl : need]}
+    splits = {n: train.select(sorted(i)) for n, i in idx.items()}
+    report = decontamination_report(splits, dict(eval_sets or {}))
+    if report["overlap"] and not allow_overlap:
+        bad = [p for p in report["pairs"] if p["normalised"]]
+        raise ContaminationError(
+            "training/evaluation overlap: " + "; ".join(
+                f"{p['train']}~{p['eval']}: {p['exact']} exact, {p['normalised']} normalised (e.g. {p['examples'][:2]})"
+                for p in bad) + ". Remove them or pass allow_overlap=True (--allow-overlap) to proceed knowingly.")
+    files = {}
+    for n, d in splits.items():
+        path = write_jsonl(to_records(d), out / f"{n}.jsonl")
+        files[n] = {"path": path.name, "count": len(d), "sha256": file_sha256(path)}
+    manifest = {
+        "seed": seed,
+        "sizes": {"sft": sizes.sft, "rl": sizes.rl, "dev": sizes.dev},
+        "source_count": len(train) + dropped,
+        "duplicates_dropped": dropped,
+        "files": files,
+        "decontamination": report,
+        "allow_overlap": allow_overlap,
+    }
+    write_json(manifest, out / "manifest.json")
+    return manifest
+
+
+def load_split(out_dir: str | os.PathLike, name: str):
+    """One split written by :func:`make_splits` (``sft``, ``rl`` or ``dev``), checked against its manifest hash."""
+    out = Path(out_dir)
+    manifest = json.loads((out / "manifest.json").read_text())
+    if name not in manifest["files"]:
+        raise KeyError(f"{out}/manifest.json has no split {name!r}; it has {sorted(manifest['files'])}")
+    path = out / manifest["files"][name]["path"]
+    if file_sha256(path) != manifest["files"][name]["sha256"]:
+        raise DataError(f"{path}: content hash differs from manifest.json; the split was modified")
+    return load_benchmark("jsonl", path=path)

@@ -1,0 +1,454 @@
+"""Sampling for evaluation: N answers per question, saved once as JSONL so evaluation and judging never regenerate.
+
+    from clinical_r1.generate import generate
+    generate(model, tokenizer, medqa, "results/run/medqa.jsonl", prompt_kind="crpo", n=1,
+             temperature=0.0, max_new_tokens=1024, batch_size=16, dataset_name="medqa", model_name="crpo-3b")
+
+    python -m clinical_r1.generate --model path/to/model_or_adapter --benchmark medqa \\
+        --data ../shared/benchmarks/medqa_usmle4_test_sample.jsonl --out results/run/medqa.jsonl --prompt crpo
+
+The model may be a loaded ``transformers``/``peft`` model (generated with ``transformers``, left padding,
+batched ``generate``), a ``vllm.LLM``, or a path to a base model, merged model, CRPO checkpoint or LoRA
+adapter folder. A path is generated with vLLM when vLLM is installed and CUDA is available (a LoRA adapter
+through ``LoRARequest``), and otherwise loaded through :mod:`clinical_r1.models` and generated with
+``transformers``.
+
+Output: one JSON line per (question, sample) — ``id, sample, text, n_tokens, finish_reason`` ("stop" or
+"length"), ``dataset, model, prompt_kind`` — and a sidecar ``<file>.meta.json`` with the model, the dataset,
+the prompt kind and the decoding settings. The file is resumable: (id, sample) pairs already present are
+skipped, each batch is appended and flushed, and a torn last line left by a crash is dropped before
+appending. Resuming with other settings than the sidecar's raises :class:`GenerationError`.
+
+Seeds: vLLM gets one ``SamplingParams(n=N, seed=...)`` per question, the seed derived from ``seed`` and the
+question id, so samples do not depend on batching or on resuming. ``transformers`` has one random stream per
+batch: each batch is seeded from ``seed`` and its first question id, so sampled text depends on the batch
+layout (greedy decoding does not, up to padding numerics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from clinical_r1.prompts import PROMPT_KINDS, build_messages
+
+log = logging.getLogger(__name__)
+
+RECORD_FIELDS = ("id", "sample", "text", "n_tokens", "finish_reason", "dataset", "model", "prompt_kind")
+FINISH_REASONS = ("stop", "length")
+
+
+class GenerationError(ValueError):
+    """A generations file that cannot be used as asked: malformed lines, or a sidecar with other settings."""
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """The decoding settings recorded in the sidecar; a resumed file must be continued with the same ones."""
+
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0  # nucleus mass when sampling
+    max_new_tokens: int = 1024  # generated tokens per answer, the EOS token included
+    n: int = 1  # samples per question
+    seed: int = 0  # base seed; per-question / per-batch seeds derive from it
+
+
+# ---------------------------------------------------------------------------------------------------
+# The generations file
+# ---------------------------------------------------------------------------------------------------
+
+
+def meta_path(path: str | os.PathLike) -> Path:
+    """The sidecar of a generations file: ``<file>.meta.json``."""
+    p = Path(path)
+    return p.with_name(p.name + ".meta.json")
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The sidecar of a generations file, or ``None`` when it has none."""
+    m = meta_path(path)
+    if not m.exists():
+        return None
+    try:
+        return json.loads(m.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise GenerationError(f"{m}: invalid JSON ({e.msg} at line {e.lineno})") from e
+
+
+def _parse_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """Records of a generations file and the byte length of its intact part.
+
+    A last line without its newline that is not valid JSON is a torn write: it is dropped with a warning.
+    Any other malformed line raises :class:`GenerationError` naming the file and line.
+    """
+    data = path.read_bytes()
+    records: list[dict[str, Any]] = []
+    pos, lineno = 0, 0
+    while pos < len(data):
+        lineno += 1
+        nl = data.find(b"\n", pos)
+        end = len(data) if nl == -1 else nl + 1
+        raw = data[pos:end]
+        if raw.strip():
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                if nl == -1:
+                    log.warning("%s: line %d is torn (an interrupted write); ignoring its %d bytes",
+                                path, lineno, len(raw))
+                    return records, pos
+                raise GenerationError(f"{path}: line {lineno}: invalid JSON ({e})") from e
+            _check_record(rec, path, lineno)
+            records.append(rec)
+        pos = end
+    return records, pos
+
+
+def _check_record(rec: Any, path: Path, lineno: int) -> None:
+    if not isinstance(rec, dict):
+        raise GenerationError(f"{path}: line {lineno}: expected a JSON object, got {type(rec).__name__}")
+    missing = [k for k in ("id", "sample", "text") if k not in rec]
+    if missing:
+        raise GenerationError(f"{path}: line {lineno}: missing field(s) {missing}")
+    if not isinstance(rec["sample"], int) or isinstance(rec["sample"], bool) or rec["sample"] < 0:
+        raise GenerationError(f"{path}: line {lineno}: field 'sample' must be a non-negative integer, "
+                              f"got {rec['sample']!r}")
+    if not isinstance(rec["text"], str):
+        raise GenerationError(f"{path}: line {lineno}: field 'text' must be a string, got {type(rec['text']).__name__}")
+
+
+def read_generations(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All records of a generations file (a torn last line is dropped with a warning).
+
+    Raises :class:`GenerationError` for malformed lines and for a repeated (id, sample) pair.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such generations file")
+    records, _ = _parse_lines(p)
+    seen: dict[tuple[str, int], int] = {}
+    for i, r in enumerate(records):
+        key = (str(r["id"]), r["sample"])
+        if key in seen:
+            raise GenerationError(f"{p}: (id={key[0]!r}, sample={key[1]}) appears twice (records {seen[key] + 1} "
+                                  f"and {i + 1})")
+        seen[key] = i
+    return records
+
+
+def _repair_tail(path: Path) -> set[tuple[str, int]]:
+    """Cut a torn last line off ``path`` and return the (id, sample) pairs it already holds."""
+    if not path.exists():
+        return set()
+    records, good = _parse_lines(path)
+    if good < path.stat().st_size:
+        with open(path, "r+b") as f:
+            f.truncate(good)
+    elif good and path.read_bytes()[-1:] != b"\n":
+        with open(path, "ab") as f:  # a complete last line without its newline: add it before appending
+            f.write(b"\n")
+    return {(str(r["id"]), r["sample"]) for r in records}
+
+
+def _write_meta(path: Path, meta: Mapping[str, Any]) -> None:
+    from clinical_r1.data import write_json
+
+    write_json(dict(meta), meta_path(path))
+
+
+def _check_meta(path: Path, meta: Mapping[str, Any]) -> None:
+    old = read_meta(path)
+    if old is None:
+        return
+    diffs = {k: (old.get(k), v) for k, v in meta.items() if k != "backend" and old.get(k) != v}
+    if diffs:
+        detail = "; ".join(f"{k}: file has {a!r}, asked {b!r}" for k, (a, b) in diffs.items())
+        raise GenerationError(f"{path}: cannot resume with other settings ({detail}); write to a new file")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prompts and seeds
+# ---------------------------------------------------------------------------------------------------
+
+
+def render_prompt(tokenizer: Any, item: Mapping[str, Any], kind: str) -> str:
+    """The prompt text of one item: ``build_messages(item, kind)`` through the tokenizer's chat template.
+
+    Templates without a system role (they raise on one) get the instructions folded into the user turn.
+    """
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise GenerationError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template")
+    try:
+        return tokenizer.apply_chat_template(build_messages(item, kind), tokenize=False, add_generation_prompt=True)
+    except Exception as e:  # jinja2 raises TemplateError (via raise_exception) for an unsupported system role
+        if "system" not in str(e).lower():
+            raise
+        return tokenizer.apply_chat_template(build_messages(item, kind, system=False), tokenize=False,
+                                             add_generation_prompt=True)
+
+
+def question_seed(seed: int, qid: str) -> int:
+    """A stable 31-bit seed for one question: independent of batching, order and resumption."""
+    return zlib.crc32(f"{seed}:{qid}".encode()) & 0x7FFFFFFF
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Backends: each turns a batch of prompts into N (text, n_tokens, finish_reason) per prompt
+# ---------------------------------------------------------------------------------------------------
+
+
+def vllm_available() -> bool:
+    """True when vLLM is importable and CUDA is available."""
+    try:
+        import torch
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+class TransformersBackend:
+    """Batched ``model.generate`` with left padding; one seeded random stream per batch."""
+
+    name = "transformers"
+
+    def __init__(self, model: Any, tokenizer: Any):
+        self.model, self.tokenizer = model, tokenizer
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        if not self.eos_ids:
+            raise GenerationError("neither the model's generation_config nor the tokenizer defines an EOS token")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+
+    def run(self, prompts: Sequence[str], ids: Sequence[str], dec: Decoding) -> list[list[tuple[str, int, str]]]:
+        import torch
+
+        tok = self.tokenizer
+        side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+        finally:
+            tok.padding_side = side
+        device = next(self.model.parameters()).device
+        enc = {k: v.to(device) for k, v in enc.items()}
+        kwargs: dict[str, Any] = dict(max_new_tokens=dec.max_new_tokens, pad_token_id=self.pad_id,
+                                      eos_token_id=sorted(self.eos_ids), num_return_sequences=dec.n)
+        if dec.temperature > 0:
+            kwargs.update(do_sample=True, temperature=dec.temperature, top_p=dec.top_p, top_k=0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        torch.manual_seed(question_seed(dec.seed, ids[0]))
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **kwargs)
+        gen = out[:, enc["input_ids"].shape[1] :].tolist()
+        results = [self._decode(row, dec.max_new_tokens) for row in gen]
+        return [results[i * dec.n : (i + 1) * dec.n] for i in range(len(prompts))]
+
+    def _decode(self, row: list[int], max_new_tokens: int) -> tuple[str, int, str]:
+        stop = next((j for j, t in enumerate(row) if t in self.eos_ids), None)
+        if stop is not None:
+            return self.tokenizer.decode(row[:stop], skip_special_tokens=True), stop + 1, "stop"
+        reason = "length" if len(row) >= max_new_tokens else "stop"
+        return self.tokenizer.decode(row, skip_special_tokens=True), len(row), reason
+
+
+class VLLMBackend:
+    """vLLM offline generation: one ``SamplingParams(n=N, seed=question_seed)`` per question."""
+
+    name = "vllm"
+
+    def __init__(self, llm: Any, lora_path: str | None = None):
+        self.llm = llm
+        self.lora_request = None
+        if lora_path is not None:
+            from vllm.lora.request import LoRARequest
+
+            self.lora_request = LoRARequest("adapter", 1, str(lora_path))
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike, seed: int = 0, **llm_kwargs: Any) -> "VLLMBackend":
+        """A vLLM engine for a model folder; a LoRA adapter folder loads its base model with LoRA enabled."""
+        from vllm import LLM
+
+        path = Path(path)
+        adapter = _adapter_base(path)
+        if adapter is not None:
+            base, rank = adapter
+            llm = LLM(model=base, seed=seed, enable_lora=True, max_lora_rank=max(8, rank), **llm_kwargs)
+            return cls(llm, lora_path=str(path))
+        return cls(LLM(model=str(path), seed=seed, **llm_kwargs))
+
+    def run(self, prompts: Sequence[str], ids: Sequence[str], dec: Decoding) -> list[list[tuple[str, int, str]]]:
+        from vllm import SamplingParams
+
+        params = [SamplingParams(n=dec.n, temperature=dec.temperature, top_p=dec.top_p if dec.temperature > 0 else 1.0,
+                                 max_tokens=dec.max_new_tokens, seed=question_seed(dec.seed, q)) for q in ids]
+        outs = self.llm.generate(list(prompts), params, lora_request=self.lora_request, use_tqdm=False)
+        return [[(c.text, len(c.token_ids), "length" if c.finish_reason == "length" else "stop")
+                 for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]
+
+
+def _adapter_base(path: Path) -> tuple[str, int] | None:
+    """(base model, LoRA rank) when ``path`` is a PEFT adapter folder, else ``None``."""
+    cfg = path / "adapter_config.json"
+    if not cfg.exists():
+        return None
+    c = json.loads(cfg.read_text())
+    base = c.get("base_model_name_or_path")
+    if not base:
+        raise GenerationError(f"{cfg}: no base_model_name_or_path; cannot tell which model the adapter belongs to")
+    return base, int(c.get("r", 16))
+
+
+def _backend(model: Any, tokenizer: Any, backend: str, seed: int) -> tuple[Any, Any]:
+    """Pick the backend for ``model``; returns (backend, tokenizer)."""
+    if backend not in ("auto", "vllm", "transformers"):
+        raise ValueError(f"unknown backend {backend!r}; choose auto, vllm or transformers")
+    if type(model).__module__.startswith("vllm"):
+        return VLLMBackend(model), tokenizer or model.get_tokenizer()
+    if isinstance(model, (str, os.PathLike)):
+        if backend == "vllm" or (backend == "auto" and vllm_available()):
+            vb = VLLMBackend.from_path(model, seed=seed)
+            return vb, tokenizer or vb.llm.get_tokenizer()
+        from clinical_r1 import models
+
+        loaded, loaded_tok = models.load_for_inference(model)
+        return TransformersBackend(loaded, tokenizer or loaded_tok), tokenizer or loaded_tok
+    if backend == "vllm":
+        raise ValueError("backend='vllm' needs a model path or a vllm.LLM, not an in-memory model")
+    if tokenizer is None:
+        raise ValueError("an in-memory model needs its tokenizer")
+    return TransformersBackend(model, tokenizer), tokenizer
+
+
+def _model_label(model: Any) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        return str(model)
+    for obj in (model, getattr(model, "config", None)):
+        name = getattr(obj, "name_or_path", None) or getattr(obj, "_name_or_path", None)
+        if name:
+            return str(name)
+    return type(model).__name__
+
+
+# ---------------------------------------------------------------------------------------------------
+# The entry point
+# ---------------------------------------------------------------------------------------------------
+
+
+def generate(model: Any, tokenizer: Any, dataset: Iterable[Mapping[str, Any]], out_path: str | os.PathLike,
+             prompt_kind: str = "crpo", n: int = 1, temperature: float = 0.0, max_new_tokens: int = 1024,
+             batch_size: int = 8, seed: int = 0, dataset_name: str | None = None, model_name: str | None = None,
+             top_p: float = 1.0, backend: str = "auto", progress: bool = True) -> Path:
+    """Generate ``n`` answers per question of ``dataset`` into the JSONL ``out_path``; returns the path.
+
+    ``batch_size`` counts questions per batch (each with its ``n`` samples). Pairs (id, sample) already in
+    the file are skipped, so a rerun after a crash continues where it stopped and a finished file is left
+    unchanged. ``n > 1`` needs ``temperature > 0`` (greedy samples would be identical copies).
+    """
+    if prompt_kind not in PROMPT_KINDS:
+        raise ValueError(f"unknown prompt kind {prompt_kind!r}; choose one of {list(PROMPT_KINDS)}")
+    if n < 1 or batch_size < 1 or max_new_tokens < 1:
+        raise ValueError(f"n={n}, batch_size={batch_size} and max_new_tokens={max_new_tokens} must be >= 1")
+    if n > 1 and temperature <= 0:
+        raise ValueError(f"n={n} samples with temperature={temperature} would be identical; set temperature > 0")
+    dec = Decoding(temperature=float(temperature), top_p=float(top_p), max_new_tokens=int(max_new_tokens), n=int(n),
+                   seed=int(seed))
+    items = list(dataset)
+    ids = [str(r["id"]) for r in items]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"dataset has duplicate ids, e.g. {dup}")
+    out = Path(out_path)
+    model_label = model_name or _model_label(model)
+    dataset_label = dataset_name or getattr(getattr(dataset, "info", None), "dataset_name", None) or "dataset"
+    meta = {"model": model_label, "dataset": dataset_label, "prompt_kind": prompt_kind, **asdict(dec)}
+    _check_meta(out, meta)
+    done = _repair_tail(out)
+    todo = [(r, [s for s in range(n) if (str(r["id"]), s) not in done]) for r in items]
+    todo = [(r, missing) for r, missing in todo if missing]
+    n_pending = sum(len(m) for _, m in todo)
+    if not todo:
+        log.info("%s: all %d questions x %d samples already generated", out, len(items), n)
+        if read_meta(out) is None:
+            _write_meta(out, {**meta, "backend": None})
+        return out
+    engine, tokenizer = _backend(model, tokenizer, backend, dec.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_meta(out, {**meta, "backend": engine.name})
+    log.info("%s: generating %d answers (%d questions) with %s", out, n_pending, len(todo), engine.name)
+    _run(engine, tokenizer, todo, out, dec, {"dataset": dataset_label, "model": model_label, "prompt_kind": prompt_kind},
+         batch_size, n_pending, progress)
+    return out
+
+
+def _run(engine: Any, tokenizer: Any, todo: list[tuple[Mapping[str, Any], list[int]]], out: Path, dec: Decoding,
+         labels: Mapping[str, str], batch_size: int, total: int, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    with open(out, "a", encoding="utf-8") as f, tqdm(total=total, desc=out.name, unit="answer",
+                                                     disable=not progress) as bar:
+        for batch in _batches(todo, batch_size):
+            prompts = [render_prompt(tokenizer, r, labels["prompt_kind"]) for r, _ in batch]
+            qids = [str(r["id"]) for r, _ in batch]
+            results = engine.run(prompts, qids, dec)
+            lines = []
+            for (r, missing), samples in zip(batch, results):
+                for s in missing:
+                    text, n_tokens, reason = samples[s]
+                    lines.append(json.dumps({"id": str(r["id"]), "sample": s, "text": text, "n_tokens": n_tokens,
+                                             "finish_reason": reason, **labels}, ensure_ascii=False))
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            bar.update(len(lines))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True, help="model, merged model, CRPO checkpoint or LoRA adapter folder")
+    ap.add_argument("--benchmark", required=True, help="medqa, medmcqa, medxpertqa, pubmedqa, jsonl or sample")
+    ap.add_argument("--data", default=None, help="local benchmark file (default: the hub copy)")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--prompt", default="crpo", choices=PROMPT_KINDS)
+    ap.add_argument("--n", type=int, default=1)
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--max-new-tokens", type=int, default=1024)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--backend", default="auto", choices=("auto", "vllm", "transformers"))
+    ap.add_argument("--model-name", default=None)
+    a = ap.parse_args(argv)
+    from clinical_r1.data import load_benchmark
+
+    ds = load_benchmark(a.benchmark, path=a.data, split=a.split, limit=a.limit)
+    return generate(a.model, None, ds, a.out, prompt_kind=a.prompt, n=a.n, temperature=a.temperature,
+                    max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, seed=a.seed, dataset_name=a.benchmark,
+                    model_name=a.model_name, top_p=a.top_p, backend=a.backend)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    main()
