@@ -1,0 +1,197 @@
+"""Loaders on the real benchmark slices and on hub-schema fixtures; bad input; the split; decontamination."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from clinical_r1.data import (COLUMNS, ContaminationError, DataError, SplitSizes, decontamination_report,
+                              load_benchmark, load_split, make_splits, normalise_text, read_jsonl, write_jsonl)
+
+BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
+needs_bench = pytest.mark.skipif(not BENCH.exists(), reason="../shared/benchmarks not present")
+
+FILES = {
+    "medqa": "medqa_usmle4_test_sample.jsonl",
+    "medmcqa": "medmcqa_dev_sample.jsonl",
+    "medxpertqa": "medxpertqa_text_reasoning_test_sample.jsonl",
+    "pubmedqa": "pubmedqa_labeled_test_sample.jsonl",
+}
+
+
+def write(tmp_path, rows, name="f.jsonl"):
+    p = tmp_path / name
+    p.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return p
+
+
+@needs_bench
+@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize("form", ["", "raw/"])
+def test_real_samples(name, form):
+    ds, report = load_benchmark(name, path=BENCH / form / FILES[name], strict=False)
+    assert list(ds.column_names) == list(COLUMNS)
+    assert report.total == 500 and report.kept == len(ds) >= 495
+    for r in ds.select(range(50)):
+        assert r["answer"] in "ABCDEFGHIJ"[: len(r["options"])]
+        assert r["question"] and all(r["options"])
+    if name == "medxpertqa":
+        assert all(len(r["options"]) == 10 for r in ds)
+        assert not any("Answer Choices:" in r["question"] for r in ds)
+    if name == "medqa" and form == "raw/":
+        assert set(ds["subgroup"]) == {"step1", "step2&3"}
+    if name == "pubmedqa":
+        assert ds[0]["options"] == ["yes", "no", "maybe"]
+
+
+@needs_bench
+def test_real_medmcqa_duplicate_options_are_reported_not_dropped():
+    with pytest.raises(DataError, match=r"medmcqa_dev_sample.jsonl: row 108: field 'options': duplicate options"):
+        load_benchmark("medmcqa", path=BENCH / FILES["medmcqa"])
+    _, report = load_benchmark("medmcqa", path=BENCH / FILES["medmcqa"], strict=False)
+    assert report.by_reason() == {"options": 3} and report.skipped[0]["row"] == 108
+
+
+def test_hub_schema_medqa_5_options_jind11(tmp_path):
+    row = {"question": "Q stem?", "answer": "Third", "options": {"A": "First", "B": "Second", "C": "Third", "D": "4th",
+                                                                 "E": "5th"}, "meta_info": "step2&3", "answer_idx": "C"}
+    ds = load_benchmark("medqa", path=write(tmp_path, [row]))
+    assert ds[0]["options"] == ["First", "Second", "Third", "4th", "5th"] and ds[0]["answer"] == "C"
+    assert ds[0]["subgroup"] == "step2&3" and json.loads(ds[0]["meta"])["meta_info"] == "step2&3"
+
+
+@pytest.mark.parametrize("cop,base,letter", [(0, None, "A"), (2, 0, "C"), (3, 1, "C"), (4, None, "D")])
+def test_hub_schema_medmcqa_cop(tmp_path, cop, base, letter):
+    row = {"id": "x1", "question": "Which nerve?", "opa": "Ulnar", "opb": "Radial", "opc": "Median", "opd": "Axillary",
+           "cop": cop, "choice_type": "single", "exp": "because", "subject_name": "Anatomy", "topic_name": "Arm"}
+    ds = load_benchmark("medmcqa", path=write(tmp_path, [row]), cop_base=base)
+    assert ds[0]["answer"] == letter and ds[0]["subgroup"] == "Anatomy" and ds[0]["explanation"] == "because"
+
+
+def test_medmcqa_ambiguous_cop_base_and_empty_option(tmp_path):
+    row = {"id": "x1", "question": "Which nerve?", "opa": "Ulnar", "opb": "Radial", "opc": "Median", "opd": "Axillary",
+           "cop": 2}
+    with pytest.raises(DataError, match="field 'cop': cop_base unknown"):
+        load_benchmark("medmcqa", path=write(tmp_path, [row]))
+    bad = dict(row, id="x2", opc="")
+    ds, report = load_benchmark("medmcqa", path=write(tmp_path, [row, bad]), cop_base=1, strict=False)
+    assert len(ds) == 1 and report.skipped == [{"row": 2, "field": "opa..opd", "reason": "option C is empty"}]
+
+
+def test_hub_schema_medxpertqa(tmp_path):
+    opts = {k: f"opt {k}" for k in "ABCDEFGHIJ"}
+    row = {"id": "Text-7", "question": "Stem here.\nAnswer Choices: (A) opt A (B) opt B (C) ...", "options": opts,
+           "label": "H", "medical_task": "Diagnosis", "body_system": "Cardiovascular", "question_type": "Reasoning"}
+    ds = load_benchmark("medxpertqa", path=write(tmp_path, [row]))
+    r = ds[0]
+    assert r["question"] == "Stem here." and r["answer"] == "H" and r["subgroup"] == "Cardiovascular"
+    assert json.loads(r["meta"]) == {"medical_task": "Diagnosis", "question_type": "Reasoning"}
+
+
+def test_hub_schema_pubmedqa(tmp_path):
+    row = {"pubid": 123, "question": "Does X help?", "context": {"contexts": ["Background.", "Results."]},
+           "long_answer": "It does.", "final_decision": "maybe"}
+    r = load_benchmark("pubmedqa", path=write(tmp_path, [row]))[0]
+    assert r["id"] == "pubmedqa-123" and r["answer"] == "C" and r["question"].endswith("Does X help?")
+
+
+BAD = [
+    ({"id": "1", "options": ["a", "b"], "answer": "A"}, "question", "missing field"),
+    ({"id": "1", "question": "  ", "options": ["a", "b"], "answer": "A"}, "question", "empty text"),
+    ({"id": "1", "question": "q", "options": ["a", "b"], "answer": "C"}, "answer", "not among the 2 options"),
+    ({"id": "1", "question": "q", "options": ["a", "a "], "answer": "A"}, "options", "duplicate options"),
+    ({"id": "1", "question": "q", "options": ["a", ""], "answer": "A"}, "options", "option B is empty"),
+    ({"id": "1", "question": "q", "options": "a,b", "answer": "A"}, "options", "expected a dict of letters or a list"),
+    ({"id": "1", "question": 5, "options": ["a", "b"], "answer": "A"}, "question", "expected a string"),
+    ({"id": "1", "question": "q", "options": ["a", "b"], "answer": 1}, "answer", "expected a letter"),
+    ({"id": "1", "question": "q", "options": {"A": "a", "C": "c"}, "answer": "A"}, "options", "not A.. in sequence"),
+    ([1, 2], "row", "expected a JSON object"),
+]
+
+
+@pytest.mark.parametrize("row,field,reason", BAD)
+def test_bad_rows_name_file_row_field(tmp_path, row, field, reason):
+    good = {"id": "0", "question": "q", "options": ["a", "b"], "answer": "B"}
+    path = write(tmp_path, [good, row])
+    with pytest.raises(DataError) as e:
+        load_benchmark("jsonl", path=path)
+    assert str(path) in str(e.value) and "row 2" in str(e.value) and f"field '{field}'" in str(e.value)
+    assert reason in str(e.value)
+    ds, report = load_benchmark("jsonl", path=path, strict=False)
+    assert len(ds) == 1 and report.n_skipped == 1 and report.skipped[0]["field"] == field
+
+
+def test_undecodable_bytes_and_bad_json_and_duplicate_ids(tmp_path):
+    p = tmp_path / "b.jsonl"
+    good = json.dumps({"id": "0", "question": "q", "options": ["a", "b"], "answer": "B"}).encode()
+    p.write_bytes(good + b"\n" + b'{"id": "1", "question": "caf\xe9"}\n' + b"{not json\n" + good + b"\n")
+    with pytest.raises(DataError, match=r"row 2: field 'bytes': not valid UTF-8"):
+        load_benchmark("jsonl", path=p)
+    ds, report = load_benchmark("jsonl", path=p, strict=False)
+    assert len(ds) == 1
+    assert [(s["row"], s["field"]) for s in report.skipped] == [(2, "bytes"), (3, "json"), (4, "id")]
+
+
+def test_unknown_name_and_missing_file(tmp_path):
+    with pytest.raises(ValueError, match="unknown benchmark 'medqa2'"):
+        load_benchmark("medqa2", path=tmp_path / "x.jsonl")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_benchmark("medqa", path=tmp_path / "x.jsonl")
+
+
+def test_write_jsonl_is_atomic(tmp_path):
+    out = tmp_path / "o.jsonl"
+    write_jsonl([{"a": 1}], out)
+
+    def rows():
+        yield {"a": 2}
+        raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl(rows(), out)
+    assert read_jsonl(out) == [{"a": 1}] and [p.name for p in tmp_path.iterdir()] == ["o.jsonl"]
+
+
+def _items(n, prefix="q"):
+    return [{"id": f"{prefix}{i}", "question": f"Case {prefix} number {i}: a patient with finding {i}.",
+             "options": ["x", "y", "z", "w"], "answer": "ABCD"[i % 4]} for i in range(n)]
+
+
+def test_split_is_seeded_disjoint_and_manifested(tmp_path):
+    ds = load_benchmark("jsonl", path=write(tmp_path, _items(40)))
+    m1 = make_splits(ds, tmp_path / "s1", SplitSizes(sft=15, rl=15, dev=5), seed=3)
+    m2 = make_splits(ds, tmp_path / "s2", SplitSizes(sft=15, rl=15, dev=5), seed=3)
+    m3 = make_splits(ds, tmp_path / "s3", SplitSizes(sft=15, rl=15, dev=5), seed=4)
+    assert {k: v["sha256"] for k, v in m1["files"].items()} == {k: v["sha256"] for k, v in m2["files"].items()}
+    assert m1["files"]["sft"]["sha256"] != m3["files"]["sft"]["sha256"]
+    ids = {n: set(load_split(tmp_path / "s1", n)["id"]) for n in ("sft", "rl", "dev")}
+    assert [len(v) for v in ids.values()] == [15, 15, 5]
+    assert not (ids["sft"] & ids["rl"]) and not (ids["sft"] & ids["dev"]) and not (ids["rl"] & ids["dev"])
+    assert m1["seed"] == 3 and m1["decontamination"]["overlap"] == 0
+
+
+def test_split_fails_on_contamination_unless_allowed(tmp_path):
+    train = _items(30)
+    leaked = dict(train[0], id="test-0", question=train[0]["question"].upper().replace(":", " ;"))
+    ds = load_benchmark("jsonl", path=write(tmp_path, train))
+    ev = load_benchmark("jsonl", path=write(tmp_path, [leaked] + _items(5, "t"), "ev.jsonl"))
+    with pytest.raises(ContaminationError, match="normalised"):
+        make_splits(ds, tmp_path / "out", SplitSizes(10, 10, 10), eval_sets={"test": ev})
+    assert not (tmp_path / "out").exists()  # nothing half-written
+    m = make_splits(ds, tmp_path / "out", SplitSizes(10, 10, 10), eval_sets={"test": ev}, allow_overlap=True)
+    assert m["decontamination"]["overlap"] == 1 and m["allow_overlap"]
+
+
+def test_decontamination_report_exact_vs_normalised(tmp_path):
+    a = load_benchmark("jsonl", path=write(tmp_path, _items(3), "a.jsonl"))
+    b_rows = [dict(_items(3)[0], id="b0"), dict(_items(3)[1], id="b1", question=_items(3)[1]["question"] + "  ")]
+    b = load_benchmark("jsonl", path=write(tmp_path, b_rows, "b.jsonl"))
+    rep = decontamination_report({"sft": a}, {"test": b})
+    assert rep["pairs"][0]["exact"] == 2 and rep["pairs"][0]["normalised"] == 2  # stripping folds the spaces
+    assert normalise_text("A  Patient, aged 40!") == "a patient aged 40"
+
+
+def test_split_sizes_too_large(tmp_path):
+    ds = load_benchmark("jsonl", path=write(tmp_path, _items(10)))
+    with pytest.raises(ValueError, match="exceed the 10 training items"):
+        make_splits(ds, tmp_path / "o", SplitSizes(5, 5, 5))
