@@ -14,6 +14,7 @@ user text), so a 1 MB adversarial completion is parsed in milliseconds.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -29,6 +30,8 @@ BOX_COMMAND = "\\boxed"
 MAX_BOX_CONTENT = 200  # longer brace bodies are not answers; stops a scan at this many characters
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
+# a brace body with up to three nesting levels; the alternatives start with distinct characters, so no backtracking
+_BRACED = re.compile(r"\{((?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}")
 _WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|textit|mbox)\s*\{([^{}]*)\}")
 _LETTER_WITH_TEXT = re.compile(r"^\(?([A-Z])\s*(?:[.):\]]|\s-)\s*(.*)$", re.S)
 
@@ -86,17 +89,9 @@ def find_boxes(text: str) -> list[Box]:
             k += 1
         end, content = j, None
         if k < len(text) and text[k] == "{":
-            depth, m, limit = 0, k, min(len(text), k + MAX_BOX_CONTENT + 2)
-            while m < limit:
-                c = text[m]
-                if c == "{":
-                    depth += 1
-                elif c == "}":
-                    depth -= 1
-                    if depth == 0:
-                        content, end = text[k + 1 : m], m + 1
-                        break
-                m += 1
+            m = _BRACED.match(text, k, k + MAX_BOX_CONTENT + 2)
+            if m and len(m.group(1)) <= MAX_BOX_CONTENT:
+                content, end = m.group(1), m.end()
         boxes.append(Box(i, end, content))
         i = text.find(BOX_COMMAND, max(end, j))
     return boxes
@@ -161,18 +156,11 @@ class Parsed:
     spans: dict[str, tuple[int, int]]  # tag -> (start of open tag, end of close tag)
     in_order: bool
     outside_text: str  # text outside all first-occurrence sections (the whole text if no tags)
-    boxes: tuple[Box, ...]
+    n_boxes: int  # number of \\boxed commands, braced or not
+    box: Box | None  # the box when there is exactly one
     letter: str | None  # letter of the single box, None unless exactly one braced box
     box_in_final: bool  # the single box lies inside the last section (always True for untagged formats)
     options: tuple[str, ...] | None = field(default=None)
-
-    @property
-    def n_boxes(self) -> int:
-        return len(self.boxes)
-
-    @property
-    def n_bare_boxes(self) -> int:
-        return sum(b.content is None for b in self.boxes)
 
     @property
     def tags_once(self) -> bool:
@@ -209,7 +197,6 @@ class Parsed:
             "sections_nonempty": self.sections_nonempty,
             "outside_text": self.outside_text.strip()[:200],
             "n_boxes": self.n_boxes,
-            "n_bare_boxes": self.n_bare_boxes,
             "box_in_final": self.box_in_final,
             "letter": self.letter,
             "well_formed": self.well_formed,
@@ -217,10 +204,18 @@ class Parsed:
 
 
 def parse(completion: Any, fmt: str = "crpo", options: Sequence[str] | None = None) -> Parsed:
-    """Parse ``completion`` (string or chat messages) against answer format ``fmt``."""
+    """Parse ``completion`` (string or chat messages) against answer format ``fmt``.
+
+    Results are memoised per (text, format, options): TRL calls each reward function on the same
+    completions, and they all parse them.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown answer format {fmt!r}; choose one of {sorted(FORMATS)}")
-    text = completion_text(completion)
+    return _parse(completion_text(completion), fmt, tuple(options) if options is not None else None)
+
+
+@lru_cache(maxsize=1024)
+def _parse(text: str, fmt: str, opts: tuple[str, ...] | None) -> Parsed:
     tags = FORMATS[fmt]
     lower = text  # tags are case-sensitive: str.lower() can change lengths and misalign spans
     open_counts, close_counts, sections, spans = {}, {}, {}, {}
@@ -247,22 +242,23 @@ def parse(completion: Any, fmt: str = "crpo", options: Sequence[str] | None = No
         outside = "".join(pieces)
     else:
         outside = ""
-    boxes = tuple(find_boxes(text))
-    opts = tuple(options) if options is not None else None
-    letter = box_letter(boxes[0].content, opts) if len(boxes) == 1 else None
-    if not tags:
-        box_in_final = len(boxes) == 1
+    n_boxes = text.count(BOX_COMMAND)
+    box = find_boxes(text)[0] if n_boxes == 1 else None
+    letter = box_letter(box.content, opts) if box is not None else None
+    if box is None:
+        box_in_final = False
+    elif not tags:
+        box_in_final = True
     else:
         last = spans.get(tags[-1])
-        box_in_final = len(boxes) == 1 and last is not None and last[0] <= boxes[0].start and boxes[0].end <= last[1]
+        box_in_final = last is not None and last[0] <= box.start and box.end <= last[1]
     return Parsed(text, fmt, tags, open_counts, close_counts, sections, spans, in_order, outside,
-                  boxes, letter, box_in_final, opts)
+                  n_boxes, box, letter, box_in_final, opts)
 
 
 def extract_letter(completion: Any, options: Sequence[str] | None = None) -> str | None:
     """The answer letter: the content of the completion's single ``\\boxed{}``; ``None`` if not exactly one."""
-    boxes = find_boxes(completion_text(completion))
-    return box_letter(boxes[0].content, options) if len(boxes) == 1 else None
+    return parse(completion, "cot", options).letter
 
 
 def is_correct(completion: Any, answer: str, options: Sequence[str] | None = None) -> bool:

@@ -166,12 +166,22 @@ def test_rewards_never_raise_and_are_bounded(text, gold, preset):
     assert 0.0 <= effective_token_ratio(text) <= 1.0
 
 
-def test_adversarial_megabyte_is_fast():
-    """Linear time: a 1 MB adversarial completion (generous bound here; benchmarks/ measures properly)."""
+ADVERSARIAL = {
+    "nested tags and boxes": ("<dx><conclusion>\\boxed{A}</dx>{{{{" * 20000 + "\\boxed{" * 20000)[:1_000_000],
+    "unclosed box": "\\boxed{" + "a" * 1_000_000,
+    "repetition loop": "<dx>" + "so so so " * 110_000 + "</dx>",
+    "chinese": "<dx>" + "患者甲状腺 " * 160_000 + "</dx>",
+}
+
+
+@pytest.mark.parametrize("name", ADVERSARIAL)
+def test_adversarial_megabyte_is_linear(name):
+    """A 1 MB adversarial completion scores quickly (a generous bound; benchmarks/ measures it precisely)."""
     import time
 
-    evil = ("<dx><conclusion>\\boxed{A}</dx>{{{{" * 20000 + "\\boxed{" * 20000)[:1_000_000]
+    text = ADVERSARIAL[name]
     t = time.perf_counter()
     for preset in ("crpo", "grpo", "r1-medical"):
-        score(evil, "A", OPTS, preset=preset)
-    assert time.perf_counter() - t < 5.0
+        s = score(text, "A", OPTS, preset=preset)
+        assert s["total"] <= get_preset(preset).max_total
+    assert time.perf_counter() - t < 2.0
