@@ -110,7 +110,8 @@ _EXTRA_CODES = np.array(sorted(ord(c) for c in ENGLISH_EXTRA), dtype=np.uint32)
 _WS_CODES = np.array([9, 10, 11, 12, 13, 28, 29, 30, 31, 32, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B),
                       0x2028, 0x2029, 0x202F, 0x205F, 0x3000], dtype=np.uint32)
 _SENTENCE_CODES = np.array([ord(c) for c in ".!?;\n"], dtype=np.uint32)
-_COMBINING = ((0x0300, 0x036F), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x20FF), (0xFE20, 0xFE2F))
+# accented Latin letters (eponyms: Sjögren, Ménière) and combining marks count as English too
+_COMBINING = ((0x00C0, 0x00FF), (0x0300, 0x036F), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x20FF), (0xFE20, 0xFE2F))
 _HASH_P = np.uint64(1099511628211)  # FNV prime: per-position multiplier of the token hash
 
 
@@ -165,8 +166,8 @@ def effective_token_ratio(completion: Any, fmt: str = "crpo") -> float:
 
     A token is effective when it is (1) inside the format's sections (it starts between a section's
     open tag and the end of its close tag; every token counts for untagged formats), (2) English: ASCII,
-    or typographic, unit, sub/superscript and Greek symbols (``ENGLISH_EXTRA``), or combining marks — a
-    Chinese token is not — and (3) not degenerate repetition: a span of up to ``MAX_LOOP`` tokens repeated
+    or typographic, unit, sub/superscript and Greek symbols (``ENGLISH_EXTRA``), accented Latin letters
+    (Sjögren) and combining marks — a Chinese token is not — and (3) not degenerate repetition: a span of up to ``MAX_LOOP`` tokens repeated
     back-to-back counts once (case-folded), and a sentence of ≥ ``MIN_SENTENCE`` tokens repeated anywhere
     later counts once. Vectorised over code points (numpy): linear time, ~10 ms per MB.
     """

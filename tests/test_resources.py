@@ -3,7 +3,8 @@
     .venv/bin/pytest tests/test_resources.py -q
 
 Loads both files with plain ``json`` (no package loader), checks the question set's shape and balance,
-and tests the gold: every trace, wrapped by ``crpo_target``, earns the maximum CRPO reward.
+and tests the gold: every question has exactly one trace, and every trace, wrapped by ``crpo_target``,
+earns the maximum CRPO reward.
 """
 
 from __future__ import annotations
@@ -74,11 +75,13 @@ def test_question_set_balance():
     assert max(letters.values()) - min(letters.values()) <= 0.1 * len(QUESTIONS), letters
 
 
-def test_traces_size_and_ids():
-    assert len(TRACES) >= 32
+def test_every_question_has_exactly_one_trace():
+    assert len(TRACES) == len(QUESTIONS) == 64
     ids = [t["id"] for t in TRACES]
-    assert len(set(ids)) == len(ids)
+    assert len(set(ids)) == len(ids), [i for i, c in collections.Counter(ids).items() if c > 1]
     assert not set(ids) - set(BY_ID), f"traces for unknown ids: {sorted(set(ids) - set(BY_ID))}"
+    assert not set(BY_ID) - set(ids), f"questions without a trace: {sorted(set(BY_ID) - set(ids))}"
+    assert ids == sorted(ids), "traces are not ordered by id"
 
 
 @pytest.mark.parametrize("t", TRACES, ids=lambda t: t["id"])

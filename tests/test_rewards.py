@@ -134,7 +134,7 @@ def test_presets_registry_and_errors():
 
 def test_consistency_rules():
     assert effective_token_ratio("") == 0.0
-    assert effective_token_ratio(crpo(dx="Temp 38.9°C, Na⁺ low, μg and ± and – dash, it’s fine")) == 1.0
+    assert effective_token_ratio(crpo(dx="Temp 38.9°C, Na⁺ low, μg and ± and – dash, it’s fine, Sjögren and Ménière")) == 1.0
     loop = crpo(dx="I think so. " * 50)
     assert effective_token_ratio(loop) < 0.15  # the loop counts once: 3 of 150 tokens, plus the conclusion
     sentence_dup = crpo(dx="The serum sodium is very low here. Other text follows now. The serum sodium is very low here.")
