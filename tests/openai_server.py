@@ -33,12 +33,11 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 FAULTS = ("429", "500", "503", "400", "401", "slow", "malformed", "drop")
 
 AnswerFn = Callable[[dict], "str | Mapping[str, Any]"]
-FaultPlan = "Mapping[str, Sequence[str | None]] | Callable[[str, int], str | None] | None"
 
 
 def default_answer(request: dict) -> str:

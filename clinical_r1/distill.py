@@ -1,0 +1,261 @@
+"""Cold-start traces for the SFT half: ask a teacher, keep only correct and well-formed answers, convert them.
+
+    from clinical_r1.distill import distill
+    report = distill(items, {"model": "deepseek-reasoner", "base_url": "https://api.deepseek.com",
+                             "api_key_env": "DEEPSEEK_API_KEY"},
+                     out_path="data/traces.jsonl", cache_path="data/cache/teacher.jsonl")
+    report["kept"], report["dropped"]          # {"wrong_answer": 12, "multiple_boxes": 1, ...}
+
+Command line (items: a JSONL of records; config: a YAML mapping of ChatConfig fields, plus prompt_kind):
+    python -m clinical_r1.distill --items data/train.jsonl --config configs/teacher_deepseek.yaml \
+        --out data/traces.jsonl --cache data/cache/teacher.jsonl [--limit 200]
+
+The teacher is any OpenAI-compatible endpoint or a local transformers model (see :mod:`clinical_r1.api`:
+concurrency, retries, resumable cache, key from an environment variable).
+
+Prompt choice. Reasoner models (``deepseek-reasoner``, DeepSeek-R1 and its distills, QwQ) get the ``cot``
+prompt with no system message (DeepSeek's advice for R1): their reasoning arrives in ``reasoning_content``
+(or in ``<think>…</think>`` from vLLM/Ollama without a reasoning parser) and becomes ``<dx>``; their final
+answer becomes ``<conclusion>``. Asking a reasoner to also write ``<dx>`` would only duplicate its reasoning.
+Other chat models get the ``crpo`` prompt and answer in ``<dx>``/``<conclusion>`` directly. Override with
+``prompt_kind`` in the config.
+
+Conversion and filtering, first failing check wins (the report counts each reason):
+``api_failure`` (no answer after retries), ``no_box`` / ``multiple_boxes`` (the final answer must hold
+exactly one ``\\boxed{}``), ``unreadable_box`` (the box holds no option letter), ``wrong_answer``,
+``empty_reasoning``, ``invalid_format`` (the converted target fails ``parse(target, "crpo").well_formed`` or
+``is_correct``). Boxes inside the reasoning are unboxed (``\\boxed{C}`` → ``C``) so that the only box of the
+target is the final one; the conclusion is cut right after its box, which is normalised to ``\\boxed{X}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from clinical_r1.api import ChatClient, ChatRequest, make_client
+from clinical_r1.data import write_json, write_jsonl
+from clinical_r1.parsing import LETTERS, box_letter, find_boxes, is_correct, parse
+from clinical_r1.prompts import PROMPT_KINDS, build_messages, crpo_target
+
+log = logging.getLogger(__name__)
+
+PROMPT_VERSION = "distill/v1"  # bump when the prompts or the conversion change: it is part of the cache key
+DROP_REASONS = ("api_failure", "no_box", "multiple_boxes", "unreadable_box", "wrong_answer", "empty_reasoning",
+                "invalid_format")
+REASONER_HINTS = ("reasoner", "deepseek-r1", "qwq", "-r1-", "r1-distill")  # model-name fragments
+OUTPUT_FIELDS = ("id", "question", "options", "answer", "dx", "conclusion", "teacher", "source")
+
+BOX_WRAPPERS = ("$$", "$", "\\(", "\\[", "**")  # math/bold openers left just before a box: "$\\boxed{C}$"
+
+
+def is_reasoner(model: str) -> bool:
+    m = model.lower()
+    return any(h in m for h in REASONER_HINTS)
+
+
+def choose_prompt_kind(model: str, prompt_kind: str | None = None) -> str:
+    """``cot`` for reasoner models, ``crpo`` for the rest, unless ``prompt_kind`` says otherwise."""
+    kind = prompt_kind or ("cot" if is_reasoner(model) else "crpo")
+    if kind not in PROMPT_KINDS:
+        raise ValueError(f"unknown prompt_kind {kind!r}; choose one of {list(PROMPT_KINDS)}")
+    return kind
+
+
+def teacher_messages(item: Mapping[str, Any], kind: str, model: str) -> list[dict[str, str]]:
+    """The teacher's chat messages; reasoners get the instructions in the user turn (no system message)."""
+    return build_messages(item, kind, system=not is_reasoner(model))
+
+
+# -------------------------------------------------------------------------------------------------
+# Conversion
+# -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A converted teacher answer: ``dx`` and ``conclusion`` when kept, else the drop ``reason``."""
+
+    dx: str = ""
+    conclusion: str = ""
+    reason: str | None = None
+
+    @property
+    def kept(self) -> bool:
+        return self.reason is None
+
+
+def split_answer(content: str, reasoning: str) -> tuple[str, str]:
+    """(reasoning, final answer) of a teacher reply.
+
+    A reply already in the crpo format gives its ``<dx>`` and ``<conclusion>`` bodies; a reply with
+    ``<think>…</think>`` gives the think body (unless ``reasoning_content`` is set) and the text after it;
+    otherwise ``reasoning_content`` and the content.
+    """
+    p = parse(content, "crpo")
+    if "dx" in p.sections and "conclusion" in p.sections:
+        return p.sections["dx"], p.sections["conclusion"]
+    if "</think>" in content:
+        before, after = content.split("</think>", 1)
+        think = before.split("<think>", 1)[-1]
+        return (reasoning or think), after
+    return reasoning, content
+
+
+def unbox(text: str) -> str:
+    """Replace every ``\\boxed{X}`` by ``X`` (reasoning must not carry boxes: the target holds exactly one)."""
+    out, pos = [], 0
+    for b in find_boxes(text):
+        out.append(text[pos:b.start])
+        out.append(b.content if b.content is not None else "")
+        pos = b.end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def strip_wrappers(text: str) -> str:
+    """``text`` without trailing whitespace and box openers (``$``, ``\\(``, ``**``...), e.g. before ``\\boxed``."""
+    text = text.rstrip()
+    while text.endswith(BOX_WRAPPERS):
+        w = next(w for w in BOX_WRAPPERS if text.endswith(w))
+        if w == "**" and text.count("**") % 2 == 0:  # closes a bold span ("**Answer:**"): keep it
+            break
+        text = text[: -len(w)].rstrip()
+    return text.strip()
+
+
+def convert(content: str, reasoning: str, answer: str, options: Sequence[str]) -> Conversion:
+    """Filter and convert one teacher reply into the ``<dx>``/``<conclusion>`` target (see the module doc)."""
+    dx, final = split_answer(content or "", reasoning or "")
+    boxes = find_boxes(final)
+    if not boxes:
+        return Conversion(reason="no_box")
+    if len(boxes) > 1:
+        return Conversion(reason="multiple_boxes")
+    letter = box_letter(boxes[0].content, options)
+    if letter is None:
+        return Conversion(reason="unreadable_box")
+    if letter != str(answer).strip().upper():
+        return Conversion(reason="wrong_answer")
+    dx = unbox(dx).strip()
+    if not dx:
+        return Conversion(reason="empty_reasoning")
+    lead = strip_wrappers(final[: boxes[0].start])
+    conclusion = f"{lead} \\boxed{{{letter}}}" if lead else f"\\boxed{{{letter}}}"
+    target = crpo_target(dx, conclusion)
+    if not (parse(target, "crpo", options).well_formed and is_correct(target, answer, options)):
+        return Conversion(reason="invalid_format")
+    return Conversion(dx=dx, conclusion=conclusion)
+
+
+# -------------------------------------------------------------------------------------------------
+# The run
+# -------------------------------------------------------------------------------------------------
+
+
+def validate_item(item: Mapping[str, Any], row: int) -> None:
+    """A clear error naming the row and field for an item the teacher cannot be asked about."""
+    for f in ("id", "question", "options", "answer"):
+        if f not in item or item[f] is None:
+            raise ValueError(f"item row {row}: missing field {f!r}")
+    opts = item["options"]
+    if not isinstance(opts, (list, tuple)) or len(opts) < 2 or not all(isinstance(o, str) and o.strip() for o in opts):
+        raise ValueError(f"item row {row} (id {item['id']!r}): options must be a list of >= 2 non-empty strings")
+    ans = str(item["answer"]).strip().upper()
+    if len(ans) != 1 or ans not in LETTERS[: len(opts)]:
+        raise ValueError(f"item row {row} (id {item['id']!r}): answer {item['answer']!r} is not one of the "
+                         f"option letters {LETTERS[: len(opts)]}")
+
+
+def _split_teacher_config(teacher_config: Any) -> tuple[Any, str | None]:
+    if isinstance(teacher_config, Mapping):
+        cfg = dict(teacher_config)
+        return cfg, cfg.pop("prompt_kind", None)
+    return teacher_config, None
+
+
+def distill(items: Iterable[Mapping[str, Any]], teacher_config: Any, out_path: str | os.PathLike,
+            cache_path: str | os.PathLike | None, *, prompt_kind: str | None = None,
+            limit: int | None = None, client_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Ask the teacher about every item, keep correct well-formed traces, write them, return the report.
+
+    ``teacher_config``: a mapping of :class:`~clinical_r1.api.ChatConfig` fields (plus ``prompt_kind``), a
+    ``ChatConfig``, a ready ``ChatClient``, a ``LocalBackend`` or a ``(model, tokenizer)`` pair.
+    Output rows: ``id, question, options, answer, dx, conclusion, teacher, source``, written atomically.
+    """
+    spec, cfg_kind = _split_teacher_config(teacher_config)
+    client: ChatClient = make_client(spec, cache_path, **dict(client_kwargs or {}))
+    kind = choose_prompt_kind(client.model, prompt_kind or cfg_kind)
+    rows = [dict(it) for it in items]
+    if limit is not None:
+        rows = rows[:limit]
+    seen: set[str] = set()
+    for i, it in enumerate(rows):
+        validate_item(it, i)
+        if str(it["id"]) in seen:
+            raise ValueError(f"item row {i}: duplicate id {it['id']!r} (ids key the teacher cache)")
+        seen.add(str(it["id"]))
+    reqs = [ChatRequest(str(it["id"]), teacher_messages(it, kind, client.model), purpose=f"{PROMPT_VERSION}/{kind}")
+            for it in rows]
+    results = client.complete(reqs)
+
+    kept: list[dict[str, Any]] = []
+    dropped: dict[str, list[str]] = {r: [] for r in DROP_REASONS}
+    for it, res in zip(rows, results):
+        if not res.ok:
+            dropped["api_failure"].append(str(it["id"]))
+            continue
+        conv = convert(res.content or "", res.reasoning_content or "", it["answer"], it["options"])
+        if not conv.kept:
+            dropped[conv.reason].append(str(it["id"]))
+            continue
+        kept.append({"id": str(it["id"]), "question": it["question"], "options": list(it["options"]),
+                     "answer": str(it["answer"]).strip().upper(), "dx": conv.dx, "conclusion": conv.conclusion,
+                     "teacher": client.model, "source": it.get("source", "")})
+    write_jsonl(kept, out_path)  # atomic: temporary file, then os.replace
+    report = {
+        "teacher": client.model,
+        "prompt_kind": kind,
+        "prompt_version": PROMPT_VERSION,
+        "n_items": len(rows),
+        "kept": len(kept),
+        "dropped": {r: len(ids) for r, ids in dropped.items()},
+        "dropped_ids": dropped,
+        "out_path": str(out_path),
+        "usage": client.summary(),
+    }
+    log.info("distill %s (%s prompt): kept %d of %d; dropped %s", client.model, kind, len(kept), len(rows),
+             {r: n for r, n in report["dropped"].items() if n})
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import yaml
+
+    from clinical_r1.data import read_jsonl
+
+    ap = argparse.ArgumentParser(description="Distil cold-start <dx>/<conclusion> traces from a teacher model.")
+    ap.add_argument("--items", required=True, help="JSONL of records (id, question, options, answer, source)")
+    ap.add_argument("--config", required=True, help="YAML mapping of ChatConfig fields, plus prompt_kind")
+    ap.add_argument("--out", required=True, help="output JSONL of kept traces")
+    ap.add_argument("--cache", required=True, help="resumable JSONL cache of teacher answers")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--report", default=None, help="write the report as JSON here (default: <out>.report.json)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per HTTP request otherwise
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    config = yaml.safe_load(Path(args.config).read_text())
+    if not isinstance(config, Mapping):
+        raise ValueError(f"{args.config}: expected a mapping of teacher settings, got {type(config).__name__}")
+    report = distill(read_jsonl(args.items), config, args.out, args.cache, limit=args.limit)
+    report_path = write_json(report, args.report or f"{args.out}.report.json")
+    log.info("report written to %s", report_path)
+
+
+if __name__ == "__main__":
+    main()
