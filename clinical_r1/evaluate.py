@@ -37,7 +37,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from clinical_r1.generate import GenerationError, read_generations, read_meta
+from clinical_r1.generate import read_generations, read_meta
 from clinical_r1.parsing import extract_letter
 
 log = logging.getLogger(__name__)
@@ -382,6 +382,23 @@ def _share_not_better(diff: np.ndarray, n_boot: int, seed: int) -> float:
 # ---------------------------------------------------------------------------------------------------
 # The paper's numbers
 # ---------------------------------------------------------------------------------------------------
+
+
+def accuracy_table(results: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per :func:`evaluate` result, in percent like the paper: model, dataset, prompt, N, accuracy with
+    its 95% interval, accuracy over valid answers, valid ratio and majority-vote accuracy (``pandas.DataFrame(rows)``)."""
+    def pct(x: float | None) -> float | None:
+        return None if x is None else round(100 * x, 2)
+
+    rows = []
+    for r in results:
+        o = r["overall"]
+        lo, hi = o["accuracy_ci"]
+        rows.append({"model": r.get("model"), "dataset": r.get("dataset"), "prompt_kind": r.get("prompt_kind"),
+                     "n_samples": r.get("n_samples"), "n_questions": o["n_questions"], "accuracy": pct(o["accuracy"]),
+                     "ci_low": pct(lo), "ci_high": pct(hi), "accuracy_valid": pct(o["accuracy_valid"]),
+                     "valid_ratio": pct(o["valid_ratio"]), "majority_accuracy": pct(o["majority_accuracy"])})
+    return rows
 
 
 def load_paper_reference(path: str | os.PathLike | None = None) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import zlib
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -252,8 +253,13 @@ class TransformersBackend:
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         torch.manual_seed(question_seed(dec.seed, ids[0]))
-        with torch.inference_mode():
-            out = self.model.generate(**enc, **kwargs)
+        training = self.model.training
+        self.model.eval()  # no dropout while answering; the caller's mode is restored after
+        try:
+            with torch.inference_mode():
+                out = self.model.generate(**enc, **kwargs)
+        finally:
+            self.model.train(training)
         gen = out[:, enc["input_ids"].shape[1] :].tolist()
         results = [self._decode(row, dec.max_new_tokens) for row in gen]
         return [results[i * dec.n : (i + 1) * dec.n] for i in range(len(prompts))]
@@ -322,17 +328,39 @@ def _backend(model: Any, tokenizer: Any, backend: str, seed: int) -> tuple[Any, 
         return VLLMBackend(model), tokenizer or model.get_tokenizer()
     if isinstance(model, (str, os.PathLike)):
         if backend == "vllm" or (backend == "auto" and vllm_available()):
-            vb = VLLMBackend.from_path(model, seed=seed)
+            vb = VLLMBackend.from_path(_resolve_path(model), seed=seed)
             return vb, tokenizer or vb.llm.get_tokenizer()
-        from clinical_r1 import models
-
-        loaded, loaded_tok = models.load_for_inference(model)
+        loaded, loaded_tok = load_for_inference(model)
         return TransformersBackend(loaded, tokenizer or loaded_tok), tokenizer or loaded_tok
     if backend == "vllm":
         raise ValueError("backend='vllm' needs a model path or a vllm.LLM, not an in-memory model")
     if tokenizer is None:
         raise ValueError("an in-memory model needs its tokenizer")
     return TransformersBackend(model, tokenizer), tokenizer
+
+
+def _resolve_path(model: str | os.PathLike) -> str:
+    """A local folder for ``embedded:*`` names and paths (an adapter folder stays as it is), else the hub id."""
+    from clinical_r1.models import resolve_model
+
+    p = Path(model)
+    return str(p) if (p / "adapter_config.json").is_file() else resolve_model(str(model))
+
+
+def load_for_inference(model: str | os.PathLike) -> tuple[Any, Any]:
+    """(model, tokenizer) in eval mode through :mod:`clinical_r1.models`: a base, merged or checkpoint folder
+    (or an ``embedded:*`` name / hub id) as it is; a LoRA adapter folder merged into its base model."""
+    from clinical_r1.models import check_adapter, load_policy
+
+    p = Path(model)
+    if (p / "adapter_config.json").is_file():
+        base = check_adapter(p).get("base_model_name_or_path")
+        if not base:
+            raise GenerationError(f"{p}/adapter_config.json: no base_model_name_or_path; cannot tell the base model")
+        loaded, tok = load_policy({"name": base, "init_adapter": str(p), "init_adapter_mode": "merge"}, lora=None)
+    else:
+        loaded, tok = load_policy({"name": str(model)}, lora=None)
+    return loaded.eval(), tok
 
 
 def _model_label(model: Any) -> str:
@@ -371,11 +399,11 @@ def generate(model: Any, tokenizer: Any, dataset: Iterable[Mapping[str, Any]], o
     items = list(dataset)
     ids = [str(r["id"]) for r in items]
     if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        dup = sorted(i for i, c in Counter(ids).items() if c > 1)[:5]
         raise ValueError(f"dataset has duplicate ids, e.g. {dup}")
     out = Path(out_path)
     model_label = model_name or _model_label(model)
-    dataset_label = dataset_name or getattr(getattr(dataset, "info", None), "dataset_name", None) or "dataset"
+    dataset_label = dataset_name or getattr(getattr(dataset, "info", None), "dataset_name", None)
     meta = {"model": model_label, "dataset": dataset_label, "prompt_kind": prompt_kind, **asdict(dec)}
     _check_meta(out, meta)
     done = _repair_tail(out)
@@ -397,7 +425,7 @@ def generate(model: Any, tokenizer: Any, dataset: Iterable[Mapping[str, Any]], o
 
 
 def _run(engine: Any, tokenizer: Any, todo: list[tuple[Mapping[str, Any], list[int]]], out: Path, dec: Decoding,
-         labels: Mapping[str, str], batch_size: int, total: int, progress: bool) -> None:
+         labels: Mapping[str, str | None], batch_size: int, total: int, progress: bool) -> None:
     from tqdm.auto import tqdm
 
     with open(out, "a", encoding="utf-8") as f, tqdm(total=total, desc=out.name, unit="answer",
