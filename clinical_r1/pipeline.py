@@ -1,0 +1,957 @@
+"""Run the numbered notebooks with papermill: a recipe end to end, or an ablation grid of overrides.
+
+    python -m clinical_r1.pipeline --recipe demo                     # every stage of configs/recipes/demo.yaml
+    python -m clinical_r1.pipeline --recipe paper --only 04,05 --out results/paper-try2
+    python -m clinical_r1.pipeline --recipe demo --force             # rerun stages already done
+    python -m clinical_r1.pipeline --grid configs/ablations.yaml --dry-run
+    python -m clinical_r1.pipeline --grid configs/ablations.yaml --base-recipe t4 --groups 2x2 --seeds 0
+    python -m clinical_r1.pipeline --gather results/ablations        # rebuild results/ablations/summary.csv
+
+    from clinical_r1.pipeline import load_recipe, run_recipe, expand_grid, run_grid, gather
+    run_recipe("demo", only=["01", "04"])
+    runs = expand_grid("configs/ablations.yaml")                    # list[Run], stable run ids
+    run_grid("configs/ablations.yaml", groups=["k"], seeds=[0])
+    df = gather("results/ablations")                                # tidy; also written as summary.csv
+
+Recipe (``configs/recipes/<name>.yaml``)::
+
+    name: demo                   # must equal the file name
+    description: ...
+    out: results/demo            # run folder (``--out`` overrides)
+    common:                      # given to every notebook that declares the name in its parameters cell
+      out_dir: "{out}"
+    stages:                      # executed in number order
+      "01": {limit: 20}          # notebooks/01_*.ipynb; every key here must be declared by that notebook
+      "04_crpo_train": {...}     # or the full notebook name
+
+Placeholders in string values: ``{out}`` (this run's folder, absolute), ``{repo}`` (the repository root),
+``{recipe_out}`` (the recipe's own run folder; in a grid run it still points at the recipe's folder, e.g.
+the SFT adapter of the main run), ``{run_id}`` (the grid run id; the recipe name in a recipe run).
+
+Grid (``configs/ablations.yaml``): ``name, description, out, notebooks`` (stage keys run per run, in
+order), ``base_recipe`` (optional: start from that recipe's ``common`` + those stages' parameters),
+``base`` (parameters for every run), ``seed_parameter`` + ``seeds`` (crossed with the variants) and
+``variants``: a list of ``{name, groups, overrides, sweep}``; ``sweep: {k: [1, 5, 20]}`` expands one
+variant into one per value, named from ``name`` (``crpo-k{k}`` → ``crpo-k1``).
+
+Status and resume: a recipe run writes ``<out>/pipeline.json`` (per stage: status, start, duration,
+parameters, notebook hash, executed notebook, error) after every change; a rerun skips stages already done
+with the same parameters and notebook, unless ``--force``; once one stage runs, every later stage runs too
+(its inputs changed). A grid run ``results/ablations/<run_id>/`` is finished when its ``done.json`` exists
+(written last) and is then skipped; one finished with other parameters is an error unless ``--force``.
+
+Parameters never carry secrets: a key naming a token, API key, password or secret, or a value shaped like
+one (``sk-…``, ``hf_…``, ``ghp_…``), is refused. Notebooks read keys from environment variables; a
+parameter may name the variable (``api_key_env: DEEPSEEK_API_KEY``).
+
+Notebooks run with kernel ``python3`` (the venv's ipykernel) in the ``notebooks/`` folder, as in Jupyter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+RECIPES_DIR = REPO_ROOT / "configs" / "recipes"
+GRID_FILE = REPO_ROOT / "configs" / "ablations.yaml"
+KERNEL = "python3"  # the venv's ipykernel kernelspec
+STATUS_FILE = "pipeline.json"
+DONE_FILE = "done.json"
+SUMMARY_FILE = "summary.csv"
+RECIPE_KEYS = {"name", "description", "out", "common", "stages"}
+GRID_KEYS = {"name", "description", "out", "notebooks", "base_recipe", "base", "seed_parameter", "seeds", "variants"}
+VARIANT_KEYS = {"name", "groups", "overrides", "sweep", "description"}
+_STAGE_KEY = re.compile(r"^(\d{2})(?:_[\w-]+)?$")
+_PLACEHOLDERS = ("{out}", "{repo}", "{recipe_out}", "{run_id}")
+
+
+class PipelineError(RuntimeError):
+    """A recipe, grid or stage that cannot be run as asked; the message names the file, stage or key."""
+
+
+class StageError(PipelineError):
+    """A notebook that raised; the message names the notebook, the cell and the error."""
+
+
+class SecretParameterError(PipelineError):
+    """A parameter that looks like a credential; keys come from environment variables only."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Small utilities
+# ---------------------------------------------------------------------------------------------------
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(obj: Any, path: Path) -> None:
+    from clinical_r1.data import write_json
+
+    write_json(obj, path)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    if not path.exists():
+        raise PipelineError(f"{what} file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise PipelineError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path}: a {what} must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise PipelineError(f"{where} must be a mapping of parameter names to values, got {type(value).__name__}")
+    bad = [k for k in value if not isinstance(k, str) or not k.isidentifier()]
+    if bad:
+        raise PipelineError(f"{where}: parameter names must be Python identifiers, got {bad}")
+    return dict(value)
+
+
+def _unknown(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    extra = sorted(set(data) - allowed)
+    if extra:
+        raise PipelineError(f"{where}: unknown key(s) {extra}; allowed: {sorted(allowed)}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Secrets
+# ---------------------------------------------------------------------------------------------------
+
+_SECRET_WORDS = {"secret", "secrets", "password", "passwd", "passphrase", "credential", "credentials",
+                 "apikey", "auth", "bearer", "cookie"}
+_KEY_QUALIFIERS = {"api", "access", "secret", "private", "auth", "client"}  # "<qualifier>_key" names a credential
+_SECRET_VALUE = re.compile(
+    r"(?:^|[^A-Za-z0-9])(?:sk-[A-Za-z0-9_-]{16,}|sk_(?:live|test)_[A-Za-z0-9]{16,}|hf_[A-Za-z0-9]{20,}"
+    r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}"
+    r"|AIza[0-9A-Za-z_-]{30,}|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.)|^Bearer\s+\S+")
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+def _words(key: str) -> list[str]:
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key)
+    return [w for w in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if w]
+
+
+def _secret_key(key: str) -> bool:
+    w = _words(key)
+    if any(x in _SECRET_WORDS for x in w) or "token" in w[-2:] and w[-1] in ("token", "env", "var"):
+        return True  # hf_token, access_token (not token_budget)
+    return any(a in _KEY_QUALIFIERS and b == "key" for a, b in zip(w, w[1:]))
+
+
+def _names_env_var(key: str, value: Any) -> bool:
+    """``api_key_env: DEEPSEEK_API_KEY`` names a variable; it holds no secret."""
+    return _words(key)[-1:] in (["env"], ["var"]) and (value is None or (isinstance(value, str) and bool(_ENV_NAME.match(value))))
+
+
+def check_secrets(params: Any, where: str, _path: str = "") -> None:
+    """Raise :class:`SecretParameterError` for a key that names a credential or a value shaped like one.
+
+    Walks nested mappings and lists. The message names the key, never the value.
+    """
+    if isinstance(params, Mapping):
+        for k, v in params.items():
+            path = f"{_path}.{k}" if _path else str(k)
+            if _secret_key(str(k)) and not _names_env_var(str(k), v):
+                raise SecretParameterError(
+                    f"{where}: parameter {path!r} looks like a credential; parameters are written to executed "
+                    f"notebooks and status files, so keys come from environment variables only — pass the "
+                    f"variable's name instead (e.g. '{k}_env: DEEPSEEK_API_KEY')")
+            check_secrets(v, where, path)
+    elif isinstance(params, (list, tuple)):
+        for i, v in enumerate(params):
+            check_secrets(v, where, f"{_path}[{i}]")
+    elif isinstance(params, str) and _SECRET_VALUE.search(params):
+        raise SecretParameterError(f"{where}: the value of {_path or 'a parameter'!r} looks like an API key or token; "
+                                   f"set it in an environment variable and pass the variable's name")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Recipes
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A recipe file: where it writes, parameters for all notebooks, and per-stage parameters."""
+
+    name: str
+    path: Path
+    description: str
+    out: str
+    common: dict[str, Any]
+    stages: dict[str, dict[str, Any]]  # stage key ("04" or "04_crpo_train") -> parameters, in number order
+
+    def out_dir(self) -> Path:
+        p = Path(self.out)
+        return p if p.is_absolute() else REPO_ROOT / p
+
+
+def recipe_path(name_or_path: str | os.PathLike, recipes_dir: str | os.PathLike = RECIPES_DIR) -> Path:
+    """``demo`` → ``configs/recipes/demo.yaml``; a path to a YAML file is used as is."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    path = Path(recipes_dir) / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = sorted(q.stem for q in Path(recipes_dir).glob("*.yaml"))
+        raise PipelineError(f"unknown recipe {str(name_or_path)!r}: no {path}; known recipes: {known}")
+    return path
+
+
+def load_recipe(name_or_path: str | os.PathLike, recipes_dir: str | os.PathLike = RECIPES_DIR) -> Recipe:
+    """Read and check a recipe: known keys only, stage keys ``NN`` or ``NN_name`` (no number twice), parameter
+    mappings, no secrets. Notebooks are not opened here (see :func:`plan_recipe`)."""
+    path = recipe_path(name_or_path, recipes_dir)
+    data = _read_yaml(path, "recipe")
+    _unknown(data, RECIPE_KEYS, str(path))
+    name = str(data.get("name") or path.stem)
+    if name != path.stem:
+        raise PipelineError(f"{path}: name {name!r} differs from the file name {path.stem!r}")
+    stages_raw = data.get("stages")
+    if not isinstance(stages_raw, dict) or not stages_raw:
+        raise PipelineError(f"{path}: 'stages' must be a non-empty mapping of notebook numbers to parameters")
+    stages: dict[str, dict[str, Any]] = {}
+    numbers: dict[str, str] = {}
+    for key, params in stages_raw.items():
+        key = f"{key:02d}" if isinstance(key, int) else str(key)
+        m = _STAGE_KEY.match(key)
+        if not m:
+            raise PipelineError(f"{path}: stage key {key!r} must be a two-digit notebook number ('04') or a notebook "
+                                f"name ('04_crpo_train')")
+        if m.group(1) in numbers:
+            raise PipelineError(f"{path}: stages {numbers[m.group(1)]!r} and {key!r} share number {m.group(1)}")
+        numbers[m.group(1)] = key
+        stages[key] = _mapping(params, f"{path}: stage {key}")
+    stages = dict(sorted(stages.items(), key=lambda kv: kv[0][:2]))
+    common = _mapping(data.get("common"), f"{path}: common")
+    check_secrets(common, f"{path}: common")
+    for key, params in stages.items():
+        check_secrets(params, f"{path}: stage {key}")
+    return Recipe(name=name, path=path, description=str(data.get("description") or ""),
+                  out=str(data.get("out") or f"results/{name}"), common=common, stages=stages)
+
+
+def resolve_notebook(key: str, notebooks_dir: str | os.PathLike = NOTEBOOKS_DIR) -> Path:
+    """The notebook of a stage key: ``04_crpo_train`` → that file; ``04`` → the one ``04_*.ipynb``."""
+    d = Path(notebooks_dir)
+    if "_" in key:
+        path = d / f"{key}.ipynb"
+        if not path.exists():
+            raise PipelineError(f"stage {key}: notebook {path} not found")
+        return path
+    found = sorted(d.glob(f"{key}_*.ipynb"))
+    if len(found) != 1:
+        if not found:
+            raise PipelineError(f"stage {key}: no notebook named {key}_*.ipynb in {d}")
+        raise PipelineError(f"stage {key}: {len(found)} notebooks named {key}_*.ipynb in {d} "
+                            f"({[p.name for p in found]}); use the full name as the stage key, e.g. {found[0].stem!r}")
+    return found[0]
+
+
+def declared_parameters(notebook: Path) -> dict[str, Any]:
+    """The names (and defaults) of a notebook's ``parameters`` cell; a notebook without one is refused."""
+    import nbformat
+    import papermill as pm
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    if not any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb.cells):
+        raise PipelineError(f"{notebook}: no cell tagged 'parameters'; papermill needs one (View > Cell Toolbar > Tags)")
+    return {name: info.get("default") for name, info in pm.inspect_notebook(str(notebook)).items()}
+
+
+def _substitute(value: Any, context: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        for ph in _PLACEHOLDERS:
+            if ph in value:
+                value = value.replace(ph, context[ph[1:-1]])
+        return value
+    if isinstance(value, list):
+        return [_substitute(v, context) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, context) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class Layer:
+    """Parameters from one origin. Strict layers must be declared by the notebook; others are given only to
+    notebooks that declare them."""
+
+    origin: str
+    params: Mapping[str, Any]
+    strict: bool = False
+
+
+@dataclass
+class StagePlan:
+    """One notebook execution: its source, where the executed copy goes, and its final parameters."""
+
+    name: str  # the notebook stem, e.g. 04_crpo_train
+    notebook: Path
+    executed: Path
+    parameters: dict[str, Any]
+
+
+def stage_parameters(notebook: Path, layers: Sequence[Layer], context: Mapping[str, str]) -> dict[str, Any]:
+    """Merge ``layers`` (later wins) into the parameters papermill passes to ``notebook``."""
+    declared = declared_parameters(notebook)
+    out: dict[str, Any] = {}
+    for layer in layers:
+        if layer.strict:
+            undeclared = sorted(set(layer.params) - set(declared))
+            if undeclared:
+                raise PipelineError(f"{layer.origin}: parameter(s) {undeclared} are not declared in the parameters "
+                                    f"cell of {notebook}; it declares {sorted(declared)}")
+        for k, v in layer.params.items():
+            if k in declared:
+                out[k] = copy.deepcopy(_substitute(v, context))
+    check_secrets(out, f"{notebook.name}")
+    return out
+
+
+def _check_used(layers: Sequence[Layer], plans_declared: Mapping[str, Iterable[str]]) -> None:
+    """A non-strict parameter that no notebook declares is a typo, not a default: refuse it."""
+    everywhere = set().union(*map(set, plans_declared.values())) if plans_declared else set()
+    for layer in layers:
+        unused = sorted(set(layer.params) - everywhere)
+        if unused:
+            raise PipelineError(f"{layer.origin}: parameter(s) {unused} are declared by none of the notebooks "
+                                f"{sorted(plans_declared)}; check the spelling or add them to a parameters cell")
+
+
+def plan_recipe(recipe: Recipe, out: str | os.PathLike | None = None, only: Iterable[str] | None = None,
+                notebooks_dir: str | os.PathLike = NOTEBOOKS_DIR) -> list[StagePlan]:
+    """The stages to execute (``only``: stage numbers like ``["01", "04"]``), each with its final parameters."""
+    out_dir = Path(out).resolve() if out is not None else recipe.out_dir().resolve()
+    keys = list(recipe.stages)
+    if only:
+        wanted = {f"{int(x):02d}" if str(x).isdigit() else str(x) for x in only}
+        unknown = sorted(w for w in wanted if not any(k == w or k[:2] == w for k in keys))
+        if unknown:
+            raise PipelineError(f"{recipe.path}: --only names stage(s) {unknown} the recipe lacks; it has {keys}")
+        keys = [k for k in keys if k in wanted or k[:2] in wanted]
+    context = {"out": str(out_dir), "repo": str(REPO_ROOT), "recipe_out": str(out_dir), "run_id": recipe.name}
+    plans, declared = [], {}
+    for key in keys:
+        nb = resolve_notebook(key, notebooks_dir)
+        layers = [Layer(f"{recipe.path}: common", recipe.common),
+                  Layer(f"{recipe.path}: stage {key}", recipe.stages[key], strict=True)]
+        plans.append(StagePlan(nb.stem, nb, out_dir / "notebooks" / nb.name, stage_parameters(nb, layers, context)))
+        declared[nb.stem] = declared_parameters(nb)
+    if not only:
+        _check_used([Layer(f"{recipe.path}: common", recipe.common)], declared)
+    return plans
+
+
+# ---------------------------------------------------------------------------------------------------
+# Executing stages
+# ---------------------------------------------------------------------------------------------------
+
+
+def read_status(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise PipelineError(f"{path}: status file is not valid JSON ({e}); delete it to start over") from None
+
+
+def execute_notebook(plan: StagePlan, kernel: str = KERNEL, progress: bool = True,
+                     timeout: float | None = None) -> float:
+    """Run one notebook with papermill (cwd: the notebook's folder); returns seconds. A cell error becomes a
+    :class:`StageError` naming the notebook, the cell and the error; the executed notebook keeps the traceback."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    check_secrets(plan.parameters, plan.notebook.name)
+    plan.executed.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    kw: dict[str, Any] = {"execution_timeout": timeout} if timeout is not None else {}
+    try:
+        pm.execute_notebook(str(plan.notebook), str(plan.executed), parameters=plan.parameters, kernel_name=kernel,
+                            cwd=str(plan.notebook.parent), progress_bar=progress, log_output=False, **kw)
+    except PapermillExecutionError as e:
+        raise StageError(
+            f"stage {plan.name} failed: {plan.notebook} cell In [{e.exec_count}] (index {e.cell_index} of the executed "
+            f"notebook) raised {e.ename}: {e.evalue}\n  cell source: {_first_lines(e.source)}\n  executed notebook "
+            f"with the full traceback: {plan.executed}") from None
+    except Exception as e:  # kernel died, timeout, missing kernel: papermill raises several types
+        raise StageError(f"stage {plan.name} failed: {plan.notebook} could not be executed: {type(e).__name__}: {e}"
+                         f"\n  executed notebook (partial): {plan.executed}") from e
+    return time.monotonic() - start
+
+
+def _first_lines(src: str, n: int = 3) -> str:
+    lines = [ln for ln in (src or "").splitlines() if ln.strip()]
+    return " | ".join(lines[:n]) + (" | ..." if len(lines) > n else "")
+
+
+def run_stages(plans: Sequence[StagePlan], status_path: Path, header: Mapping[str, Any], force: bool = False,
+               kernel: str = KERNEL, progress: bool = True, timeout: float | None = None) -> dict[str, Any]:
+    """Execute ``plans`` in order, recording each stage in ``status_path``; skip stages already done with the same
+    parameters and notebook (unless ``force``); after one stage runs, every later one runs. Returns the status."""
+    status = read_status(status_path)
+    status.update(header)
+    status.setdefault("created", _now())
+    stages = status.setdefault("stages", {})
+    ran = False
+    for i, plan in enumerate(plans, start=1):
+        sha = _sha256(plan.notebook)
+        prev = stages.get(plan.name, {})
+        reason = _rerun_reason(prev, plan, sha, force, ran)
+        if reason is None:
+            log.info("[%d/%d] %s: done already (%.1f s); skipped", i, len(plans), plan.name, prev.get("duration_s", 0))
+            continue
+        log.info("[%d/%d] %s: running (%s)", i, len(plans), plan.name, reason)
+        entry = {"status": "running", "notebook": _rel(plan.notebook), "notebook_sha256": sha,
+                 "executed": _rel(plan.executed), "parameters": plan.parameters, "started": _now(),
+                 "finished": None, "duration_s": None, "error": None}
+        stages[plan.name] = entry
+        _save_status(status, status_path)
+        start = time.monotonic()
+        try:
+            execute_notebook(plan, kernel=kernel, progress=progress, timeout=timeout)
+        except StageError as e:
+            entry.update(status="failed", finished=_now(), duration_s=round(time.monotonic() - start, 2), error=str(e))
+            _save_status(status, status_path)
+            raise
+        entry.update(status="done", finished=_now(), duration_s=round(time.monotonic() - start, 2))
+        _save_status(status, status_path)
+        ran = True
+    return status
+
+
+def _rerun_reason(prev: Mapping[str, Any], plan: StagePlan, sha: str, force: bool, upstream_ran: bool) -> str | None:
+    if force:
+        return "--force"
+    if prev.get("status") != "done":
+        return "not done yet" if not prev else f"last status {prev.get('status')}"
+    if upstream_ran:
+        return "an earlier stage ran"
+    if _canonical(prev.get("parameters")) != _canonical(plan.parameters):
+        return "parameters changed"
+    if prev.get("notebook_sha256") != sha:
+        return "notebook changed"
+    return None
+
+
+def _save_status(status: dict[str, Any], path: Path) -> None:
+    status["updated"] = _now()
+    _write_json(status, path)
+
+
+def _rel(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _git() -> dict[str, Any]:
+    from clinical_r1.evaluate import git_commit
+
+    return git_commit()
+
+
+def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike | None = None,
+               only: Iterable[str] | None = None, force: bool = False, dry_run: bool = False,
+               notebooks_dir: str | os.PathLike = NOTEBOOKS_DIR, kernel: str = KERNEL, progress: bool = True,
+               timeout: float | None = None) -> dict[str, Any]:
+    """Execute a recipe's notebooks in order into ``<out>/notebooks/``, with ``<out>/pipeline.json`` as the
+    status file. Raises :class:`StageError` at the first failing stage. Returns the status dict (the plan
+    when ``dry_run``)."""
+    r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    out_dir = Path(out).resolve() if out is not None else r.out_dir().resolve()
+    plans = plan_recipe(r, out_dir, only, notebooks_dir)
+    if dry_run:
+        for p in plans:
+            log.info("%s -> %s\n  %s", p.notebook, p.executed, json.dumps(p.parameters, default=str))
+        return {"recipe": r.name, "out": str(out_dir), "plan": [p.__dict__ for p in plans]}
+    header = {"kind": "recipe", "recipe": r.name, "recipe_file": _rel(r.path), "recipe_sha256": _sha256(r.path),
+              "out": str(out_dir), **_git()}
+    return run_stages(plans, out_dir / STATUS_FILE, header, force=force, kernel=kernel, progress=progress,
+                      timeout=timeout)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Summary of a recipe run (from the results files)
+# ---------------------------------------------------------------------------------------------------
+
+
+def summary_table(out_dir: str | os.PathLike) -> str:
+    """Plain text: the stages of ``<out>/pipeline.json``, the accuracy of every evaluation result under
+    ``out_dir`` (percent, 95% CI) and the judge means per method — read from the results files."""
+    from clinical_r1.plots import PlotDataError, collect_eval_results, collect_judge_results
+
+    out = Path(out_dir)
+    status = read_status(out / STATUS_FILE)
+    lines = [f"run {out}", f"{'stage':<28}{'status':<10}{'seconds':>10}"]
+    for name, s in status.get("stages", {}).items():
+        dur = s.get("duration_s")
+        lines.append(f"{name:<28}{s.get('status', '?'):<10}{(f'{dur:.1f}' if dur is not None else '-'):>10}")
+    try:
+        acc = collect_eval_results(out)
+        judged = collect_judge_results(out, n_boot=200)
+    except PlotDataError as e:
+        lines.append(f"results unreadable: {e}")
+        return "\n".join(lines)
+    if acc.empty:
+        lines.append("no evaluation results (*.metrics.json) yet")
+    else:
+        acc["cell"] = [f"{a:.1f} [{lo:.1f}, {hi:.1f}]" for a, lo, hi in zip(acc["accuracy"], acc["ci_low"], acc["ci_high"])]
+        table = acc.pivot_table(index="method", columns="benchmark", values="cell", aggfunc="first").fillna("-")
+        lines += ["", "accuracy % [95% CI]", table.to_string()]
+    if not judged.empty:
+        table = judged.pivot_table(index="method", columns="metric", values="value", aggfunc="mean")
+        lines += ["", "judge metrics (mean over judged responses)", table.round(2).to_string()]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ablation grids
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """One ablation run: a variant crossed with a seed."""
+
+    run_id: str  # <variant>-s<seed>-<8 hex of the overrides and seed>; stable across edits elsewhere in the grid
+    variant: str
+    seed: int | None
+    groups: tuple[str, ...]
+    overrides: dict[str, Any] = field(hash=False)
+    settings: dict[str, Any] = field(hash=False)  # flat: base recipe + grid base + overrides + seed (later wins)
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    path: Path
+    out: str
+    notebooks: tuple[str, ...]
+    base_recipe: str | None
+    base: dict[str, Any]
+    seed_parameter: str
+    seeds: tuple[int | None, ...]
+    variants: tuple[dict[str, Any], ...]
+
+    def out_dir(self) -> Path:
+        p = Path(self.out)
+        return p if p.is_absolute() else REPO_ROOT / p
+
+
+def load_grid(path: str | os.PathLike = GRID_FILE) -> Grid:
+    """Read and check a grid file (known keys, variant names, sweeps, no secrets)."""
+    p = Path(path)
+    data = _read_yaml(p, "grid")
+    _unknown(data, GRID_KEYS, str(p))
+    nbs = data.get("notebooks")
+    if not isinstance(nbs, list) or not nbs or not all(_STAGE_KEY.match(str(n)) for n in nbs):
+        raise PipelineError(f"{p}: 'notebooks' must list stage keys such as ['04', '05'], got {nbs!r}")
+    seeds = data.get("seeds")
+    if seeds is None:
+        seeds = [None]
+    if not isinstance(seeds, list) or not seeds or not all(s is None or isinstance(s, int) for s in seeds):
+        raise PipelineError(f"{p}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
+    variants = data.get("variants")
+    if not isinstance(variants, list) or not variants:
+        raise PipelineError(f"{p}: 'variants' must be a non-empty list")
+    for i, v in enumerate(variants):
+        where = f"{p}: variants[{i}]"
+        if not isinstance(v, dict) or not v.get("name"):
+            raise PipelineError(f"{where}: each variant is a mapping with at least a 'name'")
+        _unknown(v, VARIANT_KEYS, where)
+        check_secrets(_mapping(v.get("overrides"), f"{where} ({v['name']}): overrides"), f"{where} ({v['name']})")
+        sweep = _mapping(v.get("sweep"), f"{where}: sweep")
+        if any(not isinstance(vals, list) or not vals for vals in sweep.values()):
+            raise PipelineError(f"{where}: each sweep entry must be a non-empty list of values")
+    base = _mapping(data.get("base"), f"{p}: base")
+    check_secrets(base, f"{p}: base")
+    return Grid(name=str(data.get("name") or p.stem), path=p, out=str(data.get("out") or "results/ablations"),
+                notebooks=tuple(str(n) for n in nbs), base_recipe=data.get("base_recipe"), base=base,
+                seed_parameter=str(data.get("seed_parameter") or "seed"), seeds=tuple(seeds),
+                variants=tuple(variants))
+
+
+def _slug(name: str) -> str:
+    s = re.sub(r"[^a-z0-9_.-]+", "-", name.lower()).strip("-")
+    if not s:
+        raise PipelineError(f"variant name {name!r} has no letters or digits")
+    return s
+
+
+def run_id(variant: str, overrides: Mapping[str, Any], seed: int | None) -> str:
+    """``<variant>-s<seed>-<sha256(overrides, seed)[:8]>``: stable, readable, unique per overrides and seed."""
+    digest = hashlib.sha256(_canonical({"overrides": overrides, "seed": seed}).encode()).hexdigest()[:8]
+    return f"{_slug(variant)}{'' if seed is None else f'-s{seed}'}-{digest}"
+
+
+def _expand_variant(v: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A variant with ``sweep`` → one (name, overrides) per combination of sweep values."""
+    import itertools
+
+    overrides = dict(v.get("overrides") or {})
+    sweep = dict(v.get("sweep") or {})
+    if not sweep:
+        return [(str(v["name"]), overrides)]
+    out = []
+    keys = list(sweep)
+    for values in itertools.product(*(sweep[k] for k in keys)):
+        combo = dict(zip(keys, values))
+        name = str(v["name"])
+        name = name.format(**combo) if "{" in name else name + "".join(f"-{k}{val}" for k, val in combo.items())
+        out.append((name, {**overrides, **combo}))
+    return out
+
+
+def _recipe_layers(grid: Grid, recipe: str | None) -> tuple[Recipe | None, dict[str, Any]]:
+    name = recipe or grid.base_recipe
+    if not name:
+        return None, {}
+    r = load_recipe(name)
+    flat = dict(r.common)
+    for key in grid.notebooks:
+        flat.update(_recipe_stage(r, key) or {})
+    return r, flat
+
+
+def _recipe_stage(r: Recipe, key: str) -> dict[str, Any] | None:
+    for k, params in r.stages.items():
+        if k == key or k[:2] == key[:2]:
+            return params
+    return None
+
+
+def expand_grid(path: str | os.PathLike = GRID_FILE, recipe: str | None = None, seeds: Sequence[int] | None = None,
+                variants: Iterable[str] | None = None, groups: Iterable[str] | None = None) -> list[Run]:
+    """Every (variant × seed) run of a grid file, with stable ids. ``seeds`` replaces the file's seeds;
+    ``variants`` / ``groups`` keep only runs with those names / in those groups. Two variants with the same
+    overrides are refused (give one variant several ``groups`` instead)."""
+    grid = load_grid(path)
+    _, recipe_flat = _recipe_layers(grid, recipe)
+    seed_list = list(seeds) if seeds is not None else list(grid.seeds)
+    runs: list[Run] = []
+    seen: dict[str, str] = {}
+    for v in grid.variants:
+        for name, overrides in _expand_variant(v):
+            key = _canonical(overrides)
+            if key in seen:
+                raise PipelineError(f"{grid.path}: variants {seen[key]!r} and {name!r} have the same overrides "
+                                    f"{overrides}; keep one and list both groups on it")
+            seen[key] = name
+            for seed in seed_list:
+                settings = {**recipe_flat, **grid.base, **overrides}
+                if seed is not None:
+                    settings[grid.seed_parameter] = seed
+                runs.append(Run(run_id=run_id(name, overrides, seed), variant=name, seed=seed,
+                                groups=tuple(str(g) for g in v.get("groups") or ()), overrides=overrides,
+                                settings=settings))
+    ids = [r.run_id for r in runs]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise PipelineError(f"{grid.path}: run ids {dup} repeat; variant names must be unique")
+    if variants is not None:
+        keep = set(variants)
+        unknown = keep - {r.variant for r in runs}
+        if unknown:
+            raise PipelineError(f"{grid.path}: no variant named {sorted(unknown)}; variants: {sorted({r.variant for r in runs})}")
+        runs = [r for r in runs if r.variant in keep]
+    if groups is not None:
+        keep_g = set(groups)
+        runs = [r for r in runs if keep_g & set(r.groups)]
+        if not runs:
+            raise PipelineError(f"{grid.path}: no variant is in group(s) {sorted(keep_g)}")
+    return runs
+
+
+def plan_run(grid: Grid, run: Run, out_dir: Path, recipe: str | None = None,
+             notebooks_dir: str | os.PathLike = NOTEBOOKS_DIR, recipe_out: str | os.PathLike | None = None) -> list[StagePlan]:
+    """The notebooks of one grid run with their parameters (recipe common < recipe stage < grid base <
+    overrides < seed), executed copies under ``<out_dir>/<run_id>/notebooks/``. ``{recipe_out}`` is
+    ``recipe_out`` when given (the main run was made with ``--out``), else the base recipe's ``out``."""
+    r, _ = _recipe_layers(grid, recipe)
+    run_dir = out_dir / run.run_id
+    main_out = Path(recipe_out) if recipe_out is not None else (r.out_dir() if r else run_dir)
+    context = {"out": str(run_dir.resolve()), "repo": str(REPO_ROOT), "recipe_out": str(main_out.resolve()),
+               "run_id": run.run_id}
+    seed_layer = {grid.seed_parameter: run.seed} if run.seed is not None else {}
+    grid_layers = [Layer(f"{grid.path}: base", grid.base), Layer(f"{grid.path}: variant {run.variant}", run.overrides),
+                   Layer(f"{grid.path}: seeds ({grid.seed_parameter})", seed_layer)]
+    plans, declared = [], {}
+    for key in grid.notebooks:
+        nb = resolve_notebook(key, notebooks_dir)
+        layers: list[Layer] = []
+        if r is not None:
+            layers.append(Layer(f"{r.path}: common", r.common))
+            stage = _recipe_stage(r, key)
+            if stage is not None:
+                layers.append(Layer(f"{r.path}: stage {key}", stage, strict=True))
+        layers += grid_layers
+        plans.append(StagePlan(nb.stem, nb, run_dir / "notebooks" / nb.name, stage_parameters(nb, layers, context)))
+        declared[nb.stem] = declared_parameters(nb)
+    _check_used(grid_layers, declared)
+    return plans
+
+
+def _done_record(run: Run, plans: Sequence[StagePlan]) -> dict[str, Any]:
+    return {"run_id": run.run_id, "variant": run.variant, "seed": run.seed, "groups": list(run.groups),
+            "overrides": run.overrides, "settings": run.settings,
+            "parameters": {p.name: p.parameters for p in plans}}
+
+
+def _stale(done: Mapping[str, Any], record: Mapping[str, Any]) -> list[str]:
+    """Notebooks whose recorded parameters differ from the planned ones."""
+    old, new = done.get("parameters", {}), record["parameters"]
+    return sorted(k for k in set(old) | set(new) if _canonical(old.get(k)) != _canonical(new.get(k)))
+
+
+def run_grid(path: str | os.PathLike = GRID_FILE, out: str | os.PathLike | None = None, recipe: str | None = None,
+             seeds: Sequence[int] | None = None, variants: Iterable[str] | None = None,
+             groups: Iterable[str] | None = None, force: bool = False, dry_run: bool = False,
+             keep_going: bool = False, notebooks_dir: str | os.PathLike = NOTEBOOKS_DIR, kernel: str = KERNEL,
+             progress: bool = True, timeout: float | None = None,
+             recipe_out: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Execute every run of a grid into ``<out>/<run_id>/`` (executed notebooks, ``pipeline.json``, the notebooks'
+    own outputs, then ``done.json``). Finished runs are skipped; a finished run whose parameters changed is an
+    error unless ``force``. A failing run stops the grid (``keep_going``: run the rest, then raise). Writes
+    ``<out>/summary.csv`` (:func:`gather`) at the end. Returns one ``{run_id, variant, seed, status}`` per run.
+    ``recipe_out``: the base recipe's run folder when it was not its default ``out`` (what ``{recipe_out}``
+    means: the splits and the SFT adapter the runs start from)."""
+    grid = load_grid(path)
+    out_dir = Path(out).resolve() if out is not None else grid.out_dir().resolve()
+    runs = expand_grid(path, recipe=recipe, seeds=seeds, variants=variants, groups=groups)
+    have_notebooks = all(_resolvable(k, notebooks_dir) for k in grid.notebooks)
+    report, todo = [], []
+    for run in runs:
+        done_path = out_dir / run.run_id / DONE_FILE
+        plans = plan_run(grid, run, out_dir, recipe, notebooks_dir, recipe_out) if (have_notebooks or not dry_run) else []
+        status = "pending"
+        if done_path.exists():
+            done = read_status(done_path)
+            stale = _stale(done, _done_record(run, plans)) if plans else []
+            if stale and not force:
+                raise PipelineError(f"{done_path}: finished with other parameters for {stale}; rerun with --force "
+                                    f"(or choose another --out) to replace it")
+            status = "done" if not force else "forced"
+        report.append({"run_id": run.run_id, "variant": run.variant, "seed": run.seed, "groups": ";".join(run.groups),
+                       "status": status})
+        if status != "done":
+            todo.append((run, plans))
+    if dry_run:
+        log.info("%s: %d run(s), %d to execute", grid.path, len(report), len(todo))
+        if not have_notebooks:
+            log.warning("notebooks %s not found under %s: parameters not checked", list(grid.notebooks), notebooks_dir)
+        return report
+    failures = []
+    for i, (run, plans) in enumerate(todo, start=1):
+        log.info("run %d/%d: %s (%s)", i, len(todo), run.run_id, ", ".join(f"{k}={v}" for k, v in run.overrides.items()))
+        run_dir = out_dir / run.run_id
+        (run_dir / DONE_FILE).unlink(missing_ok=True)
+        start = time.monotonic()
+        header = {"kind": "grid-run", "grid": grid.name, "grid_file": _rel(grid.path), "run_id": run.run_id,
+                  "out": str(run_dir), **_git()}
+        try:
+            run_stages(plans, run_dir / STATUS_FILE, header, force=force, kernel=kernel, progress=progress,
+                       timeout=timeout)
+        except StageError as e:
+            _set(report, run.run_id, "failed")
+            if not keep_going:
+                raise StageError(f"grid run {run.run_id}: {e}") from None
+            failures.append(f"{run.run_id}: {e}")
+            continue
+        record = {**_done_record(run, plans), "finished": _now(), "duration_s": round(time.monotonic() - start, 2),
+                  **_git()}
+        _write_json(record, run_dir / DONE_FILE)  # last: marks the run finished
+        _set(report, run.run_id, "done")
+    gather(out_dir)
+    if failures:
+        raise StageError(f"{len(failures)} grid run(s) failed:\n" + "\n".join(failures))
+    return report
+
+
+def _resolvable(key: str, notebooks_dir: str | os.PathLike) -> bool:
+    try:
+        resolve_notebook(key, notebooks_dir)
+    except PipelineError:
+        return False
+    return True
+
+
+def _set(report: list[dict[str, Any]], rid: str, status: str) -> None:
+    for r in report:
+        if r["run_id"] == rid:
+            r["status"] = status
+
+
+# ---------------------------------------------------------------------------------------------------
+# Gathering the grid's results
+# ---------------------------------------------------------------------------------------------------
+
+SUMMARY_COLUMNS = ["run_id", "variant", "seed", "groups", "table", "benchmark", "metric", "value", "ci_low", "ci_high"]
+
+
+def gather(results_dir: str | os.PathLike | None = None, write: bool = True):
+    """One tidy table of every finished run (``done.json``) under ``results_dir``: ``run_id, variant, seed,
+    groups`` (``;``-joined), one column per overridden setting (``k``, ``preset``, ...; the run's effective
+    value), then ``table`` (accuracy | cognitive_behaviours | faithfulness | training), ``benchmark``
+    (``train`` for training rows), ``metric, value, ci_low, ci_high``. Accuracy rows are percent; training
+    rows are the last logged value of each reward component, total reward, KL and completion length.
+    Written atomically to ``<results_dir>/summary.csv`` when ``write``."""
+    import pandas as pd
+
+    from clinical_r1 import plots
+
+    root = Path(results_dir) if results_dir is not None else load_grid().out_dir()
+    records, setting_keys = [], []
+    unfinished = 0
+    for run_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
+        if not (run_dir / DONE_FILE).exists():
+            unfinished += (run_dir / STATUS_FILE).exists()
+            continue
+        done = read_status(run_dir / DONE_FILE)
+        for k in done.get("overrides", {}):
+            if k not in setting_keys:
+                setting_keys.append(k)
+        records.append((run_dir, done))
+    columns = {k: (f"setting_{k}" if k in SUMMARY_COLUMNS else k) for k in setting_keys}
+    rows = []
+    for run_dir, done in records:
+        ident = {"run_id": done["run_id"], "variant": done["variant"], "seed": done.get("seed"),
+                 "groups": ";".join(done.get("groups", []))}
+        ident.update({col: done.get("settings", {}).get(k) for k, col in columns.items()})
+        for row in _run_rows(run_dir, done["run_id"], plots):
+            rows.append({**ident, **row})
+    df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS[:4] + list(columns.values()) + SUMMARY_COLUMNS[4:])
+    if unfinished:
+        log.info("%s: %d unfinished run(s) left out of the summary", root, unfinished)
+    if write and root.exists():
+        _write_csv(df, root / SUMMARY_FILE)
+    return df
+
+
+def _run_rows(run_dir: Path, rid: str, plots: Any) -> list[dict[str, Any]]:
+    rows = []
+    acc = plots.collect_eval_results(run_dir, default_method=rid)
+    for _, r in acc.iterrows():
+        rows.append({"table": "accuracy", "benchmark": r["benchmark"], "metric": "accuracy", "value": r["accuracy"],
+                     "ci_low": r["ci_low"], "ci_high": r["ci_high"]})
+        for m in ("majority_accuracy", "valid_ratio", "mean_tokens"):
+            rows.append({"table": "accuracy", "benchmark": r["benchmark"], "metric": m, "value": r[m],
+                         "ci_low": None, "ci_high": None})
+    judged = plots.collect_judge_results(run_dir, default_method=rid)
+    for _, r in judged.iterrows():
+        rows.append({"table": r["table"], "benchmark": r["benchmark"], "metric": r["metric"], "value": r["value"],
+                     "ci_low": r["ci_low"], "ci_high": r["ci_high"]})
+    logs = plots.collect_training_logs(run_dir)
+    if not logs.empty:
+        for metric in plots.training_metrics(logs):
+            last = logs[logs["metric"] == metric].sort_values("step").iloc[-1]
+            rows.append({"table": "training", "benchmark": "train", "metric": metric, "value": last["value"],
+                         "ci_low": None, "ci_high": None})
+    return rows
+
+
+def _write_csv(df: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    log.info("wrote %s (%d rows)", path, len(df))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------
+
+
+def _csv(s: str | None) -> list[str] | None:
+    return [x.strip() for x in s.split(",") if x.strip()] if s else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--recipe", help="configs/recipes/<name>.yaml (with --grid: the base recipe)")
+    what.add_argument("--grid", help="an ablation grid, e.g. configs/ablations.yaml")
+    what.add_argument("--gather", metavar="DIR", help="rebuild DIR/summary.csv from finished grid runs")
+    ap.add_argument("--base-recipe", default=None, help="with --grid: the recipe whose parameters the runs start from")
+    ap.add_argument("--recipe-out", default=None, help="with --grid: that recipe's run folder if not its default")
+    ap.add_argument("--only", default=None, help="recipe stages to run, e.g. 01,04")
+    ap.add_argument("--out", default=None, help="run folder (default: the recipe's or grid's 'out')")
+    ap.add_argument("--force", action="store_true", help="rerun stages / runs already done")
+    ap.add_argument("--dry-run", action="store_true", help="show what would run; execute nothing")
+    ap.add_argument("--seeds", default=None, help="grid: seeds to run instead of the file's, e.g. 0,1")
+    ap.add_argument("--variants", default=None, help="grid: only these variants (comma-separated)")
+    ap.add_argument("--groups", default=None, help="grid: only variants in these groups, e.g. 2x2,k")
+    ap.add_argument("--keep-going", action="store_true", help="grid: run the remaining runs after a failure")
+    ap.add_argument("--notebooks", default=str(NOTEBOOKS_DIR), help="folder of the numbered notebooks")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per cell (default: none)")
+    ap.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
+    a = ap.parse_args(argv)
+    progress = not a.no_progress
+    try:
+        if a.gather:
+            df = gather(a.gather)
+            sys.stdout.write(f"{len(df)} rows -> {Path(a.gather) / SUMMARY_FILE}\n")
+        elif a.grid:
+            seeds = [int(s) for s in _csv(a.seeds)] if a.seeds else None
+            report = run_grid(a.grid, out=a.out, recipe=a.base_recipe, seeds=seeds, variants=_csv(a.variants),
+                              groups=_csv(a.groups), force=a.force, dry_run=a.dry_run, keep_going=a.keep_going,
+                              notebooks_dir=a.notebooks, progress=progress, timeout=a.timeout,
+                              recipe_out=a.recipe_out)
+            sys.stdout.write("\n".join(f"{r['run_id']:<44}{r['status']:<9}{r['groups']}" for r in report) + "\n")
+        else:
+            status = run_recipe(a.recipe, out=a.out, only=_csv(a.only), force=a.force, dry_run=a.dry_run,
+                                notebooks_dir=a.notebooks, progress=progress, timeout=a.timeout)
+            if not a.dry_run:
+                sys.stdout.write(summary_table(status["out"]) + "\n")
+    except PipelineError as e:
+        log.error("%s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    raise SystemExit(main())

@@ -1,0 +1,844 @@
+"""Figures: reproduced numbers beside the paper's, training curves, the k trade-off and response lengths.
+
+    from clinical_r1 import plots
+    plots.use_style()
+    acc = plots.collect_eval_results("results/demo")                 # tidy accuracy table (percent)
+    paper = plots.paper_table(plots.load_paper_reference(), "accuracy")
+    fig = plots.plot_accuracy(acc, paper)
+    plots.save(fig, "figures", "accuracy")                           # figures/accuracy.png + .pdf
+    plots.make_all("results/demo", "figures")                        # every figure whose inputs exist
+
+    python -m clinical_r1.plots results/demo --out figures [--paper results/paper_reference.json]
+
+Every plot function takes a tidy ``pandas.DataFrame`` and returns the ``Figure``; the loaders build those
+tables from ``results/`` files (never from notebook outputs). Figures stay readable in greyscale: the
+paper's numbers are hatched, white-filled bars; runs in line plots differ by marker and line style.
+
+Tidy tables (columns; extra columns are ignored):
+
+- accuracy (:func:`collect_eval_results`): ``method, benchmark, accuracy, ci_low, ci_high`` in percent
+  (``ci_*`` may be NaN), plus ``majority_accuracy, valid_ratio, mean_tokens, n_questions, path``.
+- paper (:func:`paper_table`): ``method, benchmark, accuracy`` for ``"accuracy"``; ``table, method, metric,
+  value`` for ``"cognitive_behaviours"`` and ``"faithfulness"``.
+- metric panels (:func:`collect_judge_results`): ``table, method, metric, value, ci_low, ci_high``
+  (``table`` optional when the frame holds one table only).
+- training (:func:`load_training_log`): ``run, step, metric, value``; metric names are TRL's log keys
+  (``rewards/<fn>/mean``, ``reward``, ``kl``, ``completions/mean_length``, ...).
+- k trade-off: one row per run with ``k`` and the two metric columns (``accuracy`` and, e.g., ``hallucination``);
+  several rows per k (seeds) are averaged, their standard deviation drawn as error bars.
+- lengths (:func:`collect_lengths`): ``method, n_tokens`` and optionally ``benchmark``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from clinical_r1.evaluate import load_paper_reference  # noqa: F401  (re-exported: the one loader of the paper's numbers)
+
+log = logging.getLogger(__name__)
+
+PAPER_HATCH = "///"  # the paper's numbers: white bars with this hatch
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+METHOD_HATCHES = ("", "..", "xx", "\\\\", "oo", "++", "--", "||")  # per-method texture in box/violin plots
+DPI = 200  # PNG resolution
+BENCHMARK_NAMES = {"medqa": "MedQA", "medmcqa": "MedMCQA", "medxpertqa": "MedXpertQA", "pubmedqa": "PubMedQA",
+                   "sample": "bundled sample"}
+LOWER_IS_BETTER = ("halluc",)  # metric names containing one of these are marked "lower is better"
+TRAINING_EXTRA = ("reward", "kl", "completions/mean_length")  # panels after the reward components
+METRIC_LABELS = {
+    "reward": "total reward",
+    "kl": "KL to reference",
+    "completions/mean_length": "completion length (tokens)",
+    "accuracy": "accuracy (%)",
+    "n_tokens": "response length (tokens)",
+}
+
+
+class PlotDataError(ValueError):
+    """A results file or table that cannot be plotted; the message names the file or the missing columns."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Style and saving
+# ---------------------------------------------------------------------------------------------------
+
+
+def use_style(context: str = "paper", font_scale: float = 1.1) -> None:
+    """One look for every figure: seaborn whitegrid, the colour-blind palette, print-sized fonts."""
+    import seaborn as sns
+
+    sns.set_theme(context=context, style="whitegrid", palette="colorblind", font_scale=font_scale)
+    plt.rcParams.update({
+        "figure.dpi": 100,
+        "savefig.dpi": DPI,
+        "savefig.bbox": "tight",
+        "hatch.linewidth": 0.8,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "legend.frameon": False,
+        "pdf.fonttype": 42,  # embed TrueType: editable text in the PDF
+    })
+
+
+def _palette(n: int) -> list[tuple[float, float, float]]:
+    import seaborn as sns
+
+    return list(sns.color_palette("colorblind", max(n, 1)))
+
+
+def save(fig: Figure, out_dir: str | os.PathLike, name: str) -> list[Path]:
+    """Write ``<out_dir>/<name>.png`` and ``.pdf`` atomically (temporary file, then ``os.replace``)."""
+    if not re.fullmatch(r"[\w.-]+", name):
+        raise ValueError(f"figure name {name!r}: use letters, digits, '_', '-' and '.' only")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "pdf"):
+        path = out / f"{name}.{ext}"
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=f".{ext}")
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format=ext, dpi=DPI, bbox_inches="tight")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        paths.append(path)
+    log.info("wrote %s", ", ".join(str(p) for p in paths))
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------------
+
+
+def _require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise PlotDataError(f"{what}: the table lacks column(s) {missing}; it has {list(df.columns)}")
+    if df.empty:
+        raise PlotDataError(f"{what}: the table is empty")
+
+
+def _unique(df: pd.DataFrame, keys: Sequence[str], what: str) -> None:
+    dup = df[df.duplicated(list(keys), keep=False)]
+    if not dup.empty:
+        pairs = sorted({tuple(r) for r in dup[list(keys)].itertuples(index=False)})
+        raise PlotDataError(f"{what}: several rows for {list(keys)} = {pairs[:5]}; one value per bar "
+                            f"(average seeds first, e.g. with from_summary)")
+
+
+def _ordered(values: Iterable[Any], order: Sequence[Any] | None = None) -> list[Any]:
+    """Unique values in ``order`` first, then in order of first appearance."""
+    seen = list(dict.fromkeys(v for v in values if not (isinstance(v, float) and math.isnan(v))))
+    head = [v for v in (order or []) if v in seen]
+    return head + [v for v in seen if v not in head]
+
+
+def _labels(methods: Sequence[str], labels: Mapping[str, str] | None) -> list[str]:
+    return [str((labels or {}).get(m, m)) for m in methods]
+
+
+def pretty_benchmark(name: str) -> str:
+    return BENCHMARK_NAMES.get(str(name).lower(), str(name))
+
+
+def pretty_metric(name: str) -> str:
+    """Readable axis label for a metric name (TRL log keys included)."""
+    if name in METRIC_LABELS:
+        return METRIC_LABELS[name]
+    m = re.fullmatch(r"rewards/(.+)/mean", name)
+    if m:
+        return f"{m.group(1).replace('_', ' ')} reward"
+    label = name.replace("_", " ")
+    return label + " (lower is better)" if is_lower_better(name) else label
+
+
+def is_lower_better(metric: str, extra: Iterable[str] = ()) -> bool:
+    m = metric.lower()
+    return any(s in m for s in LOWER_IS_BETTER) or metric in set(extra)
+
+
+def _err(df: pd.DataFrame, value: str = "value") -> np.ndarray | None:
+    """Asymmetric error bars from ``ci_low``/``ci_high`` (None when the table has none)."""
+    if "ci_low" not in df.columns or "ci_high" not in df.columns:
+        return None
+    lo = (df[value] - df["ci_low"]).to_numpy(dtype=float)
+    hi = (df["ci_high"] - df[value]).to_numpy(dtype=float)
+    if np.all(np.isnan(lo)) and np.all(np.isnan(hi)):
+        return None
+    return np.vstack([np.nan_to_num(lo), np.nan_to_num(hi)])
+
+
+def _source_legend(has_paper: bool, ci: bool = True) -> list[Patch]:
+    handles = [Patch(facecolor="0.45", edgecolor="black", label="reproduced" + (" (95% CI)" if ci else ""))]
+    if has_paper:
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch=PAPER_HATCH, label="paper"))
+    return handles
+
+
+def _bars(ax, positions: np.ndarray, values: np.ndarray, height: float, colors: Sequence[Any], *,
+          paper: bool, err: np.ndarray | None = None) -> None:
+    """Horizontal bars; missing values (NaN) draw nothing. Reproduced: filled, black edge, CI whiskers.
+    Paper: white, hatched in the method's colour."""
+    keep = ~np.isnan(values)
+    if not keep.any():
+        return
+    kw: dict[str, Any] = {"linewidth": 0.8}
+    cols = [c for c, k in zip(colors, keep) if k]
+    if paper:
+        kw.update(color="white", edgecolor=cols, hatch=PAPER_HATCH)
+    else:
+        kw.update(color=cols, edgecolor="black")
+        if err is not None:
+            kw.update(xerr=err[:, keep], capsize=3, error_kw={"elinewidth": 0.9, "ecolor": "black"})
+    ax.barh(positions[keep], values[keep], height, **kw)
+
+
+def _panels(df: pd.DataFrame, paper: pd.DataFrame | None, panel: str, value: str, panels: list[Any],
+            methods: list[str], titles: Sequence[str], xlabels: Sequence[str], labels: Mapping[str, str] | None,
+            title: str | None) -> Figure:
+    """One panel per ``panel`` value (columns), one row per method (paper order, top down): a reproduced bar
+    above a paper bar. The layout of the paper's tables, readable in greyscale."""
+    colors = dict(zip(methods, _palette(len(methods))))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.7 * len(panels) + 2.2, 0.45 * len(methods) + 1.7),
+                             sharey=True, squeeze=False)
+    height = 0.4 if paper is not None else 0.7
+    shift = -height / 2 if paper is not None else 0.0
+    y = np.arange(len(methods), dtype=float)
+    for ax, key, t, xl in zip(axes[0], panels, titles, xlabels):
+        rep = df[df[panel] == key].set_index("method").reindex(methods)
+        vals = rep[value].to_numpy(dtype=float)
+        _bars(ax, y + shift, vals, height, [colors[m] for m in methods], paper=False, err=_err(rep.reset_index(), value))
+        if paper is not None:
+            ref = paper[paper[panel] == key].set_index("method").reindex(methods)
+            _bars(ax, y + height / 2, ref[value].to_numpy(dtype=float), height, [colors[m] for m in methods], paper=True)
+        for yi, v in zip(y, vals):
+            if np.isnan(v):
+                ax.annotate("n/a", (0, yi + shift), xytext=(2, 0), textcoords="offset points", va="center",
+                            fontsize=7, color="0.3")
+        ax.set_title(t, fontsize=9)
+        ax.set_xlabel(xl)
+        ax.set_yticks(y, _labels(methods, labels))
+    axes[0][0].set_ylabel("method")
+    axes[0][0].invert_yaxis()  # shared y: the first method on top, as in the paper's tables
+    fig.legend(handles=_source_legend(paper is not None), loc="lower center", ncol=2, bbox_to_anchor=(0.5, -0.02))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------
+# Accuracy per benchmark and method
+# ---------------------------------------------------------------------------------------------------
+
+
+def plot_accuracy(df: pd.DataFrame, paper: pd.DataFrame | None = None, order: Sequence[str] | None = None,
+                  benchmarks: Sequence[str] | None = None, xlabel: str = "accuracy (%)",
+                  labels: Mapping[str, str] | None = None, title: str | None = None) -> Figure:
+    """One panel per benchmark, one row per method: a filled bar (reproduced, with its 95% CI) above a
+    white hatched bar (the paper's reported number, no interval); "n/a" where a method was not run.
+
+    ``df``: ``method, benchmark, accuracy`` (+ ``ci_low, ci_high``), percent. ``paper``: ``method,
+    benchmark, accuracy`` (:func:`paper_table` of ``"accuracy"``), or None. ``order``: method order (e.g.
+    :func:`paper_methods`); ``labels``: method name → tick label (e.g. the reference's ``method_labels``).
+    """
+    _require(df, ("method", "benchmark", "accuracy"), "plot_accuracy")
+    _unique(df, ("method", "benchmark"), "plot_accuracy")
+    if paper is not None:
+        _require(paper, ("method", "benchmark", "accuracy"), "plot_accuracy paper table")
+        _unique(paper, ("method", "benchmark"), "plot_accuracy paper table")
+    both = pd.concat([paper, df]) if paper is not None else df
+    methods = _ordered(both["method"], order)
+    benches = _ordered(both["benchmark"], benchmarks)
+    return _panels(df, paper, "benchmark", "accuracy", benches, methods, [pretty_benchmark(b) for b in benches],
+                   [xlabel] * len(benches), labels, title)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Methods × metrics panels (the paper's tables)
+# ---------------------------------------------------------------------------------------------------
+
+
+def plot_metric_panel(df: pd.DataFrame, paper: pd.DataFrame | None = None, metrics: Sequence[str] | None = None,
+                      order: Sequence[str] | None = None, lower_is_better: Iterable[str] = (),
+                      title: str | None = None, xlabel: str = "score", labels: Mapping[str, str] | None = None,
+                      metric_labels: Mapping[str, str] | None = None) -> Figure:
+    """The layout of a paper table: one panel per metric (columns, the paper's order), one row per method
+    (rows, top down). Reproduced bars are filled with their CI; paper bars white and hatched. A metric that
+    is better when lower gets "↓ lower is better" in its title, the others "↑ higher is better".
+
+    ``df``: ``method, metric, value`` (+ ``ci_low, ci_high``). ``paper``: ``method, metric, value``.
+    ``labels`` / ``metric_labels``: display names of methods / metrics.
+    """
+    _require(df, ("method", "metric", "value"), "plot_metric_panel")
+    _unique(df, ("method", "metric"), "plot_metric_panel")
+    if paper is not None:
+        _require(paper, ("method", "metric", "value"), "plot_metric_panel paper table")
+        _unique(paper, ("method", "metric"), "plot_metric_panel paper table")
+    both = pd.concat([paper, df]) if paper is not None else df
+    methods = _ordered(both["method"], order)
+    names = _ordered(both["metric"], metrics)
+    lower = set(lower_is_better)
+    titles = []
+    for metric in names:
+        name = (metric_labels or {}).get(metric, metric.replace("_", " ")).replace(" (lower is better)", "")
+        titles.append(name + ("\n↓ lower is better" if is_lower_better(metric, lower) else "\n↑ higher is better"))
+    return _panels(df, paper, "metric", "value", names, methods, titles, [xlabel] * len(names), labels, title)
+
+
+def _table_rows(df: pd.DataFrame | None, table: str) -> pd.DataFrame | None:
+    if df is None or "table" not in df.columns:
+        return df
+    return df[df["table"] == table]
+
+
+def plot_cognitive_behaviours(df: pd.DataFrame, paper: pd.DataFrame | None = None, **kw: Any) -> Figure:
+    """The four cognitive behaviours (verification, backtracking, subgoal setting, backward chaining), in
+    mean count per response, reproduced vs paper. Rows of a ``table`` column other than
+    ``cognitive_behaviours`` are left out."""
+    kw.setdefault("title", "Cognitive behaviours")
+    kw.setdefault("xlabel", "mean count per response")
+    return plot_metric_panel(_table_rows(df, "cognitive_behaviours"), _table_rows(paper, "cognitive_behaviours"), **kw)
+
+
+def plot_faithfulness(df: pd.DataFrame, paper: pd.DataFrame | None = None, **kw: Any) -> Figure:
+    """The four faithfulness metrics, reproduced vs paper; hallucination (and any metric the judge marks
+    ``higher_is_better=False``) is marked lower-is-better."""
+    kw["lower_is_better"] = set(kw.get("lower_is_better", ())) | set(judge_lower_is_better())
+    kw.setdefault("title", "Medical faithfulness")
+    kw.setdefault("xlabel", "score")
+    return plot_metric_panel(_table_rows(df, "faithfulness"), _table_rows(paper, "faithfulness"), **kw)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training curves
+# ---------------------------------------------------------------------------------------------------
+
+
+def training_metrics(df: pd.DataFrame) -> list[str]:
+    """The default panels: every ``rewards/<fn>/mean`` logged, then total reward, KL and completion length."""
+    present = list(dict.fromkeys(df["metric"]))
+    components = [m for m in present if re.fullmatch(r"rewards/.+/mean", m)]
+    return components + [m for m in TRAINING_EXTRA if m in present]
+
+
+def plot_training_curves(df: pd.DataFrame, metrics: Sequence[str] | None = None, smooth: int = 1,
+                         ncols: int = 3) -> Figure:
+    """One panel per reward component, then total reward, KL and completion length; one line per run
+    (distinct line style and marker). ``smooth`` > 1 draws a centred rolling mean of that many steps.
+
+    ``df``: ``run, step, metric, value`` (:func:`load_training_log`, several runs concatenated).
+    """
+    _require(df, ("run", "step", "metric", "value"), "plot_training_curves")
+    names = list(metrics) if metrics is not None else training_metrics(df)
+    if not names:
+        raise PlotDataError(f"plot_training_curves: no reward, KL or length metrics among {sorted(set(df['metric']))}")
+    runs = _ordered(df.loc[df["metric"].isin(names), "run"])
+    if not runs:
+        raise PlotDataError(f"plot_training_curves: no run logged any of {names}")
+    colors = dict(zip(runs, _palette(len(runs))))
+    nrows = math.ceil(len(names) / ncols)
+    fig, axes = plt.subplots(nrows, min(ncols, len(names)), figsize=(3.4 * min(ncols, len(names)), 2.6 * nrows),
+                             squeeze=False)
+    flat = axes.ravel()
+    for ax, metric in zip(flat, names):
+        for i, run in enumerate(runs):
+            d = df[(df["run"] == run) & (df["metric"] == metric)].sort_values("step")
+            if d.empty:
+                continue
+            v = d["value"].astype(float)
+            if smooth > 1:
+                v = v.rolling(smooth, center=True, min_periods=1).mean()
+            ax.plot(d["step"], v, linestyle=LINESTYLES[i % len(LINESTYLES)], marker=MARKERS[i % len(MARKERS)],
+                    markevery=max(1, len(d) // 8), markersize=4, color=colors[run], label=str(run))
+        ax.set_title(pretty_metric(metric), fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel(pretty_metric(metric))
+    for ax in flat[len(names):]:
+        ax.set_visible(False)
+    if len(runs) > 1:
+        handles = [Line2D([], [], color=colors[r], linestyle=LINESTYLES[i % len(LINESTYLES)],
+                          marker=MARKERS[i % len(MARKERS)], label=str(r)) for i, r in enumerate(runs)]
+        fig.legend(handles=handles, loc="lower center", ncol=min(4, len(runs)), bbox_to_anchor=(0.5, -0.04))
+    fig.tight_layout(rect=(0, 0.05 if len(runs) > 1 else 0, 1, 1))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------
+# The k trade-off
+# ---------------------------------------------------------------------------------------------------
+
+
+def plot_k_tradeoff(df: pd.DataFrame, x: str, y: str = "accuracy", k: str = "k",
+                    lower_is_better: Iterable[str] = ()) -> Figure:
+    """Accuracy against a faithfulness metric, one point per accuracy weight k (mean over seeds, error
+    bars ±1 standard deviation when a k has several runs), joined in k order and annotated ``k=…``.
+
+    ``df``: one row per run with columns ``k``, ``x`` and ``y`` (e.g. a pivot of the ablation summary).
+    """
+    _require(df, (k, x, y), "plot_k_tradeoff")
+    d = df[[k, x, y]].dropna()
+    if d.empty:
+        raise PlotDataError(f"plot_k_tradeoff: no row has all of {k}, {x}, {y}")
+    g = d.groupby(k).agg(xm=(x, "mean"), xs=(x, "std"), ym=(y, "mean"), ys=(y, "std"), n=(y, "size")).sort_index()
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    ax.plot(g["xm"], g["ym"], linestyle="--", color="0.5", linewidth=1, zorder=1)
+    has_sd = (g["n"] > 1).any()
+    ax.errorbar(g["xm"], g["ym"], xerr=g["xs"].fillna(0) if has_sd else None, yerr=g["ys"].fillna(0) if has_sd else None,
+                fmt="none", ecolor="black", elinewidth=0.8, capsize=3, zorder=2)
+    for i, (kv, row) in enumerate(g.iterrows()):
+        ax.scatter(row["xm"], row["ym"], marker=MARKERS[i % len(MARKERS)], s=55, color=_palette(len(g))[i],
+                   edgecolor="black", zorder=3)
+        label = f"k={kv:g}" if isinstance(kv, (int, float, np.number)) else f"k={kv}"
+        ax.annotate(label, (row["xm"], row["ym"]), xytext=(6, 5), textcoords="offset points", fontsize=8)
+    xl = pretty_metric(x)
+    if is_lower_better(x, lower_is_better) and "lower is better" not in xl:
+        xl += " (lower is better)"
+    ax.set_xlabel(xl)
+    ax.set_ylabel(pretty_metric(y))
+    ax.set_title("accuracy weight k" + (" (mean ± sd over seeds)" if has_sd else ""), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------
+# Response length
+# ---------------------------------------------------------------------------------------------------
+
+
+def plot_response_length(df: pd.DataFrame, kind: str = "box", order: Sequence[str] | None = None,
+                         value: str = "n_tokens", labels: Mapping[str, str] | None = None) -> Figure:
+    """Distribution of response length per method (box or violin), one panel per benchmark when the table
+    has a ``benchmark`` column; each method also gets its own hatch, so greyscale prints stay readable.
+
+    ``df``: ``method, n_tokens`` (+ ``benchmark``), one row per response (:func:`collect_lengths`).
+    """
+    import seaborn as sns
+
+    if kind not in ("box", "violin"):
+        raise ValueError(f"kind must be 'box' or 'violin', got {kind!r}")
+    _require(df, ("method", value), "plot_response_length")
+    methods = _ordered(df["method"], order)
+    benches = _ordered(df["benchmark"]) if "benchmark" in df.columns else [None]
+    colors = _palette(len(methods))
+    fig, axes = plt.subplots(1, len(benches), figsize=(max(3.6, 0.7 * len(methods) + 1.4) * len(benches), 3.6),
+                             sharey=True, squeeze=False)
+    for ax, bench in zip(axes[0], benches):
+        d = df if bench is None else df[df["benchmark"] == bench]
+        draw = sns.boxplot if kind == "box" else sns.violinplot
+        extra = {"fliersize": 2} if kind == "box" else {"cut": 0, "inner": "quartile"}
+        draw(data=d, x="method", y=value, hue="method", order=methods, hue_order=methods, palette=colors,
+             legend=False, ax=ax, linewidth=0.8, **extra)
+        shapes = ax.patches if kind == "box" else ax.collections
+        present = [m for m in methods if m in set(d["method"])]
+        for shape, m in zip(shapes, present):
+            shape.set_hatch(METHOD_HATCHES[methods.index(m) % len(METHOD_HATCHES)])
+            shape.set_edgecolor("black")
+        ax.set_title(pretty_benchmark(bench) if bench is not None else "")
+        ax.set_xticks(range(len(methods)), _labels(methods, labels), rotation=30, ha="right")
+        ax.set_xlabel("method")
+        ax.set_ylabel(pretty_metric(value))
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loaders: results files -> tidy tables
+# ---------------------------------------------------------------------------------------------------
+
+
+EXCLUDE = ("ablations", "notebooks", ".ipynb_checkpoints")  # folders the loaders do not descend into
+
+
+def _files(root: Path, pattern: str, exclude: Iterable[str] = EXCLUDE) -> list[Path]:
+    """``root.glob(pattern)``, sorted, leaving out files under a folder named in ``exclude`` (the grid's runs
+    are gathered separately) and checkpoint folders."""
+    skip = set(exclude)
+    out = []
+    for p in sorted(root.glob(pattern)):
+        parts = p.relative_to(root).parts[:-1]
+        if not any(x in skip or x.startswith("checkpoint-") for x in parts):
+            out.append(p)
+    return out
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise PlotDataError(f"{path}: not valid JSON ({e})") from None
+
+
+def _method_of(path: Path, root: Path, obj: Mapping[str, Any], default: str | None = None) -> str:
+    """A result's method: its own ``method`` field, else ``default``, else its folder relative to ``root``."""
+    if obj.get("method"):
+        return str(obj["method"])
+    if default is not None:
+        return default
+    rel = path.parent.relative_to(root).as_posix()
+    if rel in ("", "."):
+        raise PlotDataError(f"{path}: no 'method' field and the file lies directly in {root}; put each method's "
+                            f"results in its own folder (results/<run>/<method>/...) or record 'method'")
+    return rel
+
+
+def collect_eval_results(results_dir: str | os.PathLike, pattern: str = "**/*.metrics.json",
+                         default_method: str | None = None) -> pd.DataFrame:
+    """Every :func:`clinical_r1.evaluate.evaluate` result under ``results_dir`` as the tidy accuracy table.
+
+    Method: the result's ``method`` field, else ``default_method``, else its folder relative to
+    ``results_dir`` (``results/demo/crpo/medqa.metrics.json`` → ``crpo``). Benchmark: the result's ``dataset``, else the
+    file name before ``.metrics.json``. Values are converted from fractions to percent.
+    """
+    root = Path(results_dir)
+    rows = []
+    for path in _files(root, pattern):
+        res = _read_json(path)
+        overall = res.get("overall") if isinstance(res, dict) else None
+        if not isinstance(overall, dict) or "accuracy" not in overall:
+            raise PlotDataError(f"{path}: not an evaluation result (no 'overall.accuracy'); "
+                                f"write it with clinical_r1.evaluate.evaluate")
+        scale = 100.0 if res.get("scale", "fraction") == "fraction" else 1.0
+        lo, hi = overall.get("accuracy_ci") or (None, None)
+        pct = lambda v: float(v) * scale if v is not None else np.nan  # noqa: E731
+        rows.append({
+            "method": _method_of(path, root, res, default_method),
+            "benchmark": res.get("dataset") or path.name[: -len(".metrics.json")],
+            "accuracy": pct(overall["accuracy"]),
+            "ci_low": pct(lo), "ci_high": pct(hi),
+            "majority_accuracy": pct(overall.get("majority_accuracy")),
+            "valid_ratio": pct(overall.get("valid_ratio")),
+            "mean_tokens": overall.get("mean_tokens") if overall.get("mean_tokens") is not None else np.nan,
+            "n_questions": overall.get("n_questions"),
+            "path": str(path),
+        })
+    cols = ["method", "benchmark", "accuracy", "ci_low", "ci_high", "majority_accuracy", "valid_ratio",
+            "mean_tokens", "n_questions", "path"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+JUDGE_TABLES = {"cognitive": "cognitive_behaviours", "faithfulness": "faithfulness"}  # judge group -> paper table
+
+
+def collect_judge_results(results_dir: str | os.PathLike, pattern: str = "**/*.judge.jsonl",
+                          default_method: str | None = None, n_boot: int = 2000) -> pd.DataFrame:
+    """Judge records under ``results_dir`` as the tidy metric table ``table, method, benchmark, metric, value,
+    ci_low, ci_high, n, n_not_ok``.
+
+    A judge file is the records JSONL of :func:`clinical_r1.judge.judge_responses`, named
+    ``<method folder>/<benchmark>.judge.jsonl``. ``value`` is the mean over records with ``status == "ok"``
+    (unparseable and failed calls are counted in ``n_not_ok``, never averaged in); the interval is a 95%
+    bootstrap over those records. ``table`` follows the metric's group in :data:`clinical_r1.judge.METRICS`.
+    """
+    from clinical_r1.data import read_jsonl
+    from clinical_r1.evaluate import bootstrap_ci
+    from clinical_r1.judge import METRICS
+
+    root = Path(results_dir)
+    rows = []
+    for path in _files(root, pattern):
+        recs = read_jsonl(path)
+        for i, r in enumerate(recs, start=1):
+            if not isinstance(r, dict) or not {"metric", "value", "status"} <= set(r):
+                raise PlotDataError(f"{path}: line {i} is not a judge record (needs metric, value, status)")
+            if r["metric"] not in METRICS:
+                raise PlotDataError(f"{path}: line {i}: unknown judge metric {r['metric']!r}; known: {sorted(METRICS)}")
+        method = _method_of(path, root, {}, default_method)
+        bench = path.name[: -len(".judge.jsonl")]
+        for metric in dict.fromkeys(r["metric"] for r in recs):
+            mine = [r for r in recs if r["metric"] == metric]
+            ok = [float(r["value"]) for r in mine if r["status"] == "ok" and r["value"] is not None]
+            ci = bootstrap_ci(ok, n_boot=n_boot) if len(ok) > 1 else (np.nan, np.nan)
+            rows.append({"table": JUDGE_TABLES[METRICS[metric].group], "method": method, "benchmark": bench,
+                         "metric": metric, "value": float(np.mean(ok)) if ok else np.nan, "ci_low": ci[0],
+                         "ci_high": ci[1], "n": len(ok), "n_not_ok": len(mine) - len(ok)})
+            if len(ok) < len(mine):
+                log.warning("%s: %s: %d of %d judgements not ok (unparseable or failed); left out of the mean",
+                            path, metric, len(mine) - len(ok), len(mine))
+    cols = ["table", "method", "benchmark", "metric", "value", "ci_low", "ci_high", "n", "n_not_ok"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def judge_lower_is_better() -> list[str]:
+    """Judge metrics where lower is better (``higher_is_better=False`` in :data:`clinical_r1.judge.METRICS`)."""
+    from clinical_r1.judge import METRICS
+
+    return [m.name for m in METRICS.values() if not m.higher_is_better]
+
+
+def load_training_log(run_dir: str | os.PathLike, label: str | None = None) -> pd.DataFrame:
+    """A training run's ``metrics.jsonl`` (one JSON object per logging step: ``step`` or ``global_step`` plus
+    TRL's log keys, as :class:`clinical_r1.runs.MetricsLogger` writes it) as ``run, step, metric, value``.
+    Non-numeric values (a NaN logged as the string "nan") and the wall-clock ``time`` are left out.
+
+    ``run_dir``: the run folder (holding ``metrics.jsonl``) or the file itself; ``label`` defaults to the
+    folder name.
+    """
+    from clinical_r1.data import read_jsonl
+
+    p = Path(run_dir)
+    path = p / "metrics.jsonl" if p.is_dir() else p
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no training log (metrics.jsonl) here")
+    run = label or path.parent.name
+    rows = []
+    for i, rec in enumerate(read_jsonl(path), start=1):
+        if not isinstance(rec, dict):
+            raise PlotDataError(f"{path}: line {i} is not a JSON object")
+        step = rec.get("step", rec.get("global_step"))
+        if not isinstance(step, (int, float)) or isinstance(step, bool):
+            raise PlotDataError(f"{path}: line {i} has no numeric 'step' (or 'global_step') field")
+        for key, v in rec.items():
+            if key in ("step", "global_step", "time") or isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            rows.append({"run": run, "step": int(step), "metric": key, "value": float(v)})
+    if not rows:
+        raise PlotDataError(f"{path}: no numeric metrics logged")
+    return pd.DataFrame(rows, columns=["run", "step", "metric", "value"])
+
+
+def collect_training_logs(results_dir: str | os.PathLike, pattern: str = "**/metrics.jsonl") -> pd.DataFrame:
+    """Every ``metrics.jsonl`` under ``results_dir``, labelled by its folder relative to ``results_dir``."""
+    root = Path(results_dir)
+    frames = [load_training_log(p, label=p.parent.relative_to(root).as_posix() or p.parent.name)
+              for p in _files(root, pattern)]
+    if not frames:
+        return pd.DataFrame(columns=["run", "step", "metric", "value"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def collect_lengths(results_dir: str | os.PathLike, pattern: str = "**/*.jsonl") -> pd.DataFrame:
+    """Response lengths (``n_tokens``) of every generations file under ``results_dir`` (a ``.jsonl`` with a
+    ``.meta.json`` sidecar written by :mod:`clinical_r1.generate`): ``method, benchmark, n_tokens``.
+    Method: the sidecar's ``method``, else the folder relative to ``results_dir``."""
+    from clinical_r1.generate import meta_path, read_generations, read_meta
+
+    root = Path(results_dir)
+    frames = []
+    for path in _files(root, pattern):
+        if not meta_path(path).exists():
+            continue
+        meta = read_meta(path) or {}
+        recs = read_generations(path)
+        tokens = [r.get("n_tokens") for r in recs]
+        missing = sum(t is None for t in tokens)
+        if missing:
+            log.warning("%s: %d of %d responses have no n_tokens; left out of the length figure", path, missing, len(recs))
+        frames.append(pd.DataFrame({"method": _method_of(path, root, meta),
+                                    "benchmark": meta.get("dataset") or path.stem,
+                                    "n_tokens": [float(t) for t in tokens if t is not None]}))
+    if not frames:
+        return pd.DataFrame(columns=["method", "benchmark", "n_tokens"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def paper_table(ref: Mapping[str, Any], table: str, method_map: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """The paper's numbers (:func:`load_paper_reference`) as a tidy table.
+
+    ``table="accuracy"`` → ``method, benchmark, accuracy`` (percent, as reported); ``"cognitive_behaviours"``
+    or ``"faithfulness"`` → ``table, method, metric, value``. ``method_map`` renames the paper's method names
+    to this repository's (e.g. ``{"Clinical-R1-3B": "sft-crpo"}``) so bars line up.
+    """
+    if table not in ref or not isinstance(ref[table], dict) or "values" not in ref[table]:
+        raise PlotDataError(f"paper reference has no table {table!r} with 'values'; it has {sorted(ref)}")
+    rename = dict(method_map or {})
+    rows = []
+    for row, by_method in ref[table]["values"].items():
+        for method, v in by_method.items():
+            if v is None:
+                continue
+            m = rename.get(method, method)
+            if table == "accuracy":
+                rows.append({"method": m, "benchmark": row, "accuracy": float(v)})
+            else:
+                rows.append({"table": table, "method": m, "metric": row, "value": float(v)})
+    return pd.DataFrame(rows)
+
+
+def paper_methods(ref: Mapping[str, Any], method_map: Mapping[str, str] | None = None) -> list[str]:
+    """The paper's method order (renamed through ``method_map``): use it as ``order=`` for every figure."""
+    rename = dict(method_map or {})
+    return [rename.get(m, m) for m in ref.get("methods", [])]
+
+
+def paper_lower_is_better(ref: Mapping[str, Any], table: str) -> list[str]:
+    """Metrics the reference marks lower-is-better (``<table>.lower_is_better``), if it lists any."""
+    return list(ref.get(table, {}).get("lower_is_better", []) or [])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Everything at once
+# ---------------------------------------------------------------------------------------------------
+
+
+def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
+             paper_reference: str | os.PathLike | Mapping[str, Any] | None = None,
+             method_map: Mapping[str, str] | None = None, ablation_summary: str | os.PathLike | None = None,
+             comparison_group: str | None = "2x2", k_metric: str | None = None) -> dict[str, list[Path]]:
+    """Every figure whose inputs exist, saved under ``out_dir``; returns name → [png, pdf].
+
+    Inputs: the evaluation, judge, training and generation files under ``results_dir`` (a recipe run), and
+    optionally the grid's ``summary.csv`` (``ablation_summary``): its ``comparison_group`` variants (the
+    paper's 2×2, seed-averaged) join the accuracy and judge figures as methods (a method the run evaluated
+    itself keeps the run's numbers), and its ``k`` group gives
+    the k trade-off (x axis ``k_metric``, default the first faithfulness metric). ``paper_reference``: a
+    path, a loaded dict, or None for ``results/paper_reference.json`` when it exists.
+    """
+    use_style()
+    ref = _reference(paper_reference)
+    order = paper_methods(ref, method_map) if ref else None
+    rename = dict(method_map or {})
+    labels = {rename.get(m, m): v for m, v in (ref or {}).get("method_labels", {}).items()}
+    summary = pd.read_csv(ablation_summary) if ablation_summary is not None and Path(ablation_summary).exists() else None
+    written: dict[str, list[Path]] = {}
+
+    def emit(name: str, fig: Figure) -> None:
+        written[name] = save(fig, out_dir, name)
+        plt.close(fig)
+
+    def with_grid(df: pd.DataFrame, table: str) -> pd.DataFrame:
+        """Add the grid's variants; a method the recipe run has itself keeps the run's own numbers."""
+        if summary is None or comparison_group is None:
+            return df
+        extra = from_summary(summary, table, comparison_group)
+        same = sorted(set(extra["method"]) & set(df["method"]))
+        if same:
+            log.info("%s: %s evaluated by the run itself; the grid's runs of the same name are left out", table, same)
+            extra = extra[~extra["method"].isin(same)]
+        return pd.concat([df, extra], ignore_index=True) if not df.empty else extra
+
+    acc = with_grid(collect_eval_results(results_dir), "accuracy")
+    if not acc.empty:
+        emit("accuracy", plot_accuracy(acc, paper_table(ref, "accuracy", method_map) if ref else None, order=order,
+                                       labels=labels))
+    judged = collect_judge_results(results_dir)
+    for table, fn in (("cognitive_behaviours", plot_cognitive_behaviours), ("faithfulness", plot_faithfulness)):
+        mine = with_grid(judged[judged["table"] == table], table)
+        if not mine.empty:
+            paper = paper_table(ref, table, method_map) if ref and table in ref else None
+            emit(table, fn(mine, paper, order=order, labels=labels,
+                           metric_labels=(ref or {}).get(table, {}).get("labels"),
+                           lower_is_better=paper_lower_is_better(ref, table) if ref else ()))
+    logs = collect_training_logs(results_dir)
+    if not logs.empty and training_metrics(logs):
+        emit("training_curves", plot_training_curves(logs))
+    lengths = collect_lengths(results_dir)
+    if not lengths.empty:
+        emit("response_length", plot_response_length(lengths, order=order, labels=labels))
+    if summary is not None:
+        wide = k_table(summary, k_metric)
+        if wide is not None:
+            emit("k_tradeoff", plot_k_tradeoff(wide, x=wide.attrs["x"]))
+    skipped = {"accuracy", "cognitive_behaviours", "faithfulness", "training_curves", "response_length",
+               "k_tradeoff"} - set(written)
+    if skipped:
+        log.info("no inputs for: %s", ", ".join(sorted(skipped)))
+    return written
+
+
+def _reference(paper_reference: str | os.PathLike | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if isinstance(paper_reference, Mapping):
+        return dict(paper_reference)
+    if paper_reference is not None:
+        return load_paper_reference(paper_reference)
+    from clinical_r1.evaluate import PAPER_REFERENCE
+
+    return load_paper_reference() if PAPER_REFERENCE.exists() else None
+
+
+def _in_group(groups: pd.Series, group: str) -> np.ndarray:
+    """Boolean mask: the run's ``;``-joined groups include ``group``."""
+    return np.array([group in str(g).split(";") for g in groups.fillna("")], dtype=bool)
+
+
+def from_summary(summary: pd.DataFrame, table: str = "accuracy", group: str | None = None) -> pd.DataFrame:
+    """Ablation-grid rows (:func:`clinical_r1.pipeline.gather`) as a plot table, one row per variant
+    (``method``) × benchmark × metric, averaged over seeds.
+
+    Interval: with one seed, that run's bootstrap CI; with several, a 95% t-interval of the mean over
+    seeds (seed-to-seed variation, the larger uncertainty). ``table="accuracy"`` also fills an
+    ``accuracy`` column so the result feeds :func:`plot_accuracy`; ``group`` keeps one group (e.g. ``2x2``).
+    """
+    from scipy import stats
+
+    need = {"variant", "groups", "table", "benchmark", "metric", "value"}
+    if not need <= set(summary.columns):
+        raise PlotDataError(f"ablation summary lacks columns {sorted(need - set(summary.columns))}")
+    d = summary[summary["table"] == table]
+    if table == "accuracy":
+        d = d[d["metric"] == "accuracy"]
+    if group is not None:
+        d = d[_in_group(d["groups"], group)]
+    rows = []
+    for (variant, bench, metric), g in d.groupby(["variant", "benchmark", "metric"], sort=False):
+        v = g["value"].astype(float).to_numpy()
+        if len(v) == 1:
+            lo, hi = float(g["ci_low"].iloc[0]), float(g["ci_high"].iloc[0])
+        else:
+            half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+            lo, hi = v.mean() - half, v.mean() + half
+        rows.append({"table": table, "method": variant, "benchmark": bench, "metric": metric, "value": v.mean(),
+                     "ci_low": lo, "ci_high": hi, "n_seeds": len(v)})
+    out = pd.DataFrame(rows, columns=["table", "method", "benchmark", "metric", "value", "ci_low", "ci_high", "n_seeds"])
+    if table == "accuracy":
+        out["accuracy"] = out["value"]
+    return out
+
+
+def k_table(summary: pd.DataFrame, x: str | None = None, group: str = "k", benchmark: str | None = None) -> pd.DataFrame | None:
+    """From the ablation summary (:func:`clinical_r1.pipeline.gather`), the runs of the ``group`` group as one
+    row per run: ``run_id, k, accuracy, <x>`` (accuracy averaged over benchmarks unless ``benchmark``).
+    ``x`` defaults to the first faithfulness metric present; None when the summary has no such runs."""
+    need = {"run_id", "groups", "k", "metric", "value", "benchmark"}
+    if not need <= set(summary.columns):
+        raise PlotDataError(f"ablation summary lacks columns {sorted(need - set(summary.columns))}")
+    d = summary[_in_group(summary["groups"], group)]
+    if benchmark is not None:
+        d = d[d["benchmark"] == benchmark]
+    if x is None and "table" in d.columns:
+        faith = d[d["table"] == "faithfulness"]
+        x = faith["metric"].iloc[0] if not faith.empty else None
+    if x is None or d.empty:
+        return None
+    wide = d[d["metric"].isin(["accuracy", x])].pivot_table(index=["run_id", "k"], columns="metric", values="value",
+                                                            aggfunc="mean").reset_index()
+    if "accuracy" not in wide.columns or x not in wide.columns:
+        return None
+    wide.attrs["x"] = x
+    return wide
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, list[Path]]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("results", help="a run's results folder, e.g. results/demo")
+    ap.add_argument("--out", default="figures", help="folder for the PNG and PDF files")
+    ap.add_argument("--paper", default=None, help="paper reference JSON (default results/paper_reference.json)")
+    ap.add_argument("--ablations", default=None, help="ablation summary.csv for the k trade-off")
+    a = ap.parse_args(argv)
+    return make_all(a.results, a.out, paper_reference=a.paper, ablation_summary=a.ablations)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    matplotlib.use("Agg")
+    main()
