@@ -387,12 +387,18 @@ class LocalBackend:
     @classmethod
     def from_path(cls, path: str, *, gguf_file: str | None = None, name: str | None = None,
                   max_new_tokens: int = 1024) -> "LocalBackend":
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        """Load through :func:`clinical_r1.models.load_policy` (hub id, local folder or ``embedded:*`` name);
+        a raw ``gguf_file`` inside ``path`` is read by transformers directly (inference only)."""
+        if gguf_file:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        kw = {"gguf_file": gguf_file} if gguf_file else {}
-        tokenizer = AutoTokenizer.from_pretrained(path, **kw)
-        model = AutoModelForCausalLM.from_pretrained(path, **kw).eval()
-        return cls(model, tokenizer, name=name or (f"{path}/{gguf_file}" if gguf_file else str(path)),
+            tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+            model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file)
+        else:
+            from clinical_r1.models import load_policy
+
+            model, tokenizer = load_policy({"name": str(path)}, lora=None)
+        return cls(model.eval(), tokenizer, name=name or (f"{path}/{gguf_file}" if gguf_file else str(path)),
                    max_new_tokens=max_new_tokens)
 
     def render(self, messages: Sequence[Mapping[str, str]]) -> str:
@@ -637,8 +643,8 @@ def make_client(spec: ClientSpec, cache_path: str | os.PathLike | None = None, *
         return ChatClient(spec, cfg, cache_path, **kw)
     config = spec if isinstance(spec, ChatConfig) else ChatConfig.from_dict(spec)
     if config.backend == "local":
-        if not config.model_path:
-            raise ValueError("ChatConfig with backend 'local' needs model_path (a transformers model folder)")
+        if not config.model_path:  # the model name is the path: a hub id, a folder or an embedded:* name
+            config = dataclasses.replace(config, model_path=config.model)
         if config.max_tokens is None:
             config = dataclasses.replace(config, max_tokens=config.max_new_tokens)
         backend: Backend = LocalBackend.from_path(config.model_path, gguf_file=config.gguf_file, name=config.model,

@@ -525,12 +525,13 @@ class SplitSizes:
     sft: int = 5000  # cold-start SFT half (the paper: ~5,000 MedQA questions with R1 traces)
     rl: int = 5000  # CRPO half (the paper: the other ~5,000)
     dev: int = 178  # dev slice for SFT checkpoint selection; 5000+5000+178 = MedQA-USMLE train (10,178)
+    test: int = 0  # held-out test slice; 0 for MedQA (it has its own test set), >0 for the bundled demo data
 
 
 def make_splits(train, out_dir: str | os.PathLike, sizes: SplitSizes | Mapping[str, int] = SplitSizes(),
                 seed: int = 42, eval_sets: Mapping[str, Any] | None = None, allow_overlap: bool = False,
                 dedupe: bool = True) -> dict[str, Any]:
-    """Split ``train`` into disjoint ``sft``/``rl``/``dev`` JSONL files plus ``manifest.json``.
+    """Split ``train`` into disjoint ``sft``/``rl``/``dev`` (and optional ``test``) JSONL files plus ``manifest.json``.
 
     Seeded (numpy ``default_rng(seed).permutation``) and reproducible. Items whose normalised stem repeats
     an earlier one are dropped first when ``dedupe`` (so halves are disjoint in text, not only in id).
@@ -553,14 +554,14 @@ def make_splits(train, out_dir: str | os.PathLike, sizes: SplitSizes | Mapping[s
         train = train.select(keep)
     else:
         dropped = 0
-    need = sizes.sft + sizes.rl + sizes.dev
+    need = sizes.sft + sizes.rl + sizes.dev + sizes.test
     if need > len(train):
-        raise ValueError(f"split sizes sft={sizes.sft} + rl={sizes.rl} + dev={sizes.dev} = {need} exceed the "
-                         f"{len(train)} training items available")
+        raise ValueError(f"split sizes sft={sizes.sft} + rl={sizes.rl} + dev={sizes.dev} + test={sizes.test} = {need} "
+                         f"exceed the {len(train)} training items available")
     order = np.random.default_rng(seed).permutation(len(train)).tolist()
-    idx = {"sft": order[: sizes.sft], "rl": order[sizes.sft : sizes.sft + sizes.rl],
-           "dev": order[sizes.sft + sizes.rl : need]}
-    splits = {n: train.select(sorted(i)) for n, i in idx.items()}
+    bounds = np.cumsum([0, sizes.sft, sizes.rl, sizes.dev, sizes.test]).tolist()
+    idx = {n: order[bounds[i] : bounds[i + 1]] for i, n in enumerate(("sft", "rl", "dev", "test"))}
+    splits = {n: train.select(sorted(i)) for n, i in idx.items() if n != "test" or sizes.test}
     report = decontamination_report(splits, dict(eval_sets or {}))
     if report["overlap"] and not allow_overlap:
         bad = [p for p in report["pairs"] if p["normalised"]]
@@ -574,7 +575,7 @@ def make_splits(train, out_dir: str | os.PathLike, sizes: SplitSizes | Mapping[s
         files[n] = {"path": path.name, "count": len(d), "sha256": file_sha256(path)}
     manifest = {
         "seed": seed,
-        "sizes": {"sft": sizes.sft, "rl": sizes.rl, "dev": sizes.dev},
+        "sizes": {"sft": sizes.sft, "rl": sizes.rl, "dev": sizes.dev, "test": sizes.test},
         "source_count": len(train) + dropped,
         "duplicates_dropped": dropped,
         "files": files,

@@ -1,0 +1,272 @@
+"""The study's stages as functions: what each numbered notebook calls (notebooks stay thin).
+
+    from clinical_r1 import study
+    study.prepare_data(out_dir="results/demo/data", train_benchmark="sample", split_sizes={...})   # 01
+    study.cold_start_traces(splits_dir, teacher=None)                                              # 02
+    study.evaluate_methods(methods, splits_dir, out_dir, base_model=...)                           # 05
+    study.judge_methods(out_dir, splits_dir, judge={...})                                          # 06
+
+Every stage reads and writes files under its folders (results are files), so a stage can be rerun
+alone, and figures and tests read those files rather than notebook outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from clinical_r1.data import (SplitSizes, file_sha256, load_benchmark, load_split, make_splits, read_jsonl,
+                              sample_traces_path, to_records, write_json, write_jsonl)
+
+log = logging.getLogger(__name__)
+
+EVAL_DIR = "eval"  # <splits_dir>/eval/<benchmark>.jsonl: the evaluation sets of this study
+TRACE_FILES = {"sft": "traces_sft.jsonl", "dev": "traces_dev.jsonl"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# 01: data
+# ---------------------------------------------------------------------------------------------------
+
+
+def prepare_data(out_dir: str | os.PathLike, train_benchmark: str = "medqa", train_path: str | None = None,
+                 split_sizes: Mapping[str, int] | None = None, eval_benchmarks: Mapping[str, str | None] | None = None,
+                 eval_limit: int | None = None, seed: int = 0, allow_overlap: bool = False,
+                 eval_optional: bool = False) -> dict[str, Any]:
+    """Load the training benchmark, split it, check decontamination and write the evaluation sets.
+
+    ``eval_benchmarks`` maps a loader name to a local file (``None``: the hub copy). With ``eval_optional``
+    a missing local file is skipped with a note (the offline demo); otherwise it is an error. Evaluation
+    rows that fail validation are skipped and reported (real benchmarks hold a few duplicate options).
+    A ``test`` split size > 0 adds the held-out part of the training benchmark as the evaluation set
+    named after it (the demo's in-domain set).
+    """
+    out = Path(out_dir)
+    train = load_benchmark(train_benchmark, path=train_path, split="train")
+    evals: dict[str, Any] = {}
+    reports: dict[str, Any] = {}
+    for name, path in (eval_benchmarks or {}).items():
+        if path is not None and not Path(path).exists() and eval_optional:
+            log.warning("evaluation set %s: %s not found; skipped (eval_optional)", name, path)
+            reports[name] = {"skipped": f"{path} not found"}
+            continue
+        ds, report = load_benchmark(name, path=path, split="test", strict=False)
+        evals[name] = ds
+        reports[name] = {"source": report.source, "total": report.total, "kept": report.kept,
+                         "skipped": report.skipped}
+    manifest = make_splits(train, out, SplitSizes(**(split_sizes or {})), seed=seed, eval_sets=evals,
+                           allow_overlap=allow_overlap)
+    if manifest["sizes"]["test"]:
+        evals = {train_benchmark: load_split(out, "test"), **evals}
+        reports[train_benchmark] = {"source": str(out / "test.jsonl"), "total": manifest["sizes"]["test"]}
+    eval_files = {}
+    for name, ds in evals.items():
+        rows = to_records(ds)[: eval_limit] if eval_limit else to_records(ds)
+        path = write_jsonl(rows, out / EVAL_DIR / f"{name}.jsonl")
+        eval_files[name] = {"path": f"{EVAL_DIR}/{path.name}", "count": len(rows), "sha256": file_sha256(path),
+                            **{k: v for k, v in reports[name].items() if k != "skipped"},
+                            "skipped_rows": reports[name].get("skipped", [])}
+    manifest["eval"] = eval_files
+    manifest["eval_skipped"] = {n: r["skipped"] for n, r in reports.items() if isinstance(r.get("skipped"), str)}
+    manifest["train"] = {"benchmark": train_benchmark, "path": train_path}
+    write_json(manifest, out / "manifest.json")
+    return manifest
+
+
+def eval_sets(splits_dir: str | os.PathLike) -> dict[str, Any]:
+    """The evaluation sets written by :func:`prepare_data`, by benchmark name."""
+    d = Path(splits_dir)
+    manifest = json.loads((d / "manifest.json").read_text())
+    return {name: load_benchmark("jsonl", path=d / info["path"]) for name, info in manifest.get("eval", {}).items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# 02: cold-start traces
+# ---------------------------------------------------------------------------------------------------
+
+
+def bundled_traces(items: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The project's exemplary traces for ``items`` (offline demo teacher), checked like teacher traces."""
+    from clinical_r1.prompts import crpo_target
+    from clinical_r1.rewards import get_preset, score
+
+    traces = {t["id"]: t for t in read_jsonl(sample_traces_path())}
+    kept, dropped = [], {"no_bundled_trace": [], "invalid_format": []}
+    full = get_preset("crpo").max_total
+    for it in items:
+        t = traces.get(it["id"])
+        if t is None:
+            dropped["no_bundled_trace"].append(it["id"])
+            continue
+        if score(crpo_target(t["dx"], t["conclusion"]), it["answer"], it["options"])["total"] != full:
+            dropped["invalid_format"].append(it["id"])
+            continue
+        kept.append({"id": it["id"], "question": it["question"], "options": list(it["options"]), "answer": it["answer"],
+                     "dx": t["dx"], "conclusion": t["conclusion"], "teacher": "bundled", "source": it["source"]})
+    report = {"teacher": "bundled", "n_items": len(items), "kept": len(kept),
+              "dropped": {k: len(v) for k, v in dropped.items()}, "dropped_ids": dropped}
+    return kept, report
+
+
+def cold_start_traces(splits_dir: str | os.PathLike, teacher: Mapping[str, Any] | None = None,
+                      limit: int | None = None, splits: Sequence[str] = ("sft", "dev")) -> dict[str, Any]:
+    """Teacher traces for the SFT half (and the dev slice, for checkpoint selection).
+
+    ``teacher=None`` uses the bundled exemplary traces (offline demo); otherwise a
+    :class:`clinical_r1.api.ChatConfig` mapping (OpenAI-compatible endpoint or local model) through
+    :func:`clinical_r1.distill.distill`, with a resumable cache beside the traces.
+    """
+    from clinical_r1.distill import distill
+
+    d = Path(splits_dir)
+    reports = {}
+    for split in splits:
+        items = to_records(load_split(d, split))[: limit] if limit else to_records(load_split(d, split))
+        out = d / TRACE_FILES[split]
+        if teacher is None:
+            kept, report = bundled_traces(items)
+            write_jsonl(kept, out)
+        else:
+            report = distill(items, dict(teacher), out, d / f"teacher_cache_{split}.jsonl")
+        reports[split] = report
+    write_json(reports, d / "traces_report.json")
+    return reports
+
+
+# ---------------------------------------------------------------------------------------------------
+# 05: generation and accuracy
+# ---------------------------------------------------------------------------------------------------
+
+
+def method_prompt(model: str, prompt: str | None) -> str:
+    """The prompt kind of a method: as given, or the preset prompt recorded in the training run's folder."""
+    if prompt:
+        return prompt
+    from clinical_r1.rewards import get_preset
+
+    p = Path(model)
+    for cand in (p / "config.yaml", p.parent / "config.yaml"):
+        if cand.is_file():
+            import yaml
+
+            cfg = yaml.safe_load(cand.read_text())
+            return get_preset(cfg["reward"]["preset"]).prompt
+    raise ValueError(f"method model {model}: prompt is null but no training config.yaml was found beside it; "
+                     f"set prompt to one of crpo, grpo, cot, direct")
+
+
+def method_model(model: str, base_model: str) -> str:
+    """``base`` means the study's base model; a training run folder means its final LoRA adapter."""
+    if model == "base":
+        return base_model
+    p = Path(model)
+    if (p / "adapter" / "adapter_config.json").is_file():
+        return str(p / "adapter")
+    return model
+
+
+def evaluate_methods(methods: Mapping[str, Mapping[str, Any]], splits_dir: str | os.PathLike,
+                     out_dir: str | os.PathLike, base_model: str, n_samples: int = 1, temperature: float = 0.0,
+                     max_new_tokens: int = 1024, batch_size: int = 8, n_boot: int = 2000, seed: int = 0,
+                     benchmarks: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Generate and score every method on every evaluation set.
+
+    Writes ``<out_dir>/<method>/<benchmark>.jsonl`` (+ ``.meta.json``), ``<benchmark>.metrics.json``
+    (accuracy, majority vote, CIs) and ``<benchmark>.textmetrics.json`` (judge-free metrics). Finished
+    generation files are reused (resumable), so rerunning only rescoring is cheap.
+    """
+    from clinical_r1.evaluate import evaluate
+    from clinical_r1.generate import generate, load_for_inference
+    from clinical_r1.metrics import summarize
+
+    sets = eval_sets(splits_dir)
+    if benchmarks:
+        sets = {k: v for k, v in sets.items() if k in benchmarks}
+    rows = []
+    for method, spec in methods.items():
+        model_ref = method_model(str(spec["model"]), base_model)
+        kind = method_prompt(str(spec["model"]), spec.get("prompt"))
+        model, tok = load_for_inference(model_ref)
+        for bench, ds in sets.items():
+            gen = Path(out_dir) / method / f"{bench}.jsonl"
+            generate(model, tok, ds, gen, prompt_kind=kind, n=n_samples, temperature=temperature,
+                     max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, dataset_name=bench,
+                     model_name=model_ref)
+            res = evaluate(gen, ds, out_path=gen.with_suffix(".metrics.json"), n_boot=n_boot, seed=seed,
+                           dataset_name=bench)
+            text = summarize(gen, ds)
+            write_json({"method": method, "benchmark": bench, **text}, gen.with_suffix(".textmetrics.json"))
+            o = res["overall"]
+            rows.append({"method": method, "benchmark": bench, "prompt": kind, "n": o.get("n"),
+                         "accuracy": o.get("accuracy"), "ci_low": (o.get("accuracy_ci") or [None, None])[0],
+                         "ci_high": (o.get("accuracy_ci") or [None, None])[1], "valid_ratio": o.get("valid_ratio"),
+                         "format_compliance": text["format_compliance"]["mean"],
+                         "cross_reference": text["cross_reference"]["mean"], "mean_tokens": text["n_tokens"]["mean"]})
+        del model
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# 06: judge
+# ---------------------------------------------------------------------------------------------------
+
+
+def judge_methods(out_dir: str | os.PathLike, splits_dir: str | os.PathLike, judge: Mapping[str, Any],
+                  metrics: str | Sequence[str] = "all", limit: int | None = None,
+                  benchmarks: Sequence[str] | None = None, second_judge: Mapping[str, Any] | None = None,
+                  reference_rewards: Sequence[str] = ("cross_reference", "consistency")) -> dict[str, Any]:
+    """Judge every method's responses: ``<out_dir>/<method>/<benchmark>.judge.jsonl`` per file, plus
+    ``judge_summary.csv`` and ``judge_reliability.csv`` (judge vs judge-free metrics, and judge vs a
+    second judge when given). The judge cache lives in ``<out_dir>/judge_cache.jsonl``."""
+    import pandas as pd
+
+    from clinical_r1.generate import read_generations
+    from clinical_r1.judge import (agreement, agreement_with_reference, attach_items, judge_responses,
+                                   reference_values, summarise)
+
+    out = Path(out_dir)
+    sets = eval_sets(splits_dir)
+    backend = _client_spec(judge)
+    second = _client_spec(second_judge) if second_judge else None
+    all_records, reliability = [], []
+    for gen in sorted(out.glob("*/*.jsonl")):
+        if gen.name.endswith((".judge.jsonl", ".judge2.jsonl")) or gen.stem not in sets:
+            continue
+        if benchmarks and gen.stem not in benchmarks:
+            continue
+        method = gen.parent.name
+        rows = attach_items(read_generations(gen)[: limit] if limit else read_generations(gen), sets[gen.stem])
+        rows = [{**r, "model": method} for r in rows]
+        records = judge_responses(rows, metrics, backend, out / "judge_cache.jsonl")
+        records = [{**r, "method": method, "benchmark": gen.stem} for r in records]
+        write_jsonl(records, gen.with_suffix(".judge.jsonl"))
+        all_records += records
+        for ref in reference_rewards:
+            df = agreement_with_reference(records, reference_values(rows, ref), metrics)
+            reliability += [{"method": method, "benchmark": gen.stem, "against": ref, **r} for r in df.to_dict("records")]
+        if second is not None:
+            rec2 = judge_responses(rows, metrics, second, out / "judge_cache.jsonl")
+            write_jsonl(rec2, gen.with_suffix(".judge2.jsonl"))
+            df = agreement(records, rec2)
+            reliability += [{"method": method, "benchmark": gen.stem, "against": "second_judge", **r}
+                            for r in df.to_dict("records")]
+    summary = summarise(all_records) if all_records else pd.DataFrame()
+    if len(summary):
+        summary.to_csv(out / "judge_summary.csv", index=False)
+    rel = pd.DataFrame(reliability)
+    rel.to_csv(out / "judge_reliability.csv", index=False)
+    return {"records": len(all_records), "summary": summary, "reliability": rel}
+
+
+def _client_spec(spec: Mapping[str, Any]) -> Any:
+    """A local judge is loaded once and shared by every method; an API judge stays a config mapping."""
+    from clinical_r1.api import ChatConfig, LocalBackend
+
+    cfg = ChatConfig.from_dict(dict(spec))
+    if cfg.backend != "local":
+        return cfg
+    return LocalBackend.from_path(cfg.model_path or cfg.model, gguf_file=cfg.gguf_file, name=cfg.model,
+                                  max_new_tokens=cfg.max_new_tokens)
