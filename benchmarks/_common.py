@@ -1,0 +1,158 @@
+"""Shared by the benchmark scripts: the environment record, the results file, latency summaries, a table.
+
+Every script writes ``benchmarks/results/<name>-<YYYY-MM-DD>.json`` (atomically: a temporary file, then
+``os.replace``) holding ``environment()`` (machine, CPU count, library versions, date, git commit) and its
+measurements, and prints a short table. Scripts run as ``python benchmarks/<script>.py`` from the repo root.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata as _md
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "numpy", "vllm", "unsloth",
+             "deepspeed", "clinical-r1")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return _md.version(dist)
+    except _md.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_info() -> dict[str, Any]:
+    """The checkout's commit and whether tracked files differ from it (``None`` outside a git checkout)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return {"git_commit": None, "git_dirty": None}
+    if head.returncode != 0:
+        return {"git_commit": None, "git_dirty": None}
+    return {"git_commit": head.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
+
+
+def gpu_info() -> dict[str, Any] | None:
+    """Name, memory and capability of CUDA device 0, or ``None`` without CUDA (torch is imported lazily)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    p = torch.cuda.get_device_properties(0)
+    return {"name": p.name, "memory_gib": round(p.total_memory / 2**30, 1), "capability": f"{p.major}.{p.minor}",
+            "count": torch.cuda.device_count(), "cuda": torch.version.cuda}
+
+
+def environment(with_gpu: bool = False) -> dict[str, Any]:
+    """Machine, CPU count, library versions, date and git commit: what makes a number reproducible."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    env = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "arch": platform.machine(), "cpu": _cpu_model(),
+                    "python": platform.python_version()},
+        "cpu_count": os.cpu_count(),
+        "cpu_usable": usable,
+        "torch_threads": _torch_threads(),
+        "load_average_1_5_15min": _load_average(),  # other work on the machine slows CPU timings
+        "versions": {lib: _version(lib) for lib in LIBRARIES},
+        **git_info(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+    if with_gpu:
+        env["gpu"] = gpu_info()
+    return env
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _torch_threads() -> int | None:
+    if "torch" not in sys.modules:
+        return None
+    return sys.modules["torch"].get_num_threads()
+
+
+def result_path(name: str, date: str | None = None, results_dir: Path = RESULTS_DIR) -> Path:
+    return results_dir / f"{name}-{date or _dt.date.today().isoformat()}.json"
+
+
+def write_result(name: str, payload: Mapping[str, Any], results_dir: Path | None = None) -> Path:
+    """Write ``payload`` to ``<results_dir>/<name>-<date>.json`` atomically; returns the path."""
+    path = result_path(name, results_dir=Path(results_dir) if results_dir else RESULTS_DIR)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2, ensure_ascii=False, default=str)
+            f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared and committed
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def latest_result(name: str, results_dir: Path | None = None) -> tuple[Path, dict[str, Any]] | None:
+    """The newest ``<name>-<date>.json`` (by the date in its name), or ``None`` when there is none."""
+    files = sorted(Path(results_dir or RESULTS_DIR).glob(f"{name}-????-??-??.json"))
+    if not files:
+        return None
+    return files[-1], json.loads(files[-1].read_text(encoding="utf-8"))
+
+
+def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
+    """Mean, p50, p95 and max of per-item latencies, in milliseconds."""
+    a = np.asarray(seconds, dtype=float) * 1e3
+    if a.size == 0:
+        raise ValueError("no latencies to summarise")
+    return {"n": int(a.size), "mean_ms": float(a.mean()), "p50_ms": float(np.percentile(a, 50)),
+            "p95_ms": float(np.percentile(a, 95)), "max_ms": float(a.max())}
+
+
+def table(rows: Iterable[Sequence[Any]], header: Sequence[str]) -> str:
+    """A plain fixed-width text table (numbers formatted to 4 significant figures)."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "-" if v is None else str(v)
+
+    body = [[cell(v) for v in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in body]
+    return "\n".join(lines)

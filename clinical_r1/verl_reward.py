@@ -1,0 +1,199 @@
+"""The CRPO rewards as a verl custom reward function, and split files as verl parquet prompts.
+
+verl (volcengine/verl) calls ``compute_score(data_source, solution_str, ground_truth, extra_info, **reward_kwargs)``
+once per response; a returned dict must hold ``score`` (the scalar reward) and its other keys are logged
+per sample (``acc`` is the key verl's validation reports as its core metric). The score is exactly
+:func:`clinical_r1.rewards.score` (``total``), so verl and TRL train on the same reward and the same parser.
+
+    python -m clinical_r1.verl_reward data/splits/rl.jsonl data/verl/rl.parquet --prompt crpo \\
+        --data-source clinical_r1/medqa                                  # split file -> verl parquet
+
+    from clinical_r1.verl_reward import compute_score, to_verl_parquet
+    compute_score("clinical_r1/medqa", "<dx>…</dx><conclusion>… \\\\boxed{B}</conclusion>", "B",
+                  extra_info={"preset": "crpo", "options": ["…", "…"]})
+    # {"score": 12.0, "accuracy": 1.0, "clinical_reasoning": 1.5, "consistency": 1.0, "acc": 1.0}
+
+A verl run that uses it (Hydra overrides; newer verl nests the reward keys under ``reward.``)::
+
+    python -m verl.trainer.main_ppo algorithm.adv_estimator=grpo \\
+        data.train_files=data/verl/rl.parquet data.val_files=data/verl/dev.parquet \\
+        data.prompt_key=prompt data.max_prompt_length=1024 data.max_response_length=2048 \\
+        actor_rollout_ref.model.path=Qwen/Qwen2.5-3B-Instruct actor_rollout_ref.rollout.n=8 \\
+        custom_reward_function.path=clinical_r1/verl_reward.py custom_reward_function.name=compute_score \\
+        +custom_reward_function.reward_kwargs.preset=crpo        # optional: overrides extra_info["preset"]
+
+or in a YAML config::
+
+    custom_reward_function:
+      path: clinical_r1/verl_reward.py
+      name: compute_score
+      reward_kwargs: {preset: crpo}     # optional; k: 10 sets the accuracy weight
+
+verl imports the file by its path, so ``clinical_r1`` must be importable in verl's workers
+(``pip install -e .`` in the repository). The preset is chosen, first match wins, by ``reward_kwargs["preset"]`` (the run config), the row's
+``extra_info["preset"]`` (written by :func:`to_verl_parquet`), the environment variable
+``CLINICAL_R1_VERL_PRESET``, then ``crpo``. The accuracy weight ``k`` the same way (``reward_kwargs["k"]``,
+``extra_info["k"]``, ``CLINICAL_R1_VERL_K``, the preset's own). The item's options come from
+``extra_info["options"]`` (needed for answers boxed as option text). verl collects the returned keys across a
+batch, so one run should use one preset (the keys differ between presets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from clinical_r1.parsing import LETTERS, is_correct
+from clinical_r1.prompts import PROMPT_KINDS, build_messages
+from clinical_r1.rewards import PRESETS, get_preset, score
+
+log = logging.getLogger(__name__)
+
+PRESET_ENV = "CLINICAL_R1_VERL_PRESET"  # the preset when neither reward_kwargs nor extra_info name one
+K_ENV = "CLINICAL_R1_VERL_K"  # the accuracy weight when neither reward_kwargs nor extra_info set one
+DEFAULT_PRESET = "crpo"
+ABILITY = "medical_mcq"  # verl's task-category column
+VERL_COLUMNS = ("data_source", "prompt", "ability", "reward_model", "extra_info")
+PRESET_OF_PROMPT = {"crpo": "crpo", "grpo": "grpo"}  # the preset that rewards each prompt's answer format
+
+
+class VerlDataError(ValueError):
+    """Input that cannot be scored or converted; the message names the row or the field."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# The reward function
+# ---------------------------------------------------------------------------------------------------
+
+
+def _pick(name: str, kwargs: Mapping[str, Any], info: Mapping[str, Any], env: str) -> Any:
+    for v in (kwargs.get(name), info.get(name), os.environ.get(env) or None):
+        if v is not None and v != "":
+            return v
+    return None
+
+
+def _options(info: Mapping[str, Any], where: str) -> list[str] | None:
+    """``extra_info["options"]`` as a list of str; parquet hands it back as a numpy array."""
+    opts = info.get("options")
+    if opts is None:
+        return None
+    if isinstance(opts, str) or not hasattr(opts, "__iter__"):
+        raise VerlDataError(f"{where}: extra_info['options'] must be a list of option texts, got {type(opts).__name__}")
+    opts = [str(o) for o in opts]
+    return opts or None
+
+
+def _gold(ground_truth: Any, options: Sequence[str] | None, where: str) -> str:
+    g = str(ground_truth).strip().upper() if ground_truth is not None else ""
+    if len(g) != 1 or g not in LETTERS:
+        raise VerlDataError(f"{where}: ground_truth {ground_truth!r} is not an answer letter A-Z")
+    if options is not None and LETTERS.index(g) >= len(options):
+        raise VerlDataError(f"{where}: ground_truth {g} is not among the {len(options)} options")
+    return g
+
+
+def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_info: Mapping[str, Any] | None = None,
+                  **kwargs: Any) -> dict[str, float]:
+    """verl's custom reward: ``{"score": total, <each weighted component>: value, "acc": 0/1}``.
+
+    ``score`` equals ``clinical_r1.rewards.score(solution_str, ground_truth, options, preset, k)["total"]``;
+    ``acc`` is correctness by the one parser (``parsing.is_correct``), whatever the preset.
+    """
+    info = dict(extra_info or {})
+    where = f"data_source {data_source!r}, id {info.get('id', info.get('index', '?'))!r}"
+    preset = str(_pick("preset", kwargs, info, PRESET_ENV) or DEFAULT_PRESET)
+    if preset not in PRESETS:
+        raise VerlDataError(f"{where}: unknown reward preset {preset!r}; known presets: {sorted(PRESETS)}")
+    k_raw = _pick("k", kwargs, info, K_ENV)
+    try:
+        k = float(k_raw) if k_raw is not None else None
+    except (TypeError, ValueError) as e:
+        raise VerlDataError(f"{where}: accuracy weight k={k_raw!r} is not a number") from e
+    options = _options(info, where)
+    gold = _gold(ground_truth, options, where)
+    text = solution_str if solution_str is not None else ""
+    parts = score(text, gold, options, preset=preset, k=k)
+    out = {"score": parts.pop("total")}
+    out.update(parts)
+    out["acc"] = 1.0 if is_correct(text, gold, options) else 0.0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Split files -> verl parquet
+# ---------------------------------------------------------------------------------------------------
+
+
+def verl_row(record: Mapping[str, Any], index: int, prompt_kind: str, data_source: str, preset: str) -> dict[str, Any]:
+    """One verl prompt row for one record (``id, question, options, answer``)."""
+    return {
+        "data_source": data_source,
+        "prompt": build_messages(record, prompt_kind),
+        "ability": ABILITY,
+        "reward_model": {"style": "rule", "ground_truth": str(record["answer"])},
+        "extra_info": {"index": int(index), "id": str(record["id"]), "options": list(record["options"]),
+                       "preset": preset},
+    }
+
+
+def _default_preset(prompt_kind: str) -> str:
+    if prompt_kind not in PRESET_OF_PROMPT:
+        raise ValueError(f"prompt kind {prompt_kind!r} has no matching reward preset; pass preset= "
+                         f"(one of {sorted(PRESETS)}) explicitly")
+    return PRESET_OF_PROMPT[prompt_kind]
+
+
+def to_verl_parquet(split_jsonl: str | os.PathLike, out_parquet: str | os.PathLike, prompt_kind: str = "crpo",
+                    data_source: str = "clinical_r1/medqa", preset: str | None = None) -> Path:
+    """Convert a split file (the record schema) to verl's parquet prompt format; returns the parquet path.
+
+    Columns: ``data_source``, ``prompt`` (chat messages from :func:`clinical_r1.prompts.build_messages`),
+    ``ability``, ``reward_model`` ``{"style": "rule", "ground_truth": <gold letter>}`` and ``extra_info``
+    ``{index, id, options, preset}``. ``preset`` defaults to the one that rewards ``prompt_kind``'s format
+    (crpo -> crpo, grpo -> grpo). Rows are validated by :func:`clinical_r1.data.load_benchmark` (a bad row
+    raises naming the file, row and field); the file is written atomically.
+    """
+    import pandas as pd
+
+    from clinical_r1.data import load_benchmark
+
+    if prompt_kind not in PROMPT_KINDS:
+        raise ValueError(f"unknown prompt kind {prompt_kind!r}; choose one of {list(PROMPT_KINDS)}")
+    preset = preset or _default_preset(prompt_kind)
+    get_preset(preset)  # unknown names raise here, not mid-training
+    ds = load_benchmark("jsonl", path=split_jsonl)
+    if len(ds) == 0:
+        raise VerlDataError(f"{split_jsonl}: no records to convert")
+    rows = [verl_row(r, i, prompt_kind, data_source, preset) for i, r in enumerate(ds)]
+    out = Path(out_parquet)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        pd.DataFrame(rows, columns=list(VERL_COLUMNS)).to_parquet(tmp, index=False)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    log.info("%s: %d verl prompts (%s prompt, %s preset) -> %s", split_jsonl, len(rows), prompt_kind, preset, out)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("split_jsonl", help="a split file in the record schema (id, question, options, answer, ...)")
+    ap.add_argument("out_parquet")
+    ap.add_argument("--prompt", default="crpo", choices=PROMPT_KINDS)
+    ap.add_argument("--data-source", default="clinical_r1/medqa")
+    ap.add_argument("--preset", default=None, choices=sorted(PRESETS))
+    a = ap.parse_args(argv)
+    return to_verl_parquet(a.split_jsonl, a.out_parquet, prompt_kind=a.prompt, data_source=a.data_source,
+                           preset=a.preset)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    main()
