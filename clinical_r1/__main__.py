@@ -1,0 +1,128 @@
+"""Command line: one subcommand per stage.
+
+    python -m clinical_r1 sft   --config configs/cpu_demo_sft.yaml  [--set trainer.max_steps=4 ...]
+    python -m clinical_r1 crpo  --config configs/cpu_demo_crpo.yaml [--set reward.preset=grpo ...]
+    python -m clinical_r1 merge --adapter results/cpu_demo_sft/adapter --out results/cpu_demo_sft/merged
+    python -m clinical_r1 check-config configs/*.yaml              # validate recipes without training
+
+Add a stage by writing ``add_<name>(subparsers)`` that registers its arguments and returns the function
+to call with the parsed namespace, and listing it in ``SUBCOMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any, Callable
+
+Handler = Callable[[argparse.Namespace], Any]
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="YAML recipe (configs/*.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key, dotted for sections (trainer.max_steps=2); repeatable")
+
+
+def add_sft(sub: Any) -> Handler:
+    p = sub.add_parser("sft", help="cold-start LoRA SFT on reasoning traces")
+    _add_recipe_args(p)
+
+    def run(a: argparse.Namespace) -> Any:
+        from clinical_r1.sft import run_sft
+
+        return run_sft(a.config, a.overrides)
+
+    return run
+
+
+def add_crpo(sub: Any) -> Handler:
+    p = sub.add_parser("crpo", help="CRPO/GRPO reinforcement learning with a reward preset")
+    _add_recipe_args(p)
+
+    def run(a: argparse.Namespace) -> Any:
+        from clinical_r1.crpo import run_crpo
+
+        return run_crpo(a.config, a.overrides)
+
+    return run
+
+
+def add_merge(sub: Any) -> Handler:
+    p = sub.add_parser("merge", help="merge a LoRA adapter into its base model")
+    p.add_argument("--adapter", required=True, help="adapter folder (adapter_config.json)")
+    p.add_argument("--out", required=True, help="output folder for the merged model")
+    p.add_argument("--base", default=None, help="base model (default: the adapter's base_model_name_or_path)")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+
+    def run(a: argparse.Namespace) -> Any:
+        from clinical_r1.models import merge_lora
+
+        return merge_lora(a.adapter, a.out, base=a.base, dtype=a.dtype)
+
+    return run
+
+
+def add_check_config(sub: Any) -> Handler:
+    p = sub.add_parser("check-config", help="validate recipes and build their TRL configs (no training)")
+    p.add_argument("configs", nargs="+")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--cpu-safe", action="store_true", help="add use_cpu=True so GPU recipes (bf16) build on a CPU-only machine")
+
+    def run(a: argparse.Namespace) -> Any:
+        from clinical_r1.config import load_config, trainer_args
+
+        for path in a.configs:
+            cfg = load_config(path, a.overrides)
+            args = trainer_args(cfg, cpu_safe=a.cpu_safe)
+            logging.getLogger("clinical_r1").info("%s: ok (%s, stage %s)", path, type(args).__name__, cfg["stage"])
+        return len(a.configs)
+
+    return run
+
+
+# name -> registrar; other stages (split, generate, evaluate, judge) add themselves here
+SUBCOMMANDS: dict[str, Callable[[Any], Handler]] = {
+    "sft": add_sft,
+    "crpo": add_crpo,
+    "merge": add_merge,
+    "check-config": add_check_config,
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
+    parser = argparse.ArgumentParser(prog="python -m clinical_r1", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    handlers = {name: register(sub) for name, register in SUBCOMMANDS.items()}
+    return parser, handlers
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from clinical_r1.config import ConfigError
+    from clinical_r1.crpo import DatasetError
+    from clinical_r1.data import DataError
+    from clinical_r1.models import ModelError
+    from clinical_r1.sft import TraceError
+
+    return ConfigError, DatasetError, DataError, ModelError, TraceError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, handlers = build_parser()
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result = handlers[a.command](a)
+    except _user_errors() as e:  # bad input: a clear message, no traceback
+        logging.getLogger("clinical_r1").error("%s: %s", type(e).__name__, e)
+        return 2
+    if result is not None:
+        print(result)  # the CLI's answer (a run folder, a model folder) for shell scripts
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

