@@ -1,5 +1,6 @@
 """Command line: one subcommand per stage.
 
+    python -m clinical_r1 split --train medqa:path/to/train.jsonl --eval medqa --eval medmcqa --out data/splits
     python -m clinical_r1 sft   --config configs/cpu_demo_sft.yaml  [--set trainer.max_steps=4 ...]
     python -m clinical_r1 crpo  --config configs/cpu_demo_crpo.yaml [--set reward.preset=grpo ...]
     python -m clinical_r1 merge --adapter results/cpu_demo_sft/adapter --out results/cpu_demo_sft/merged
@@ -82,8 +83,40 @@ def add_check_config(sub: Any) -> Handler:
     return run
 
 
+def _name_path(spec: str) -> tuple[str, str | None]:
+    name, _, path = spec.partition(":")
+    return name, path or None
+
+
+def add_split(sub: Any) -> Handler:
+    p = sub.add_parser("split", help="the paper's split (SFT half, RL half, dev) + evaluation sets + decontamination")
+    p.add_argument("--train", required=True, metavar="NAME[:PATH]", help="training benchmark, e.g. medqa or medqa:train.jsonl")
+    p.add_argument("--eval", action="append", default=[], metavar="NAME[:PATH]", help="evaluation set; repeatable")
+    p.add_argument("--out", required=True, help="output folder (sft/rl/dev.jsonl, eval/, manifest.json)")
+    p.add_argument("--sizes", default="5000,5000,178", help="sft,rl,dev[,test] (default: the paper's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-limit", type=int, default=None, help="keep the first N items of each evaluation set")
+    p.add_argument("--allow-overlap", action="store_true", help="proceed despite train/eval overlap (recorded)")
+
+    def run(a: argparse.Namespace) -> Any:
+        from clinical_r1.data import DataError
+        from clinical_r1.study import prepare_data
+
+        try:
+            sizes = dict(zip(("sft", "rl", "dev", "test"), (int(x) for x in a.sizes.split(","))))
+        except ValueError:
+            raise DataError(f"--sizes {a.sizes!r}: expected integers sft,rl,dev[,test]") from None
+        train, path = _name_path(a.train)
+        return prepare_data(a.out, train_benchmark=train, train_path=path, split_sizes=sizes,
+                            eval_benchmarks=dict(_name_path(e) for e in a.eval), eval_limit=a.eval_limit,
+                            seed=a.seed, allow_overlap=a.allow_overlap)["files"]
+
+    return run
+
+
 # name -> registrar; other stages (split, generate, evaluate, judge) add themselves here
 SUBCOMMANDS: dict[str, Callable[[Any], Handler]] = {
+    "split": add_split,
     "sft": add_sft,
     "crpo": add_crpo,
     "merge": add_merge,
@@ -102,11 +135,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
 def _user_errors() -> tuple[type[Exception], ...]:
     from clinical_r1.config import ConfigError
     from clinical_r1.crpo import DatasetError
-    from clinical_r1.data import DataError
+    from clinical_r1.data import ContaminationError, DataError
     from clinical_r1.models import ModelError
     from clinical_r1.sft import TraceError
 
-    return ConfigError, DatasetError, DataError, ModelError, TraceError
+    return ConfigError, DatasetError, DataError, ContaminationError, ModelError, TraceError
 
 
 def main(argv: list[str] | None = None) -> int:

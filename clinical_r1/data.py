@@ -556,7 +556,7 @@ def make_splits(train, out_dir: str | os.PathLike, sizes: SplitSizes | Mapping[s
         dropped = 0
     need = sizes.sft + sizes.rl + sizes.dev + sizes.test
     if need > len(train):
-        raise ValueError(f"split sizes sft={sizes.sft} + rl={sizes.rl} + dev={sizes.dev} + test={sizes.test} = {need} "
+        raise DataError(f"split sizes sft={sizes.sft} + rl={sizes.rl} + dev={sizes.dev} + test={sizes.test} = {need} "
                          f"exceed the {len(train)} training items available")
     order = np.random.default_rng(seed).permutation(len(train)).tolist()
     bounds = np.cumsum([0, sizes.sft, sizes.rl, sizes.dev, sizes.test]).tolist()

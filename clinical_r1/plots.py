@@ -694,8 +694,12 @@ def paper_lower_is_better(ref: Mapping[str, Any], table: str) -> list[str]:
 def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
              paper_reference: str | os.PathLike | Mapping[str, Any] | None = None,
              method_map: Mapping[str, str] | None = None, ablation_summary: str | os.PathLike | None = None,
-             comparison_group: str | None = "2x2", k_metric: str | None = None) -> dict[str, list[Path]]:
+             comparison_group: str | None = "2x2", k_metric: str | None = None,
+             judge_benchmark: str | None = None) -> dict[str, list[Path]]:
     """Every figure whose inputs exist, saved under ``out_dir``; returns name → [png, pdf].
+
+    The judged panels show one benchmark (as the paper's tables): ``judge_benchmark``, else MedMCQA when
+    judged (the paper's choice), else the first judged benchmark by name.
 
     Inputs: the evaluation, judge, training and generation files under ``results_dir`` (a recipe run), and
     optionally the grid's ``summary.csv`` (``ablation_summary``): its ``comparison_group`` variants (the
@@ -734,6 +738,10 @@ def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
     judged = collect_judge_results(results_dir)
     for table, fn in (("cognitive_behaviours", plot_cognitive_behaviours), ("faithfulness", plot_faithfulness)):
         mine = with_grid(judged[judged["table"] == table], table)
+        if not mine.empty and "benchmark" in mine:
+            benches = sorted(mine["benchmark"].dropna().unique())
+            pick = judge_benchmark or ("medmcqa" if "medmcqa" in benches else benches[0] if benches else None)
+            mine = mine[mine["benchmark"] == pick] if pick is not None else mine
         if not mine.empty:
             paper = paper_table(ref, table, method_map) if ref and table in ref else None
             emit(table, fn(mine, paper, order=order, labels=labels,
@@ -809,10 +817,14 @@ def k_table(summary: pd.DataFrame, x: str | None = None, group: str = "k", bench
     """From the ablation summary (:func:`clinical_r1.pipeline.gather`), the runs of the ``group`` group as one
     row per run: ``run_id, k, accuracy, <x>`` (accuracy averaged over benchmarks unless ``benchmark``).
     ``x`` defaults to the first faithfulness metric present; None when the summary has no such runs."""
-    need = {"run_id", "groups", "k", "metric", "value", "benchmark"}
+    if "groups" not in summary.columns:
+        raise PlotDataError("ablation summary lacks the column 'groups'")
+    d = summary[_in_group(summary["groups"], group)]
+    if d.empty:
+        return None  # the grid ran no runs of this group (e.g. the demo runs the 2x2 only)
+    need = {"run_id", "k", "metric", "value", "benchmark"}
     if not need <= set(summary.columns):
         raise PlotDataError(f"ablation summary lacks columns {sorted(need - set(summary.columns))}")
-    d = summary[_in_group(summary["groups"], group)]
     if benchmark is not None:
         d = d[d["benchmark"] == benchmark]
     if x is None and "table" in d.columns:

@@ -198,3 +198,13 @@ def test_split_sizes_too_large(tmp_path):
     ds = load_benchmark("jsonl", path=write(tmp_path, _items(10)))
     with pytest.raises(ValueError, match="exceed the 10 training items"):
         make_splits(ds, tmp_path / "o", SplitSizes(5, 5, 5))
+
+
+def test_cli_split_and_its_errors(tmp_path):
+    from clinical_r1.__main__ import main
+
+    assert main(["split", "--train", "sample", "--out", str(tmp_path / "s"), "--sizes", "20,20,8,8"]) == 0
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["files"]["test"]["count"] == 8 and manifest["eval"]["sample"]["count"] == 8
+    assert main(["split", "--train", "sample", "--out", str(tmp_path / "t"), "--sizes", "50,50,8"]) == 2
+    assert not (tmp_path / "t").exists()
