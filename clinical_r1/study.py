@@ -200,7 +200,7 @@ def evaluate_methods(methods: Mapping[str, Mapping[str, Any]], splits_dir: str |
             text = summarize(gen, ds)
             write_json({"method": method, "benchmark": bench, **text}, gen.with_suffix(".textmetrics.json"))
             o = res["overall"]
-            rows.append({"method": method, "benchmark": bench, "prompt": kind, "n": o.get("n"),
+            rows.append({"method": method, "benchmark": bench, "prompt": kind, "n": o.get("n_questions"),
                          "accuracy": o.get("accuracy"), "ci_low": (o.get("accuracy_ci") or [None, None])[0],
                          "ci_high": (o.get("accuracy_ci") or [None, None])[1], "valid_ratio": o.get("valid_ratio"),
                          "format_compliance": text["format_compliance"]["mean"],

@@ -60,7 +60,7 @@ def test_smoke_outputs(smoke_run):
         assert key in log.columns
     for method in ("baseline_cot", "cold_start_crpo"):
         res = json.loads((out / method / "sample.metrics.json").read_text())
-        assert res["overall"]["n"] == 2 and 0.0 <= res["overall"]["accuracy"] <= 1.0
+        assert res["overall"]["n_questions"] == 2 and 0.0 <= res["overall"]["accuracy"] <= 1.0
         assert res["prompt_kind"] == ("cot" if method == "baseline_cot" else "crpo")
         assert (out / method / "sample.judge.jsonl").is_file()
     assert (out / "judge_reliability.csv").is_file()
