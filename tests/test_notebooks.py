@@ -15,7 +15,22 @@ from clinical_r1.pipeline import load_recipe, run_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("name", ["demo", "smoke", "paper", "t4"])
+def test_project_recipes_match_the_notebooks(name, tmp_path):
+    """Every stage parameter of every recipe is declared by its notebook (checked without running anything)."""
+    from clinical_r1.pipeline import plan_recipe
+
+    assert len(plan_recipe(load_recipe(name), tmp_path)) == 8
+
+
+@pytest.mark.parametrize("recipe", ["demo", "paper"])
+def test_project_grid_matches_the_notebooks(recipe, tmp_path):
+    from clinical_r1.pipeline import run_grid
+
+    assert len(run_grid(REPO / "configs" / "ablations.yaml", out=tmp_path, recipe=recipe, dry_run=True,
+                        progress=False)) == 30
 
 
 def test_every_notebook_is_thin_and_parameterised():
@@ -40,6 +55,7 @@ def smoke_run(tmp_path_factory):
     return out, status
 
 
+@pytest.mark.slow
 def test_smoke_recipe_runs_every_stage(smoke_run):
     out, status = smoke_run
     stages = json.loads((out / "pipeline.json").read_text())["stages"]
@@ -49,6 +65,7 @@ def test_smoke_recipe_runs_every_stage(smoke_run):
         assert (out / "notebooks" / f"{name}.ipynb").is_file()
 
 
+@pytest.mark.slow
 def test_smoke_outputs(smoke_run):
     out, _ = smoke_run
     manifest = json.loads((out / "data" / "manifest.json").read_text())
@@ -70,6 +87,7 @@ def test_smoke_outputs(smoke_run):
         assert (out / "figures" / f"{fig}.png").is_file() and (out / "figures" / f"{fig}.pdf").is_file()
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_stages(smoke_run):
     out, _ = smoke_run
     before = (out / "pipeline.json").read_text()
