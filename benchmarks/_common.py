@@ -12,7 +12,6 @@ import importlib.metadata as _md
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -46,15 +45,10 @@ def _cpu_model() -> str:
 
 def git_info() -> dict[str, Any]:
     """The checkout's commit and whether tracked files differ from it (``None`` outside a git checkout)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return {"git_commit": None, "git_dirty": None}
-    if head.returncode != 0:
-        return {"git_commit": None, "git_dirty": None}
-    return {"git_commit": head.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
+    from clinical_r1.provenance import git_commit
+
+    g = git_commit(REPO_ROOT)
+    return {"git_commit": g["commit"], "git_dirty": g["dirty"]}
 
 
 def gpu_info() -> dict[str, Any] | None:

@@ -29,7 +29,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import subprocess
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,15 +299,10 @@ def metrics(ans: Answers, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]
 
 def git_commit(repo: Path = REPO_ROOT) -> dict[str, Any]:
     """The checkout's commit and whether tracked files differ from it (``None`` outside a git checkout)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return {"git_commit": None, "git_dirty": None}
-    if head.returncode != 0:
-        return {"git_commit": None, "git_dirty": None}
-    return {"git_commit": head.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
+    from clinical_r1.provenance import git_commit as _git
+
+    g = _git(repo)
+    return {"git_commit": g["commit"], "git_dirty": g["dirty"]}
 
 
 def evaluate(generations_path: str | os.PathLike, dataset: Iterable[Mapping[str, Any]],

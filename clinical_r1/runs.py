@@ -21,7 +21,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import time
 from importlib import metadata
@@ -94,16 +93,9 @@ def library_versions() -> dict[str, str | None]:
 
 def git_commit(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
     """The repository's HEAD commit and whether the tree has uncommitted changes (``None`` outside git)."""
-    cwd = str(cwd or Path(__file__).resolve().parent)
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    if head.returncode != 0:
-        return {"commit": None, "dirty": None}
-    return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    from clinical_r1.provenance import REPO_ROOT, git_commit as _git
+
+    return _git(cwd or REPO_ROOT)
 
 
 def device_info() -> dict[str, Any]:

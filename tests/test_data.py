@@ -168,6 +168,7 @@ def test_split_is_seeded_disjoint_and_manifested(tmp_path):
     assert [len(v) for v in ids.values()] == [15, 15, 5]
     m4 = make_splits(ds, tmp_path / "s4", SplitSizes(sft=15, rl=15, dev=5, test=5), seed=3)
     test_ids = set(load_split(tmp_path / "s4", "test")["id"])
+    assert m4["sizes"]["test"] == 5
     assert len(test_ids) == 5 and not test_ids & set(load_split(tmp_path / "s4", "sft")["id"])
     assert not (ids["sft"] & ids["rl"]) and not (ids["sft"] & ids["dev"]) and not (ids["rl"] & ids["dev"])
     assert m1["seed"] == 3 and m1["decontamination"]["overlap"] == 0

@@ -1,7 +1,5 @@
 """CRPO rewards: table-driven cases, the r1-medical values, presets, fuzzing and linear time."""
 
-import json
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
