@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -106,19 +105,9 @@ def result_path(name: str, date: str | None = None, results_dir: Path = RESULTS_
 
 def write_result(name: str, payload: Mapping[str, Any], results_dir: Path | None = None) -> Path:
     """Write ``payload`` to ``<results_dir>/<name>-<date>.json`` atomically; returns the path."""
-    path = result_path(name, results_dir=Path(results_dir) if results_dir else RESULTS_DIR)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, ensure_ascii=False, default=str)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared and committed
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from clinical_r1.data import write_json
+
+    return write_json(payload, result_path(name, results_dir=Path(results_dir) if results_dir else RESULTS_DIR))
 
 
 def latest_result(name: str, results_dir: Path | None = None) -> tuple[Path, dict[str, Any]] | None:

@@ -20,7 +20,6 @@ import dataclasses
 import difflib
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -108,18 +107,10 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def write_yaml(obj: Any, path: str | os.PathLike) -> Path:
-    """Write YAML atomically (temp file in the same folder, then ``os.replace``)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yaml.safe_dump(obj, f, sort_keys=False, allow_unicode=True)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    """Write YAML atomically (see :func:`clinical_r1.data.atomic_write`)."""
+    from clinical_r1.data import atomic_write
+
+    return atomic_write(path, lambda f: yaml.safe_dump(obj, f, sort_keys=False, allow_unicode=True))
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

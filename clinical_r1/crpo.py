@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -144,21 +143,8 @@ def run_crpo(config: Mapping[str, Any] | str | os.PathLike, overrides: Any = Non
                                     use_vllm=bool(getattr(args, "use_vllm", False)))
     tok.padding_side = "left"
     trainer = build_grpo_trainer(args, model, tok, ds, preset, run)
-    resume = runs.last_checkpoint(run) if cfg["resume"] else None
-    if cfg["resume"] and resume is None:
-        log.info("resume: no checkpoint in %s yet; starting from scratch", run)
-    t0 = time.time()
-    out = trainer.train(resume_from_checkpoint=resume)
-    adapter = run / "adapter"
-    trainer.save_model(str(adapter))  # every rank takes part (DeepSpeed); rank 0 writes
-    if runs.is_main_process():
-        tok.save_pretrained(str(adapter))
-    summary = {**out.metrics, "global_step": out.global_step, "train_seconds": time.time() - t0,
-               "adapter": str(adapter), "resumed_from": resume, "preset": preset.name,
-               "reward_weights": preset.weights}
-    runs.finalize_metrics(run, summary)
-    runs.update_run_info(run, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    log.info("CRPO done: %s (%d steps)", run, out.global_step)
+    out = runs.train_and_save(trainer, tok, run, cfg, preset=preset.name, reward_weights=preset.weights)
+    log.info("CRPO done: %s (%d steps)", run, out["global_step"])
     return run
 
 

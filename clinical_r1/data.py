@@ -127,38 +127,37 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
-def write_jsonl(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    """Write rows atomically: a temporary file in the same folder, then ``os.replace``."""
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
+    """Write a text file atomically: ``write(f)`` fills a temporary file in the same folder, which is fsynced
+    and then renamed over ``path`` (``os.replace``); a crash leaves the old file or none, never half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read and shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_jsonl(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Write rows atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda f: f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:
     """Write one JSON document atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    def dump(f: Any) -> None:
+        json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
+        f.write("\n")
+
+    return atomic_write(path, dump)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -195,3 +195,24 @@ def finalize_metrics(d: Path, summary: Mapping[str, Any]) -> dict[str, Any]:
         os.replace(tmp, d / "metrics.csv")
     write_json(out, d / "metrics.json")
     return out
+
+
+def train_and_save(trainer: Any, tok: Any, run: Path, cfg: Mapping[str, Any], **summary: Any) -> dict[str, Any]:
+    """Train (resuming from the run's last checkpoint when ``cfg["resume"]``), save the final adapter and
+    tokenizer to ``run/adapter``, and write ``metrics.json`` and the finish time. Shared by SFT and CRPO."""
+    resume = last_checkpoint(run) if cfg["resume"] else None
+    if cfg["resume"] and resume is None:
+        log.info("resume: no checkpoint in %s yet; starting from scratch", run)
+    t0 = time.time()
+    out = trainer.train(resume_from_checkpoint=resume)
+    adapter = run / "adapter"
+    trainer.save_model(str(adapter))  # every rank takes part (DeepSpeed); rank 0 writes
+    if is_main_process():
+        tok.save_pretrained(str(adapter))
+    result = {**out.metrics, "global_step": out.global_step, "train_seconds": time.time() - t0,
+              "adapter": str(adapter), "resumed_from": resume,
+              **{k: (v(trainer) if callable(v) else v) for k, v in summary.items()}}
+    finalize_metrics(run, result)
+    update_run_info(run, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    return result
+

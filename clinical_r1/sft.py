@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -168,20 +167,8 @@ def run_sft(config: Mapping[str, Any] | str | os.PathLike, overrides: Any = None
                                     gradient_checkpointing=bool(args.gradient_checkpointing))
     tok.padding_side = "right"
     trainer = build_sft_trainer(cfg, args, model, tok, train_rows, dev_rows, run)
-    resume = runs.last_checkpoint(run) if cfg["resume"] else None
-    if cfg["resume"] and resume is None:
-        log.info("resume: no checkpoint in %s yet; starting from scratch", run)
-    t0 = time.time()
-    out = trainer.train(resume_from_checkpoint=resume)
-    adapter = run / "adapter"
-    trainer.save_model(str(adapter))  # every rank takes part (DeepSpeed); rank 0 writes
-    if runs.is_main_process():
-        tok.save_pretrained(str(adapter))
-    summary = {**out.metrics, "global_step": out.global_step, "train_seconds": time.time() - t0,
-               "best_checkpoint": trainer.state.best_model_checkpoint, "best_metric": trainer.state.best_metric,
-               "adapter": str(adapter), "resumed_from": resume}
-    runs.finalize_metrics(run, summary)
-    runs.update_run_info(run, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    runs.train_and_save(trainer, tok, run, cfg, best_checkpoint=lambda t: t.state.best_model_checkpoint,
+                        best_metric=lambda t: t.state.best_metric)
     log.info("SFT done: %s (best %s = %s)", run, args.metric_for_best_model, trainer.state.best_metric)
     return run
 
