@@ -3,7 +3,7 @@
     python -m clinical_r1 split --train medqa:path/to/train.jsonl --eval medqa --eval medmcqa --out data/splits
     python -m clinical_r1 sft   --config configs/cpu_demo_sft.yaml  [--set trainer.max_steps=4 ...]
     python -m clinical_r1 crpo  --config configs/cpu_demo_crpo.yaml [--set reward.preset=grpo ...]
-    python -m clinical_r1 merge --adapter results/cpu_demo_sft/adapter --out results/cpu_demo_sft/merged
+    python -m clinical_r1 merge --adapter results/cpu_demo_crpo/adapter --out results/cpu_demo_crpo/merged
     python -m clinical_r1 check-config configs/*.yaml              # validate recipes without training
 
 Add a stage by writing ``add_<name>(subparsers)`` that registers its arguments and returns the function
@@ -51,11 +51,11 @@ def add_crpo(sub: Any) -> Handler:
 
 
 def add_merge(sub: Any) -> Handler:
-    p = sub.add_parser("merge", help="merge a LoRA adapter into its base model")
-    p.add_argument("--adapter", required=True, help="adapter folder (adapter_config.json)")
+    p = sub.add_parser("merge", help="merge a trained LoRA adapter (and the cold-start adapter under it) into its base")
+    p.add_argument("--adapter", required=True, help="adapter or checkpoint-N folder (adapter_config.json)")
     p.add_argument("--out", required=True, help="output folder for the merged model")
-    p.add_argument("--base", default=None, help="base model (default: the adapter's base_model_name_or_path)")
-    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--base", default=None, help="base model (default: the one the adapter was trained on)")
+    p.add_argument("--dtype", default=None, help="auto | float32 | bfloat16 | float16 (default: the training dtype)")
 
     def run(a: argparse.Namespace) -> Any:
         from clinical_r1.models import merge_lora

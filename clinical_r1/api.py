@@ -44,6 +44,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 log = logging.getLogger(__name__)
 
 CACHE_FIELDS = ("model", "purpose", "item_id", "prompt_hash", "content")
+JUDGE_MODES = ("generate", "constrained")  # how a judge answers; see clinical_r1.judge
 
 
 class MissingAPIKeyError(RuntimeError):
@@ -97,12 +98,19 @@ class ChatConfig:
     model_path: str | None = None  # local backend: a transformers model folder
     gguf_file: str | None = None  # local backend: a GGUF file inside model_path
     max_new_tokens: int = 1024  # local backend: generation cap when max_tokens is None
+    judge_mode: str | None = None  # judge only: "generate" (free text, parsed) or "constrained" (next-token
+    # probabilities over the allowed values; local backend only); None = constrained if local, else generate
 
     def __post_init__(self) -> None:
         if self.backend not in ("openai", "local"):
             raise ValueError(f"ChatConfig.backend must be 'openai' or 'local', got {self.backend!r}")
         if not self.model:
             raise ValueError("ChatConfig.model must be a non-empty model name")
+        if self.judge_mode not in (None, *JUDGE_MODES):
+            raise ValueError(f"ChatConfig.judge_mode must be one of {JUDGE_MODES} or None, got {self.judge_mode!r}")
+        if self.judge_mode == "constrained" and self.backend != "local":
+            raise ValueError("judge_mode 'constrained' reads next-token probabilities from a local model: "
+                             "use backend: local, or judge_mode: generate for an API judge")
         if self.concurrency < 1 or self.max_retries < 0:
             raise ValueError(f"ChatConfig needs concurrency >= 1 and max_retries >= 0, got "
                              f"{self.concurrency} and {self.max_retries}")
@@ -271,6 +279,36 @@ class ResponseCache:
 # -------------------------------------------------------------------------------------------------
 
 
+SHARED_MIN_TOKENS = 32  # texts sharing at least this many more prefix tokens run that prefix once, as a group
+
+
+def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def _shared_len(seqs: Sequence[Sequence[int]], rows: Sequence[int]) -> int:
+    """The prefix length shared by ``seqs[rows]``, leaving each at least one token to read."""
+    first = seqs[rows[0]]
+    n = min(len(seqs[i]) for i in rows) - 1
+    for i in rows[1:]:
+        n = min(n, _lcp(first, seqs[i]))
+    return max(n, 0)
+
+
+def _prefix_groups(seqs: Sequence[Sequence[int]], rows: Sequence[int], start: int) -> list[list[int]]:
+    """``rows`` in token order, split where neighbours share fewer than ``SHARED_MIN_TOKENS`` tokens beyond
+    ``start``."""
+    order = sorted(rows, key=lambda i: seqs[i])
+    groups = [[order[0]]]
+    for prev, i in zip(order, order[1:]):
+        if _lcp(seqs[prev], seqs[i]) - start >= SHARED_MIN_TOKENS:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 class Backend(Protocol):
     name: str  # the model identifier used in cache keys
     concurrency: int
@@ -369,24 +407,30 @@ class OpenAIBackend:
 
 
 class LocalBackend:
-    """A transformers causal LM answering chat requests: greedy at temperature 0 (or None), sampling otherwise.
+    """A transformers causal LM answering chat requests: greedy at temperature 0 (or None), sampling otherwise;
+    and, for constrained judging, reading next-token probabilities (:meth:`next_token_probs`).
 
     ``name`` goes into cache keys: give a trained checkpoint its own name so its answers are not
-    confused with the base model's.
+    confused with the base model's. ``judge_mode`` is how :mod:`clinical_r1.judge` uses it by default.
     """
 
     concurrency = 1
 
-    def __init__(self, model: Any, tokenizer: Any, *, name: str | None = None, max_new_tokens: int = 1024):
+    def __init__(self, model: Any, tokenizer: Any, *, name: str | None = None, max_new_tokens: int = 1024,
+                 judge_mode: str = "constrained", score_bf16: bool = True):
+        if judge_mode not in JUDGE_MODES:
+            raise ValueError(f"LocalBackend judge_mode must be one of {JUDGE_MODES}, got {judge_mode!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
+        self.judge_mode = judge_mode
+        self.score_bf16 = score_bf16  # next_token_probs under bfloat16 autocast where the CPU has it natively
         self.name = name or getattr(getattr(model, "config", None), "_name_or_path", "") or "local-model"
         self._lock = threading.Lock()
 
     @classmethod
     def from_path(cls, path: str, *, gguf_file: str | None = None, name: str | None = None,
-                  max_new_tokens: int = 1024) -> "LocalBackend":
+                  max_new_tokens: int = 1024, judge_mode: str = "constrained") -> "LocalBackend":
         """Load through :func:`clinical_r1.models.load_policy` (hub id, local folder or ``embedded:*`` name);
         a raw ``gguf_file`` inside ``path`` is read by transformers directly (inference only)."""
         if gguf_file:
@@ -399,13 +443,123 @@ class LocalBackend:
 
             model, tokenizer = load_policy({"name": str(path)}, lora=None)
         return cls(model.eval(), tokenizer, name=name or (f"{path}/{gguf_file}" if gguf_file else str(path)),
-                   max_new_tokens=max_new_tokens)
+                   max_new_tokens=max_new_tokens, judge_mode=judge_mode)
 
-    def render(self, messages: Sequence[Mapping[str, str]]) -> str:
+    def render(self, messages: Sequence[Mapping[str, str]], prefix: str = "") -> str:
+        """The prompt text: the chat template with the assistant turn opened, then ``prefix`` (its first words)."""
         msgs = [dict(m) for m in messages]
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        return "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant: "
+            return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + prefix
+        return "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant: " + prefix
+
+    def choice_token_ids(self, text: str, choices: Sequence[str]) -> list[int]:
+        """The one token that continues ``text`` with each choice; ``ValueError`` naming choices that are not one
+        token there (constrained judging reads a single next-token distribution)."""
+        tok = self.tokenizer
+        base = tok(text, add_special_tokens=False)["input_ids"]
+        ids, bad = [], []
+        for c in choices:
+            full = tok(text + c, add_special_tokens=False)["input_ids"]
+            if len(full) == len(base) + 1 and full[:len(base)] == base:
+                ids.append(full[-1])
+            else:
+                bad.append(c)
+        if bad:
+            raise ValueError(f"{self.name}: the choice(s) {bad} are not one token after {text[-40:]!r}; constrained "
+                             f"judging needs single-token values (use judge_mode 'generate' with this tokenizer)")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{self.name}: choices {list(choices)} share a token after {text[-40:]!r}")
+        return ids
+
+    @property
+    def score_precision(self) -> str:
+        """``bf16-autocast`` on a CPU with native bfloat16 (about 2x faster, probabilities within ~1e-2), else
+        the model's own dtype. Part of the constrained judge's cache key."""
+        import torch
+
+        param = next(self.model.parameters())
+        native_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        if self.score_bf16 and param.device.type == "cpu" and param.dtype == torch.float32 and native_bf16:
+            return "bf16-autocast"
+        return str(param.dtype).removeprefix("torch.")
+
+    def next_token_probs(self, texts: Sequence[str], token_ids: Sequence[int], *,
+                         batch_size: int = 8) -> list[list[float]]:
+        """P(next token = t) after each text, for each ``t`` in ``token_ids`` (full-vocabulary softmax, no sampling).
+
+        One forward pass per text, without recomputing shared prefixes: the prefix all texts share (a judge's
+        system prompt) runs once; texts that share a further prefix of at least ``SHARED_MIN_TOKENS`` (the same
+        case, the same response) run it once more as a group; the rest run in right-padded batches from that
+        KV cache, each row read at its own last token (right padding never reaches a real token under the
+        causal mask, so no attention mask is needed).
+        """
+        import torch
+
+        seqs = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        if not seqs:
+            return []
+        if min(map(len, seqs)) == 0:
+            raise ValueError("next_token_probs: an empty text has no next token to read")
+        out: list[list[float]] = [[] for _ in seqs]
+        device = next(self.model.parameters()).device
+        wanted = torch.tensor(list(token_ids), device=device)
+        bf16 = self.score_precision == "bf16-autocast"
+        with self._lock, torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            self._score(None, 0, seqs, list(range(len(seqs))), wanted, batch_size, out)
+        return out
+
+    def _score(self, cache: Any, start: int, seqs: Sequence[Sequence[int]], rows: list[int], wanted: Any,
+               batch_size: int, out: list) -> None:
+        """Extend ``cache`` by the prefix ``rows`` share, recurse into subgroups sharing more, read the rest."""
+        n = _shared_len(seqs, rows)
+        cache = self._extend(cache, seqs[rows[0]][start:n])
+        groups = _prefix_groups(seqs, rows, n)
+        singles = []
+        for group in groups:
+            if len(group) > 1 and len(groups) > 1:
+                self._score(cache, n, seqs, group, wanted, batch_size, out)
+            else:
+                singles += group
+        self._read(cache, n, seqs, singles, wanted, batch_size, out)
+
+    def _extend(self, cache: Any, ids: Sequence[int]) -> Any:
+        """A new KV cache: ``cache`` (None = empty; left unchanged) followed by ``ids``, batch 1."""
+        import copy
+
+        import torch
+
+        if not ids:
+            return cache
+        device = next(self.model.parameters()).device
+        return self.model(input_ids=torch.tensor([list(ids)], device=device), use_cache=True, logits_to_keep=1,
+                          past_key_values=copy.deepcopy(cache)).past_key_values
+
+    def _read(self, cache: Any, start: int, seqs: Sequence[Sequence[int]], rows: Sequence[int], wanted: Any,
+              batch_size: int, out: list) -> None:
+        """Run ``seqs[i][start:]`` for ``rows`` after ``cache`` in batches; write P(``wanted``) at each last token."""
+        import copy
+
+        import torch
+
+        device = wanted.device
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0  # never read
+        rows = sorted(rows, key=lambda i: -len(seqs[i]))  # similar lengths batch together
+        for b in range(0, len(rows), batch_size):
+            batch = rows[b:b + batch_size]
+            tails = [seqs[i][start:] for i in batch]
+            width = max(map(len, tails))
+            ids = torch.tensor([t + [pad] * (width - len(t)) for t in tails], device=device)
+            past = None
+            if cache is not None:
+                past = copy.deepcopy(cache)
+                past.batch_repeat_interleave(len(batch))
+            last = torch.tensor([len(t) - 1 for t in tails], device=device)
+            keep = torch.unique(last)  # sorted; only these positions go through the LM head
+            logits = self.model(input_ids=ids, past_key_values=past, use_cache=past is not None,
+                                logits_to_keep=keep).logits
+            picked = logits[torch.arange(len(batch), device=device), torch.searchsorted(keep, last)]
+            for i, p in zip(batch, picked.float().softmax(-1)[:, wanted].tolist()):
+                out[i] = p
 
     def send(self, messages: Sequence[Mapping[str, str]], *, temperature: float | None,
              max_tokens: int | None, seed: int) -> Answer:
@@ -648,7 +802,8 @@ def make_client(spec: ClientSpec, cache_path: str | os.PathLike | None = None, *
         if config.max_tokens is None:
             config = dataclasses.replace(config, max_tokens=config.max_new_tokens)
         backend: Backend = LocalBackend.from_path(config.model_path, gguf_file=config.gguf_file, name=config.model,
-                                                  max_new_tokens=config.max_new_tokens)
+                                                  max_new_tokens=config.max_new_tokens,
+                                                  judge_mode=config.judge_mode or "constrained")
     else:
         backend = OpenAIBackend(config)
     return ChatClient(backend, config, cache_path, **kw)

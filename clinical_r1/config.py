@@ -62,7 +62,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
             "dev_traces": None,  # a separate dev traces file (e.g. the split's traces_dev.jsonl); else split off
             "dev_size": 0.1,  # dev slice split off the traces when dev_traces is null: a fraction, or a count
             "limit": None,  # use only the first N traces
-            "prompt_kind": "crpo",  # crpo (<dx>/<conclusion>) or grpo (<think>/<answer>) target
+            "prompt_kind": "crpo",  # crpo (<dx>/<conclusion>), grpo (<think>/<answer>) or both (each trace twice)
         },
         "early_stopping": {"patience": 3, "threshold": 0.0},
     },
@@ -299,7 +299,7 @@ def _validate_sft(cfg: Mapping[str, Any]) -> None:
     ds = d["dev_size"]
     if not (isinstance(ds, int) and ds >= 1) and not (isinstance(ds, float) and 0 < ds < 1):
         raise ConfigError(f"data.dev_size must be a fraction in (0, 1) or a row count >= 1, got {ds!r}")
-    _choice(d["prompt_kind"], ("crpo", "grpo"), "data.prompt_kind")
+    _choice(d["prompt_kind"], ("crpo", "grpo", "both"), "data.prompt_kind")
     es = cfg["early_stopping"]
     if es["patience"] is not None and int(es["patience"]) < 1:
         raise ConfigError(f"early_stopping.patience must be >= 1 or null (off), got {es['patience']!r}")

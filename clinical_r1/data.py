@@ -373,9 +373,18 @@ def sample_path() -> Path:
     return Path(str(resources.files("clinical_r1") / "resources" / "sample_questions.jsonl"))
 
 
-def sample_traces_path() -> Path:
-    """Project-written exemplary ``<dx>``/``<conclusion>`` traces for some sample questions."""
-    return Path(str(resources.files("clinical_r1") / "resources" / "sample_traces.jsonl"))
+TRACE_FILES = {"full": "sample_traces.jsonl", "compact": "sample_traces_compact.jsonl"}
+
+
+def sample_traces_path(style: str = "full") -> Path:
+    """Project-written exemplary ``<dx>``/``<conclusion>`` traces for the sample questions.
+
+    ``full``: ~340-token traces (impression, every key finding, a reasoned verdict per option).
+    ``compact``: ~130 tokens, derived from the full ones by ``distill.compact_trace`` (the CPU demo's cold start).
+    """
+    if style not in TRACE_FILES:
+        raise ValueError(f"unknown trace style {style!r}; choose one of {list(TRACE_FILES)}")
+    return Path(str(resources.files("clinical_r1") / "resources" / TRACE_FILES[style]))
 
 
 def _build(rows: Iterable[tuple[int, Any]], name: str, src: str, strict: bool, **kw: Any):

@@ -259,3 +259,45 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The compact trace style (the CPU demo's cold start)
+# ---------------------------------------------------------------------------------------------------
+
+TRACE_STYLES = ("full", "compact")
+
+
+def _first_sentence(text: str) -> str:
+    """Text up to the first '. ' that ends a sentence (decimals such as '4.2' do not end one)."""
+    for i in range(len(text) - 1):
+        if text[i] == "." and text[i + 1] == " " and not text[max(0, i - 1)].isdigit():
+            return text[:i].strip()
+    return text.rstrip(". ").strip()
+
+
+def compact_trace(trace: Mapping[str, Any], item: Mapping[str, Any]) -> dict[str, str]:
+    """The ``compact`` style of a full bundled trace: a ~100-token ``<dx>`` and a one-line conclusion.
+
+    Full traces (``Initial impression: … Key findings: … Option analysis: A (…): rejected because …``)
+    run to ~340 tokens, more than a 135M model learns in a few CPU minutes. The compact style keeps the
+    impression, the first key finding and one verdict per option; its conclusion names the answer and
+    restates the impression (the cross-reference), then boxes the gold letter::
+
+        <dx>Impression: acute pericarditis. Key finding: … Options: A rejected. B rejected. C accepted.</dx>
+        <conclusion>Option C fits the impression of acute pericarditis. \\boxed{C}</conclusion>
+    """
+    dx = str(trace["dx"])
+    head, sep, rest = dx.partition("Key findings:")
+    impression = head.replace("Initial impression:", "").strip().rstrip(".")
+    finding = _first_sentence(rest.split("Option analysis:")[0]) if sep else ""
+    if not impression or not finding:
+        raise ValueError(f"trace {trace.get('id')!r}: expected 'Initial impression: … Key findings: …' in dx")
+    answer = str(item["answer"])
+    verdicts = " ".join(f"{LETTERS[i]} {'accepted' if LETTERS[i] == answer else 'rejected'}."
+                        for i in range(len(item["options"])))
+    body = f"Impression: {impression}. Key finding: {finding}. Options: {verdicts}"
+    # Built unlike <dx> (a small model mixes two sections that share a template) and cross-referencing it
+    # through "impression <words>": 3 content words in a row, found in <dx> and not in any option.
+    conclusion = f"Option {answer} fits the impression of {impression}. \\boxed{{{answer}}}"
+    return {"id": str(trace["id"]), "dx": body, "conclusion": conclusion}

@@ -9,9 +9,11 @@
 
 The model may be a loaded ``transformers``/``peft`` model (generated with ``transformers``, left padding,
 batched ``generate``), a ``vllm.LLM``, or a path to a base model, merged model, CRPO checkpoint or LoRA
-adapter folder. A path is generated with vLLM when vLLM is installed and CUDA is available (a LoRA adapter
-through ``LoRARequest``), and otherwise loaded through :mod:`clinical_r1.models` and generated with
-``transformers``.
+adapter folder. A path is generated with vLLM when vLLM is installed and CUDA is available, and otherwise
+loaded with :func:`load_for_inference` and generated with ``transformers``. Either way a trained adapter is
+rebuilt as the policy its trainer held, cold-start adapter included (``clinical_r1_policy.json``, see
+:mod:`clinical_r1.models`): ``models.load_trained`` for ``transformers``, ``models.serving_folders`` for vLLM
+(the cold-start adapter merged into a cached base, the trained adapter served through ``LoRARequest``).
 
 Output: one JSON line per (question, sample) — ``id, sample, text, n_tokens, finish_reason`` ("stop" or
 "length"), ``dataset, model, prompt_kind`` — and a sidecar ``<file>.meta.json`` with the model, the dataset,
@@ -287,16 +289,17 @@ class VLLMBackend:
 
     @classmethod
     def from_path(cls, path: str | os.PathLike, seed: int = 0, **llm_kwargs: Any) -> "VLLMBackend":
-        """A vLLM engine for a model folder; a LoRA adapter folder loads its base model with LoRA enabled."""
+        """A vLLM engine for a model folder; a trained adapter folder is served as a LoRA on its base (with any
+        merged cold-start adapter merged in, see ``models.serving_folders``)."""
         from vllm import LLM
 
-        path = Path(path)
-        adapter = _adapter_base(path)
-        if adapter is not None:
-            base, rank = adapter
-            llm = LLM(model=base, seed=seed, enable_lora=True, max_lora_rank=max(8, rank), **llm_kwargs)
-            return cls(llm, lora_path=str(path))
-        return cls(LLM(model=str(path), seed=seed, **llm_kwargs))
+        from clinical_r1.models import check_adapter, serving_folders, vllm_lora_rank
+
+        model_dir, lora = serving_folders(path)
+        if lora is None:
+            return cls(LLM(model=model_dir, seed=seed, **llm_kwargs))
+        rank = vllm_lora_rank(int(check_adapter(lora).get("r", 16)))
+        return cls(LLM(model=model_dir, seed=seed, enable_lora=True, max_lora_rank=rank, **llm_kwargs), lora_path=lora)
 
     def run(self, prompts: Sequence[str], ids: Sequence[str], dec: Decoding) -> list[list[tuple[str, int, str]]]:
         from vllm import SamplingParams
@@ -306,18 +309,6 @@ class VLLMBackend:
         outs = self.llm.generate(list(prompts), params, lora_request=self.lora_request, use_tqdm=False)
         return [[(c.text, len(c.token_ids), "length" if c.finish_reason == "length" else "stop")
                  for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]
-
-
-def _adapter_base(path: Path) -> tuple[str, int] | None:
-    """(base model, LoRA rank) when ``path`` is a PEFT adapter folder, else ``None``."""
-    cfg = path / "adapter_config.json"
-    if not cfg.exists():
-        return None
-    c = json.loads(cfg.read_text())
-    base = c.get("base_model_name_or_path")
-    if not base:
-        raise GenerationError(f"{cfg}: no base_model_name_or_path; cannot tell which model the adapter belongs to")
-    return base, int(c.get("r", 16))
 
 
 def _backend(model: Any, tokenizer: Any, backend: str, seed: int) -> tuple[Any, Any]:
@@ -348,18 +339,14 @@ def _resolve_path(model: str | os.PathLike) -> str:
 
 
 def load_for_inference(model: str | os.PathLike) -> tuple[Any, Any]:
-    """(model, tokenizer) in eval mode through :mod:`clinical_r1.models`: a base, merged or checkpoint folder
-    (or an ``embedded:*`` name / hub id) as it is; a LoRA adapter folder merged into its base model."""
-    from clinical_r1.models import check_adapter, load_policy
+    """(model, tokenizer) in eval mode through :mod:`clinical_r1.models`: a base or merged model folder (or an
+    ``embedded:*`` name / hub id) as it is; a trained adapter or ``checkpoint-N`` folder as the policy its
+    trainer held (``models.load_trained``: base, merged cold-start adapter, this adapter)."""
+    from clinical_r1.models import load_policy, load_trained
 
-    p = Path(model)
-    if (p / "adapter_config.json").is_file():
-        base = check_adapter(p).get("base_model_name_or_path")
-        if not base:
-            raise GenerationError(f"{p}/adapter_config.json: no base_model_name_or_path; cannot tell the base model")
-        loaded, tok = load_policy({"name": base, "init_adapter": str(p), "init_adapter_mode": "merge"}, lora=None)
-    else:
-        loaded, tok = load_policy({"name": str(model)}, lora=None)
+    if (Path(model) / "adapter_config.json").is_file():
+        return load_trained(model)
+    loaded, tok = load_policy({"name": str(model)}, lora=None)
     return loaded.eval(), tok
 
 

@@ -29,16 +29,18 @@ Rows may be judged by any OpenAI-compatible endpoint or a local transformers mod
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from clinical_r1.api import ChatClient, ChatRequest, make_client, sha256
+from clinical_r1.api import JUDGE_MODES, ChatClient, ChatRequest, make_client, sha256
 from clinical_r1.parsing import LETTERS, completion_text
 from clinical_r1.prompts import format_options
 
@@ -309,23 +311,41 @@ def attach_items(generations: Iterable[Mapping[str, Any]], items: Iterable[Mappi
     return out
 
 
+def judge_mode(client: ChatClient, mode: str | None = None) -> str:
+    """The mode a judge runs in: ``mode`` if given, else the config's ``judge_mode``, else the backend's
+    (a :class:`~clinical_r1.api.LocalBackend` defaults to ``constrained``), else ``generate``."""
+    mode = mode or client.config.judge_mode or getattr(client.backend, "judge_mode", None) or "generate"
+    if mode not in JUDGE_MODES:
+        raise ValueError(f"judge mode must be one of {JUDGE_MODES}, got {mode!r}")
+    if mode == "constrained" and not hasattr(client.backend, "next_token_probs"):
+        raise ValueError(f"judge {client.model!r}: constrained mode needs a local model's next-token "
+                         f"probabilities; an API judge runs in mode 'generate'")
+    return mode
+
+
 def judge_responses(rows: Iterable[Mapping[str, Any]], metrics: str | Sequence[str], backend: Any,
                     cache_path: str | os.PathLike | None, *, k: int = 1, temperature: float | None = None,
-                    client_kwargs: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """One record per response × metric: ``id, model, sample, metric, value, raw_value, status, raw, judge, ...``.
+                    client_kwargs: Mapping[str, Any] | None = None, mode: str | None = None) -> list[dict[str, Any]]:
+    """One record per response × metric: ``id, model, sample, metric, value, raw_value, status, raw, judge,
+    mode, ...``; constrained records add ``expected, argmax, value_argmax, probs, mass``.
 
     ``backend``: a :class:`~clinical_r1.api.ChatConfig` (or mapping), a ``ChatClient``, a ``LocalBackend``
-    or a ``(model, tokenizer)`` pair. ``k > 1`` averages k sampled judgements (needs ``temperature > 0``).
-    ``status``: ``ok`` (value = mean over the parsed samples), ``unparseable`` (raw text kept) or
-    ``api_failure`` (no answer after retries).
+    or a ``(model, tokenizer)`` pair. ``mode``: see :func:`judge_mode`. ``k > 1`` averages k sampled
+    judgements (generate mode, needs ``temperature > 0``). ``status``: ``ok`` (value = mean over the parsed
+    samples; in constrained mode always), ``unparseable`` (raw text kept) or ``api_failure`` (no answer
+    after retries).
     """
     ms = resolve_metrics(metrics)
     client: ChatClient = make_client(backend, cache_path, **dict(client_kwargs or {}))
+    mode = judge_mode(client, mode)
     temp = temperature if temperature is not None else client.config.temperature
-    if k < 1 or (k > 1 and not temp):
-        raise ValueError(f"k={k} judge samples: k must be >= 1, and k > 1 needs temperature > 0 (got {temp})")
+    if k < 1 or (k > 1 and (not temp or mode == "constrained")):
+        raise ValueError(f"k={k} judge samples: k must be >= 1, and k > 1 needs temperature > 0 (got {temp}) "
+                         f"and mode 'generate' (got {mode!r}; constrained scoring is deterministic)")
     need_answer = any(m.kind == "letters" for m in ms)
     norm = [normalise_row(r, i, need_answer) for i, r in enumerate(rows)]
+    if mode == "constrained":
+        return judge_constrained(norm, ms, client)
     reqs, index = [], []
     for r in norm:
         rhash = sha256(r["response"])[:32]  # the cache key's item id: the judged text; the prompt hash adds the case
@@ -363,7 +383,118 @@ def _record(row: Mapping[str, Any], metric: JudgeMetric, results: Sequence[Any],
         "raw": raws[0] if len(raws) == 1 else raws,
         "n_samples": len(results), "n_parsed": len(good),
         "error": next((res.error for res in results if res.error), None),
+        "judge": judge, "prompt_version": metric.version, "n_words": word_count(row["response"]), "mode": "generate",
+    }
+
+
+# -------------------------------------------------------------------------------------------------
+# Constrained scoring (local judges)
+# -------------------------------------------------------------------------------------------------
+
+CONSTRAINED_VERSION = "constrained/v1"  # the assistant prefixes, value sets and DRC question: in the cache key
+COUNT_CHOICES = tuple(range(10))  # one digit; the embedded tokenizer splits numbers, so a count of 10+ reads as 1
+SCORE_CHOICES = (1, 2, 3, 4, 5)
+YES_NO = ("Yes", "No")  # the DRC answer per distractor, the first token of the assistant turn
+BATCH_SIZE = 8  # texts per forward pass on a local judge
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One constrained question: the judge's messages, the opened assistant answer and the allowed next tokens."""
+
+    messages: tuple
+    prefix: str
+    choices: tuple[str, ...]
+
+
+def drc_question(letter: str, option: str) -> str:
+    return (f"Question: does the response rule out distractor {letter} ({option}) with a reason? "
+            f"Answer Yes or No.")
+
+
+def constrained_probes(metric: JudgeMetric, row: Mapping[str, Any]) -> list[Probe]:
+    """The questions a constrained judge answers for one response: the metric's own messages with the answer
+    opened at its value (``{"count": `` + digit, ``{"score": `` + 1-5), or for DRC one Yes/No question per
+    distractor appended to the same messages."""
+    messages = judge_messages(metric, row)
+    if metric.kind != "letters":
+        values = COUNT_CHOICES if metric.kind == "count" else SCORE_CHOICES
+        return [Probe(tuple(messages), f'{{"{metric.key}": ', tuple(map(str, values)))]
+    system, user = messages
+    return [Probe((system, {"role": "user", "content": user["content"] + "\n\n" + drc_question(
+        letter, row["options"][LETTERS.index(letter)])}), "", YES_NO)
+        for letter in distractors(row["options"], row["answer"])]
+
+
+def judge_constrained(rows: Sequence[Mapping[str, Any]], metrics: Sequence[JudgeMetric],
+                      client: ChatClient) -> list[dict[str, Any]]:
+    """Constrained records for normalised rows: per metric, every uncached probe in one batched pass.
+
+    Probabilities are cached (purpose ``<prompt version>/constrained``), so a rerun runs nothing.
+    """
+    backend, cache = client.backend, client.cache
+    t0, n_run, n_hits = time.monotonic(), 0, 0
+    by_key: dict[tuple, list[list[float]]] = {}
+    order = []
+    for m in metrics:
+        probes = {}
+        for r in rows:
+            ps = constrained_probes(m, r)
+            key = (client.model, f"{m.version}/constrained", sha256(r["response"])[:32],
+                   sha256({"probes": [dataclasses.asdict(p) for p in ps], "scorer": CONSTRAINED_VERSION,
+                           "precision": backend.score_precision}))
+            order.append((r, m, key))
+            hit = cache.get(key)
+            if hit is not None:
+                by_key[key] = json.loads(hit["content"])["p"]
+                n_hits += 1
+            elif key not in probes:
+                probes[key] = ps
+        flat = [(key, p) for key, ps in probes.items() for p in ps]
+        if flat:
+            texts = [backend.render(p.messages, p.prefix) for _, p in flat]
+            ids = backend.choice_token_ids(texts[0], flat[0][1].choices)  # one value set per metric
+            probs = backend.next_token_probs(texts, ids, batch_size=BATCH_SIZE)
+            n_run += len(texts)
+            for key in probes:
+                by_key[key] = []
+            for (key, _), p in zip(flat, probs):
+                by_key[key].append(p)
+            for key in probes:
+                cache.put(key, {"model": key[0], "purpose": key[1], "item_id": key[2], "prompt_hash": key[3],
+                                "content": json.dumps({"p": by_key[key]}), "mode": "constrained",
+                                "time": round(time.time(), 3)})
+    records = [_constrained_record(r, m, by_key[key], client.model) for r, m, key in order]
+    dt = time.monotonic() - t0
+    log.info("judge %s (constrained): %d records, %d from cache; %d forward rows in %.1fs (%.3fs per row)",
+             client.model, len(records), n_hits, n_run, dt, dt / max(n_run, 1))
+    return records
+
+
+def _constrained_record(row: Mapping[str, Any], metric: JudgeMetric, p: Sequence[Sequence[float]],
+                        judge: str) -> dict[str, Any]:
+    """A record from raw next-token probabilities: argmax and probability-weighted (G-Eval) values."""
+    if metric.kind == "letters":
+        letters = distractors(row["options"], row["answer"])
+        p_yes = {ltr: q[0] / (q[0] + q[1]) for ltr, q in zip(letters, p)}
+        argmax = sorted(ltr for ltr, q in p_yes.items() if q > 0.5)
+        expected = sum(p_yes.values())  # expected number of distractors rejected
+        value = expected / len(letters) if letters else float("nan")
+        probs, mass = p_yes, sum(sum(q) for q in p) / max(len(p), 1)
+    else:
+        values = COUNT_CHOICES if metric.kind == "count" else SCORE_CHOICES
+        mass = sum(p[0])
+        probs = {str(v): q / mass for v, q in zip(values, p[0])}
+        argmax = max(values, key=lambda v: probs[str(v)])
+        expected = sum(v * probs[str(v)] for v in values)
+        value = metric_value(metric, expected, row)
+    return {
+        "id": row["id"], "model": row["model"], "sample": row["sample"], "metric": metric.name,
+        "value": value, "raw_value": argmax, "status": "ok", "raw": json.dumps({metric.key: argmax}),
+        "n_samples": 1, "n_parsed": 1, "error": None,
         "judge": judge, "prompt_version": metric.version, "n_words": word_count(row["response"]),
+        "mode": "constrained", "expected": expected, "argmax": argmax,
+        "value_argmax": metric_value(metric, argmax, row), "probs": probs, "mass": mass,
     }
 
 

@@ -4,6 +4,8 @@
     model, tok = load_policy({"name": "embedded:smollm2-135m-instruct"}, lora={"r": 16, "alpha": 16})
     path = resolve_model("Qwen/Qwen2.5-3B-Instruct")          # hub id, local folder or embedded:<name>
     merge_lora("results/cpu_demo_sft/adapter", "results/cpu_demo_sft/merged")
+    model, tok = load_trained("results/cpu_demo_crpo/adapter")  # the policy the trainer held, merged
+    model_dir, lora = serving_folders("results/cpu_demo_crpo/adapter")   # what vLLM serves for it
 
     python -m clinical_r1 merge --adapter results/cpu_demo_sft/adapter --out results/cpu_demo_sft/merged
 
@@ -15,10 +17,22 @@ Model names:
 - a hub id (``Qwen/Qwen2.5-3B-Instruct``, the paper's policy) or a local model folder.
 
 Bad names fail in :func:`check_model` (reads only ``config.json``) before any weights are loaded.
+
+Trained adapters: with ``init_adapter_mode: merge`` the trained LoRA sits on base + the merged cold-start
+adapter, which PEFT's ``adapter_config.json`` cannot say (it names the plain base). So every saved adapter
+(``<run>/adapter``, ``<run>/checkpoint-N``) carries ``clinical_r1_policy.json``: the base, the adapters
+merged into it before training (copies kept in the run, so the folder stands alone) and the dtype.
+:func:`policy_stack` reads it, and every loader of a trained run goes through it: :func:`load_trained`
+(evaluation with ``transformers``; the trained adapter stays a LoRA, as in training), :func:`merge_lora` (one
+plain folder) and :func:`serving_folders` (vLLM,
+which cannot stack two LoRAs: the cold-start adapter is merged into a cached base, the trained one served
+as LoRA). An adapter without a manifest is base + adapter, unless its run's ``config.yaml`` says it was
+trained on a merged cold-start adapter: that is an error, not a silently different policy.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -29,7 +43,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +55,9 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 BACKENDS = ("auto", "unsloth", "transformers")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+POLICY_MANIFEST = "clinical_r1_policy.json"  # in every saved adapter: what it sits on
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 
 
 class ModelError(ValueError):
@@ -114,24 +131,34 @@ def ensure_embedded(name: str = EMBEDDED_DEFAULT) -> Path:
         return target
     gguf = embedded_gguf_path(name)
     _, em = _embedded_entry(name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     t0 = time.time()
     log.info("converting %s (%s) into %s once; later loads use the cache", name, gguf, target)
+    _atomic_folder(target, lambda tmp: _convert_gguf(gguf, em, tmp), replace=False)
+    log.info("converted %s in %.1f s", name, time.time() - t0)
+    return target
+
+
+def _atomic_folder(target: Path, fill: Callable[[Path], Any], replace: bool) -> Path:
+    """Build ``target`` with ``fill(tmp)`` in a temporary sibling, then rename it into place: a crash never
+    leaves half a folder. An existing ``target`` is replaced (``replace``) or kept, ours discarded (a
+    concurrent builder won the rename)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        _convert_gguf(gguf, em, tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared like any model folder
+        fill(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; model folders are shared
+        if replace and target.exists():
+            shutil.rmtree(target)
         try:
             os.rename(tmp, target)
         except OSError:
-            if not (target / "config.json").is_file():
+            if replace or not target.exists():
                 raise
-            log.info("another process converted %s first; keeping its folder", name)
+            log.info("another process wrote %s first; keeping its folder", target)
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("converted %s in %.1f s", name, time.time() - t0)
     return target
 
 
@@ -297,7 +324,8 @@ def load_policy(model: Mapping[str, Any] | str | None = None, lora: Mapping[str,
     ``max_seq_length``, ``init_adapter``, ``init_adapter_mode``) or just a name. ``lora=None`` returns
     the base model without an adapter. With ``init_adapter`` (a cold-start LoRA folder) the adapter is
     merged into the base before a fresh LoRA is added (``init_adapter_mode: merge``), or trained on
-    (``continue``).
+    (``continue``); adapters the cold-start one itself sits on (its manifest) are merged first, see
+    :func:`merged_before_training`. :func:`write_policy_manifest` records the same stack for loading.
     """
     spec = {"name": model} if model is None or isinstance(model, str) else dict(model)
     backend = choose_backend(spec.get("backend", "auto"))
@@ -308,13 +336,14 @@ def load_policy(model: Mapping[str, Any] | str | None = None, lora: Mapping[str,
         check_adapter(init_adapter)
         if mode not in ("merge", "continue"):
             raise ModelError(f"init_adapter_mode must be 'merge' or 'continue', got {mode!r}")
+    before = merged_before_training(spec)
     if backend == "unsloth":
-        return _load_unsloth(ref, spec, lora, seed, use_vllm)
-    return _load_transformers(ref, spec, lora, seed, gradient_checkpointing)
+        return _load_unsloth(ref, spec, before, lora, seed, use_vllm)
+    return _load_transformers(ref, spec, before, lora, seed, gradient_checkpointing)
 
 
-def _load_transformers(ref: str, spec: Mapping[str, Any], lora: Mapping[str, Any] | None, seed: int,
-                       gradient_checkpointing: bool):
+def _load_transformers(ref: str, spec: Mapping[str, Any], before: Sequence[str], lora: Mapping[str, Any] | None,
+                       seed: int, gradient_checkpointing: bool):
     from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, set_seed
 
@@ -329,15 +358,12 @@ def _load_transformers(ref: str, spec: Mapping[str, Any], lora: Mapping[str, Any
     if spec.get("attn_implementation"):
         kwargs["attn_implementation"] = spec["attn_implementation"]
     tok = load_tokenizer(ref)
-    model = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
+    model = merge_adapters(AutoModelForCausalLM.from_pretrained(ref, **kwargs), before)
     init_adapter = spec.get("init_adapter")
-    if init_adapter:
-        if spec.get("init_adapter_mode", "merge") == "continue":
-            model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
-            log.info("continuing to train the cold-start adapter %s", init_adapter)
-            return _finish(model, gradient_checkpointing), tok
-        model = PeftModel.from_pretrained(model, str(init_adapter)).merge_and_unload()
-        log.info("merged the cold-start adapter %s into %s", init_adapter, ref)
+    if init_adapter and spec.get("init_adapter_mode", "merge") == "continue":
+        model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+        log.info("continuing to train the cold-start adapter %s", init_adapter)
+        return _finish(model, gradient_checkpointing), tok
     if lora is None:
         return model, tok
     set_seed(seed)  # LoRA A matrices are initialised randomly
@@ -358,9 +384,16 @@ def _finish(model: Any, gradient_checkpointing: bool) -> Any:
     return model
 
 
-def _load_unsloth(ref: str, spec: Mapping[str, Any], lora: Mapping[str, Any] | None, seed: int, use_vllm: bool):
+def _load_unsloth(ref: str, spec: Mapping[str, Any], before: Sequence[str], lora: Mapping[str, Any] | None,
+                  seed: int, use_vllm: bool):
     import_unsloth_first("unsloth")
     from unsloth import FastLanguageModel
+
+    init_adapter = spec.get("init_adapter")
+    continued = bool(init_adapter) and spec.get("init_adapter_mode", "merge") == "continue"
+    if continued and before:
+        raise ModelError(f"Unsloth loads a continued adapter with its base in one go, but {init_adapter} sits on "
+                         f"merged adapters {list(before)}; use init_adapter_mode: merge or backend: transformers")
 
     dtype = None if spec.get("dtype", "auto") == "auto" else torch_dtype(spec["dtype"])
     kwargs: dict[str, Any] = {
@@ -370,28 +403,25 @@ def _load_unsloth(ref: str, spec: Mapping[str, Any], lora: Mapping[str, Any] | N
         "dtype": dtype,
     }
     if use_vllm:  # Unsloth's own vLLM engine; GRPOTrainer then generates through it
-        kwargs.update(fast_inference=True, max_lora_rank=int((lora or {}).get("r", 32)),
+        rank = check_adapter(init_adapter)["r"] if continued else (lora or {}).get("r", 32)
+        kwargs.update(fast_inference=True, max_lora_rank=vllm_lora_rank(int(rank)),
                       gpu_memory_utilization=float(spec.get("gpu_memory_utilization", 0.5)))
-    init_adapter = spec.get("init_adapter")
-    if init_adapter and spec.get("init_adapter_mode", "merge") == "continue":
+    if continued:
         kwargs["model_name"] = str(init_adapter)  # Unsloth loads base + adapter from an adapter folder
     model, tok = FastLanguageModel.from_pretrained(**kwargs)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     check_chat_template(tok)
-    if init_adapter and spec.get("init_adapter_mode", "merge") == "continue":
+    if continued:
         FastLanguageModel.for_training(model)
         for n, p in model.named_parameters():  # the loaded adapter is the one we train
             if "lora_" in n:
                 p.requires_grad_(True)
         return model, tok
-    if init_adapter:
-        from peft import PeftModel
-
-        if kwargs["load_in_4bit"]:
-            log.warning("merging %s into a 4-bit base rounds the merged weights; init_adapter_mode: continue "
-                        "trains the adapter itself instead", init_adapter)
-        model = PeftModel.from_pretrained(model, str(init_adapter)).merge_and_unload()
+    if before and kwargs["load_in_4bit"]:
+        log.warning("merging %s into a 4-bit base rounds the merged weights; init_adapter_mode: continue "
+                    "trains the adapter itself instead", list(before))
+    model = merge_adapters(model, before)
     if lora is None:
         return model, tok
     targets = lora.get("target_modules", "all-linear")
@@ -424,35 +454,233 @@ def check_adapter(adapter_dir: str | os.PathLike) -> dict[str, Any]:
     return json.loads(cfg.read_text())
 
 
-def merge_lora(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, base: str | None = None,
-               dtype: str = "auto") -> Path:
-    """Merge a LoRA adapter into its base model and save a plain model folder (+ tokenizer), atomically.
+def merge_adapters(model: Any, folders: Sequence[str | os.PathLike]) -> Any:
+    """``model`` with each LoRA folder merged into its weights, in order (PEFT ``merge_and_unload``)."""
+    from peft import PeftModel
 
-    ``base`` defaults to the adapter's ``base_model_name_or_path``.
+    for f in folders:
+        model = PeftModel.from_pretrained(model, str(f)).merge_and_unload()
+        log.info("merged the adapter %s", f)
+    return model
+
+
+def vllm_lora_rank(r: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts (:data:`VLLM_LORA_RANKS`) that holds a rank-``r`` LoRA."""
+    for k in VLLM_LORA_RANKS:
+        if k >= r:
+            return k
+    raise ModelError(f"LoRA rank {r} exceeds vLLM's largest max_lora_rank ({VLLM_LORA_RANKS[-1]}); merge the "
+                     f"adapter instead (python -m clinical_r1 merge)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Trained policies: what a saved adapter sits on (clinical_r1_policy.json), and every way to load it
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyStack:
+    """A trained policy: ``base`` loaded in ``dtype``, each folder of ``merged`` merged into it in order
+    (the cold-start adapter under ``init_adapter_mode: merge``), then the trained LoRA ``adapter``."""
+
+    base: str  # embedded:<name>, hub id or model folder
+    merged: tuple[str, ...]  # adapter folders merged into the base before training
+    adapter: str  # the trained adapter folder (<run>/adapter or <run>/checkpoint-N)
+    dtype: str = "auto"  # the dtype the trainer held the policy in
+    load_in_4bit: bool = False  # trained on a 4-bit base (loaders rebuild it in full precision)
+
+
+def merged_before_training(spec: Mapping[str, Any]) -> list[str]:
+    """The adapter folders merged into the base before the trained LoRA, for a recipe's ``model`` section:
+    whatever the cold-start adapter itself sits on (its manifest), then the cold-start adapter in ``merge``
+    mode (in ``continue`` mode it is the trained adapter)."""
+    init = spec.get("init_adapter")
+    if not init:
+        return []
+    before = list(policy_stack(init).merged)
+    if spec.get("init_adapter_mode", "merge") == "merge":
+        before.append(str(init))
+    return before
+
+
+def copy_adapters(folders: Sequence[str | os.PathLike], dest: str | os.PathLike) -> list[Path]:
+    """Copy the adapter files of each folder into ``dest/0``, ``dest/1``, ... (atomically, replacing ``dest``);
+    nothing when ``folders`` is empty. Runs keep these copies, so that rerunning the cold-start SFT cannot
+    change what their adapters sit on."""
+    if not folders:
+        return []
+    dest = Path(dest)
+
+    def fill(tmp: Path) -> None:
+        for i, f in enumerate(folders):
+            files = [Path(f) / n for n in ADAPTER_FILES if (Path(f) / n).is_file()]
+            if len(files) < 2:
+                raise ModelError(f"{f}: an adapter folder needs adapter_config.json and adapter_model.safetensors")
+            (tmp / str(i)).mkdir()
+            for src in files:
+                shutil.copy2(src, tmp / str(i) / src.name)
+
+    _atomic_folder(dest, fill, replace=True)
+    return [dest / str(i) for i in range(len(folders))]
+
+
+def write_policy_manifest(folder: str | os.PathLike, spec: Mapping[str, Any],
+                          merged: Sequence[str | os.PathLike]) -> Path:
+    """Write ``clinical_r1_policy.json`` into a saved adapter folder, for :func:`policy_stack` to read.
+
+    ``spec``: the recipe's ``model`` section the policy was built from; ``merged``: the copies
+    (:func:`copy_adapters`) of :func:`merged_before_training` ``(spec)``, stored relative to ``folder``.
+    """
+    from clinical_r1.data import write_json
+
+    folder = Path(folder)
+    init = spec.get("init_adapter")
+    return write_json({
+        "format": 1,
+        "base_model": _portable(spec.get("name")),
+        "merged_adapters": [os.path.relpath(m, folder) for m in merged],
+        "init_adapter_mode": spec.get("init_adapter_mode", "merge") if init else None,
+        "init_adapter_source": str(Path(init).resolve()) if init else None,
+        "dtype": str(torch_dtype(spec.get("dtype", "auto"))).removeprefix("torch."),
+        "load_in_4bit": bool(spec.get("load_in_4bit")),
+    }, folder / POLICY_MANIFEST)
+
+
+def _portable(name: str | None) -> str:
+    """A model name that still means the same model from another working directory."""
+    name = name or EMBEDDED_DEFAULT
+    p = Path(name).expanduser()
+    return str(p.resolve()) if not name.startswith(EMBEDDED_PREFIX) and p.exists() else name
+
+
+def policy_stack(adapter_dir: str | os.PathLike) -> PolicyStack:
+    """How to rebuild the policy of a saved adapter folder: its ``clinical_r1_policy.json``, or (an adapter
+    saved elsewhere) the base named in ``adapter_config.json`` with nothing merged in between."""
+    p = Path(adapter_dir)
+    info = check_adapter(p)
+    m = p / POLICY_MANIFEST
+    if m.is_file():
+        man = json.loads(m.read_text())
+        if man.get("format") != 1 or not isinstance(man.get("base_model"), str):
+            raise ModelError(f"{m}: not a format-1 policy manifest with a base_model: {man}")
+        merged = tuple(os.path.normpath(p / rel) for rel in man.get("merged_adapters") or [])
+        for d in merged:
+            if not (Path(d) / "adapter_config.json").is_file():
+                raise ModelError(f"{m}: the adapter {d}, merged into the base before training, is missing; "
+                                 f"copy the whole run folder, not just {p.name}/")
+        return PolicyStack(man["base_model"], merged, str(p), man.get("dtype") or "auto", bool(man.get("load_in_4bit")))
+    base = info.get("base_model_name_or_path")
+    if not base:
+        raise ModelError(f"{p}/adapter_config.json: no base_model_name_or_path; cannot tell the base model")
+    _refuse_unrecorded_merge(p)
+    return PolicyStack(base, (), str(p))
+
+
+def _refuse_unrecorded_merge(p: Path) -> None:
+    """Raise when ``p`` lies in a run whose ``config.yaml`` merged a cold-start adapter but ``p`` has no manifest
+    (a run saved before manifests): base + ``p`` alone is not the trained policy."""
+    cfg = p.parent / "config.yaml"
+    if not cfg.is_file():
+        return
+    import yaml
+
+    model = (yaml.safe_load(cfg.read_text()) or {}).get("model")
+    if isinstance(model, dict) and model.get("init_adapter") and model.get("init_adapter_mode", "merge") == "merge":
+        raise ModelError(
+            f"{p} was trained on {model.get('name')} with the cold-start adapter {model['init_adapter']} merged in "
+            f"({cfg}), but has no {POLICY_MANIFEST} saying so: base + this adapter is not the trained policy. If that "
+            f"cold-start adapter is unchanged, record it: models.write_policy_manifest({str(p)!r}, spec, "
+            f"models.copy_adapters(models.merged_before_training(spec), {str(p / 'merged_adapters')!r})) with spec = "
+            f"the model section of {cfg}")
+
+
+def load_trained(adapter_dir: str | os.PathLike, dtype: str | None = None, base: str | None = None,
+                 merge: bool = False):
+    """``(model, tokenizer)`` of a saved adapter folder (``<run>/adapter``, ``<run>/checkpoint-N``) in eval mode:
+    the policy the trainer held, rebuilt as base -> merged cold-start adapters -> this adapter.
+
+    The trained adapter stays a LoRA on top (as in the trainer, and in vLLM), so the logits are the trainer's
+    in any dtype; ``merge=True`` folds it into the weights too, which rounds small updates away in bf16.
+    ``dtype`` defaults to the training dtype (manifest), ``base`` to the recorded base model.
     """
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    info = check_adapter(adapter_dir)
-    ref = check_model(base or info.get("base_model_name_or_path"))
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    model = AutoModelForCausalLM.from_pretrained(ref, dtype=torch_dtype(dtype))
-    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    stack = policy_stack(adapter_dir)
+    ref = check_model(base or stack.base)
+    if stack.load_in_4bit:
+        log.warning("%s was trained on a 4-bit base; it is rebuilt in full precision (weights differ by the "
+                    "quantization error)", adapter_dir)
+    model = merge_adapters(AutoModelForCausalLM.from_pretrained(ref, dtype=torch_dtype(dtype or stack.dtype)),
+                           stack.merged)
+    if merge:
+        model = merge_adapters(model, [stack.adapter])
+    else:
+        model = PeftModel.from_pretrained(model, stack.adapter)
     tok_src = adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").is_file() else ref
-    tok = load_tokenizer(str(tok_src), padding_side="left")
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        merged.save_pretrained(tmp)
+    return model.eval(), load_tokenizer(str(tok_src), padding_side="left")
+
+
+def merge_lora(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, base: str | None = None,
+               dtype: str | None = None) -> Path:
+    """Save the policy of a trained adapter folder (:func:`load_trained`) as one plain model folder with its
+    tokenizer, atomically. ``base`` replaces the recorded base model, ``dtype`` the training dtype."""
+    model, tok = load_trained(adapter_dir, dtype=dtype, base=base, merge=True)
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("merged %s into %s -> %s", adapter_dir, ref, out)
+
+    out = _atomic_folder(Path(out_dir), fill, replace=True)
+    log.info("merged %s -> %s", adapter_dir, out)
     return out
+
+
+def serving_folders(path: str | os.PathLike, dtype: str | None = None,
+                    cache: str | os.PathLike | None = None) -> tuple[str, str | None]:
+    """``(model, lora)`` for an engine that serves one base with at most one LoRA (vLLM): the same policy as
+    :func:`load_trained` for an adapter folder, ``(model folder or hub id, None)`` for anything else.
+
+    An adapter with merged cold-start adapters gets them merged into a base folder once (:func:`merged_base`),
+    and is served as the LoRA on it.
+    """
+    p = Path(path)
+    if not (p / "adapter_config.json").is_file():
+        return resolve_model(str(path)), None
+    stack = policy_stack(p)
+    if not stack.merged:
+        return resolve_model(stack.base), str(p)
+    return str(merged_base(stack, dtype=dtype, cache=cache)), str(p)
+
+
+def merged_base(stack: PolicyStack, dtype: str | None = None, cache: str | os.PathLike | None = None) -> Path:
+    """The base of ``stack`` with its ``merged`` adapters merged in, saved once (atomically) under
+    ``<cache>/merged/`` (default :func:`cache_dir`) and named by a hash of the base, the dtype and the adapter
+    files, so every checkpoint and every run started from the same cold-start adapter shares one folder."""
+    from transformers import AutoModelForCausalLM
+
+    from clinical_r1.data import file_sha256, write_json
+
+    ref = check_model(stack.base)
+    dt = dtype or stack.dtype
+    h = hashlib.sha256(json.dumps({"base": ref, "dtype": dt}).encode())
+    for f in stack.merged:
+        for n in ADAPTER_FILES:
+            if (Path(f) / n).is_file():
+                h.update(f"{n}:{file_sha256(Path(f) / n)}".encode())
+    target = Path(cache or cache_dir()) / "merged" / f"{Path(ref).name}-{h.hexdigest()[:16]}"
+    if (target / "config.json").is_file():
+        return target
+
+    def fill(tmp: Path) -> None:
+        model = merge_adapters(AutoModelForCausalLM.from_pretrained(ref, dtype=torch_dtype(dt)), stack.merged)
+        model.save_pretrained(tmp)
+        load_tokenizer(ref).save_pretrained(tmp)
+        write_json({"base_model": stack.base, "base_ref": ref, "dtype": dt, "merged_adapters": list(stack.merged)},
+                   tmp / "clinical_r1_source.json")
+
+    log.info("merging %s into %s once for serving -> %s", list(stack.merged), ref, target)
+    return _atomic_folder(target, fill, replace=False)
 
 
 def lora_state(model: Any) -> dict[str, Any]:

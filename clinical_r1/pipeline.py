@@ -44,6 +44,9 @@ Parameters never carry secrets: a key naming a token, API key, password or secre
 one (``sk-…``, ``hf_…``, ``ghp_…``), is refused. Notebooks read keys from environment variables; a
 parameter may name the variable (``api_key_env: DEEPSEEK_API_KEY``).
 
+After a recipe run, ``<out>/summary.json`` and ``summary.md`` (:mod:`clinical_r1.summary`) hold every number of
+the study; the markdown is printed at the end.
+
 Notebooks run with kernel ``python3`` (the venv's ipykernel) in the ``notebooks/`` folder, as in Jupyter.
 """
 
@@ -505,8 +508,12 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike | None
         return {"recipe": r.name, "out": str(out_dir), "plan": [p.__dict__ for p in plans]}
     header = {"kind": "recipe", "recipe": r.name, "recipe_file": _rel(r.path), "recipe_sha256": _sha256(r.path),
               "out": str(out_dir), **_git()}
-    return run_stages(plans, out_dir / STATUS_FILE, header, force=force, kernel=kernel, progress=progress,
-                      timeout=timeout)
+    status = run_stages(plans, out_dir / STATUS_FILE, header, force=force, kernel=kernel, progress=progress,
+                        timeout=timeout)
+    from clinical_r1.summary import write_summary
+
+    write_summary(out_dir)  # summary.json + summary.md: every number of the study, read from its files
+    return status
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -945,7 +952,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = run_recipe(a.recipe, out=a.out, only=_csv(a.only), force=a.force, dry_run=a.dry_run,
                                 notebooks_dir=a.notebooks, progress=progress, timeout=a.timeout)
             if not a.dry_run:
-                sys.stdout.write(summary_table(status["out"]) + "\n")
+                from clinical_r1.summary import SUMMARY_MD
+
+                sys.stdout.write(summary_table(status["out"]) + "\n\n")
+                sys.stdout.write((Path(status["out"]) / SUMMARY_MD).read_text(encoding="utf-8"))
     except PipelineError as e:
         log.error("%s", e)
         return 1

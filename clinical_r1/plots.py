@@ -1,4 +1,4 @@
-"""Figures: reproduced numbers beside the paper's, training curves, the k trade-off and response lengths.
+"""Figures: reproduced numbers beside the paper's, answer format, training curves, the k trade-off, lengths.
 
     from clinical_r1 import plots
     plots.use_style()
@@ -12,7 +12,9 @@
 
 Every plot function takes a tidy ``pandas.DataFrame`` and returns the ``Figure``; the loaders build those
 tables from ``results/`` files (never from notebook outputs). Figures stay readable in greyscale: the
-paper's numbers are hatched, white-filled bars; runs in line plots differ by marker and line style.
+paper's numbers are hatched, white-filled bars; runs in line plots differ by marker and line style. Every bar
+carries its number (a measured 0 a diamond too, a method without a result "not run"), step axes show whole
+steps, and a panel whose values are all equal is drawn on a sensible range and marked "constant".
 
 Tidy tables (columns; extra columns are ignored):
 
@@ -22,8 +24,11 @@ Tidy tables (columns; extra columns are ignored):
   value`` for ``"cognitive_behaviours"`` and ``"faithfulness"``.
 - metric panels (:func:`collect_judge_results`): ``table, method, metric, value, ci_low, ci_high``
   (``table`` optional when the frame holds one table only).
+- format (:func:`collect_format_results`): ``method, benchmark, format, metric, value`` in percent for
+  ``format_compliance``, ``cross_reference`` (text metrics) and ``valid_ratio`` (evaluation).
 - training (:func:`load_training_log`): ``run, step, metric, value``; metric names are TRL's log keys
-  (``rewards/<fn>/mean``, ``reward``, ``kl``, ``completions/mean_length``, ...).
+  (``rewards/<fn>/mean``, ``reward``, ``kl``, ``completions/mean_length``, ``frac_reward_zero_std``; SFT:
+  ``loss``, ``eval_loss``); :func:`plot_crpo_rewards` and :func:`plot_sft_loss` draw the same table.
 - k trade-off: one row per run with ``k`` and the two metric columns (``accuracy`` and, e.g., ``hallucination``);
   several rows per k (seeds) are averaged, their standard deviation drawn as error bars.
 - lengths (:func:`collect_lengths`): ``method, n_tokens`` and optionally ``benchmark``.
@@ -48,12 +53,15 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.text import Annotation
+from matplotlib.ticker import MaxNLocator
 
 from clinical_r1.evaluate import load_paper_reference  # noqa: F401  (re-exported: the one loader of the paper's numbers)
 
 log = logging.getLogger(__name__)
 
 PAPER_HATCH = "///"  # the paper's numbers: white bars with this hatch
+PAPER_DIGITS = 2  # the paper's tables report two decimals; its numbers are labelled as reported
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 METHOD_HATCHES = ("", "..", "xx", "\\\\", "oo", "++", "--", "||")  # per-method texture in box/violin plots
@@ -68,7 +76,23 @@ METRIC_LABELS = {
     "completions/mean_length": "completion length (tokens)",
     "accuracy": "accuracy (%)",
     "n_tokens": "response length (tokens)",
+    "rewards/completion_length/mean": "completion length (words, weight 0)",
+    "frac_reward_zero_std": "share of groups with zero reward std",
+    "loss": "train loss",
+    "eval_loss": "dev loss",
+    "format_compliance": "format compliance (%)",
+    "cross_reference": "cross-reference rate (%)",
+    "valid_ratio": "valid answers (%)",
 }
+Y_LABELS = {"frac_reward_zero_std": "share of groups"}  # y labels shorter than the panel title
+# Natural range of bounded metrics: a panel whose values are all equal is drawn on this range. Rewards are
+# TRL's unweighted per-function means (clinical_r1.rewards: 0/1 scores, clinical_reasoning in {0, 1, 1.5}).
+REWARD_RANGES = {"accuracy": (0.0, 1.0), "crpo_format": (0.0, 1.0), "cross_reference": (0.0, 1.0),
+                 "consistency": (0.0, 1.0), "format": (0.0, 1.0), "english": (0.0, 1.0),
+                 "clinical_reasoning": (0.0, 1.5), "r1_format": (0.0, 1.5)}
+METRIC_RANGES = {"frac_reward_zero_std": (0.0, 1.0), "format_rate": (0.0, 1.0), "cross_reference_rate": (0.0, 1.0)}
+NON_NEGATIVE = ("kl", "completions/", "length", "n_tokens", "eval_loss")  # a constant panel of these starts at 0
+FORMAT_METRICS = ("format_compliance", "cross_reference", "valid_ratio")  # the format_by_method panels
 
 
 class PlotDataError(ValueError):
@@ -153,6 +177,11 @@ def _ordered(values: Iterable[Any], order: Sequence[Any] | None = None) -> list[
     return head + [v for v in seen if v not in head]
 
 
+def _bench_order(values: Iterable[Any], order: Sequence[str] | None = None) -> list[Any]:
+    """Benchmarks in ``order``, else the paper's order (MedQA, MedMCQA, MedXpertQA), then the rest as found."""
+    return _ordered(values, order or list(BENCHMARK_NAMES))
+
+
 def _labels(methods: Sequence[str], labels: Mapping[str, str] | None) -> list[str]:
     return [str((labels or {}).get(m, m)) for m in methods]
 
@@ -196,9 +225,9 @@ def _source_legend(has_paper: bool, ci: bool = True) -> list[Patch]:
 
 
 def _bars(ax, positions: np.ndarray, values: np.ndarray, height: float, colors: Sequence[Any], *,
-          paper: bool, err: np.ndarray | None = None) -> None:
+          paper: bool, err: np.ndarray | None = None, hatches: Sequence[str] | None = None) -> None:
     """Horizontal bars; missing values (NaN) draw nothing. Reproduced: filled, black edge, CI whiskers.
-    Paper: white, hatched in the method's colour."""
+    Paper: white, hatched in the method's colour. ``hatches``: one per bar (a texture per benchmark)."""
     keep = ~np.isnan(values)
     if not keep.any():
         return
@@ -210,40 +239,138 @@ def _bars(ax, positions: np.ndarray, values: np.ndarray, height: float, colors: 
         kw.update(color=cols, edgecolor="black")
         if err is not None:
             kw.update(xerr=err[:, keep], capsize=3, error_kw={"elinewidth": 0.9, "ecolor": "black"})
-    ax.barh(positions[keep], values[keep], height, **kw)
+    bars = ax.barh(positions[keep], values[keep], height, **kw)
+    for bar, h in zip(bars, [h for h, k in zip(hatches or [], keep) if k]):
+        bar.set_hatch(h)
+
+
+def _fmt(v: float, digits: int) -> str:
+    return f"{v:.{digits}f}"
+
+
+def _value_labels(ax, positions: np.ndarray, values: np.ndarray, digits: int, *, lo: np.ndarray | None = None,
+                  hi: np.ndarray | None = None, missing: str | None = "n/a", colors: Sequence[Any] | None = None,
+                  fontsize: float = 6.5, italic: bool = False) -> None:
+    """Each bar's value right of its end (right of its CI whisker when it has one), with ``[lo, hi]`` when
+    given; ``missing`` at 0 for a NaN. A value too short to see as a bar (e.g. an accuracy of 0) also gets a
+    diamond marker at its value, so a measured 0 never looks like a method that was not run."""
+    lim = ax.dataLim
+    scale = max(abs(lim.x0), abs(lim.x1)) if np.isfinite([lim.x0, lim.x1]).all() else 0.0
+    scale = scale or 1.0  # nothing drawn yet, or only zeros
+    for i, (y, v) in enumerate(zip(positions, values)):
+        if np.isnan(v):
+            if missing:
+                ax.annotate(missing, (0, y), xytext=(3, 0), textcoords="offset points", va="center", ha="left",
+                            fontsize=fontsize, color="0.35", style="italic")
+            continue
+        text, end = _fmt(v, digits), v
+        if lo is not None and hi is not None and not (np.isnan(lo[i]) or np.isnan(hi[i])):
+            text += f" [{_fmt(lo[i], digits)}, {_fmt(hi[i], digits)}]"
+            end = max(v, hi[i])
+        if abs(v) < 0.01 * scale:
+            ax.plot([v], [y], marker="D", markersize=4.5, linestyle="none", markeredgecolor="black",
+                    markerfacecolor=colors[i] if colors is not None else "0.45", zorder=4, clip_on=False)
+        ax.annotate(text, (end, y), xytext=(4, 0), textcoords="offset points", va="center", ha="left",
+                    fontsize=fontsize, color="0.35" if italic else "black", style="italic" if italic else "normal")
+
+
+def _percent_ticks(ax) -> None:
+    """Ticks only on 0-100: the x range may run past 100 to make room for value labels."""
+    x0, x1 = ax.get_xlim()
+    ax.set_xticks([t for t in ax.get_xticks() if max(0.0, x0) <= t <= min(100.0, x1)])
+
+
+def _fit_texts(fig: Figure, axes: Iterable[Any], margin: float = 0.02) -> None:
+    """Widen each panel's x range (to the right) until its value labels fit inside it; the left edge moves a
+    little below 0 so a bar or marker at 0 stands clear of the axis line."""
+    for ax in axes:
+        x0, x1 = ax.get_xlim()
+        if x0 == 0:
+            x0 = -0.02 * (x1 - x0)
+        width = ax.get_window_extent().width
+        need = x1 - x0
+        for t in ax.texts:
+            if not isinstance(t, Annotation) or t.xycoords != "data":
+                continue
+            room = width * (1 - margin) - t.xyann[0] * fig.dpi / 72 - t.get_window_extent().width
+            if room > 0:
+                need = max(need, (t.xy[0] - x0) * width / room)
+        ax.set_xlim(x0, x0 + need)
+
+
+def metric_range(metric: str) -> tuple[float, float] | None:
+    """The natural range of a bounded metric (a reward function's scores, a rate), else None."""
+    m = re.fullmatch(r"rewards/(.+)/mean", metric)
+    if m:
+        return REWARD_RANGES.get(m.group(1))
+    return METRIC_RANGES.get(metric)
+
+
+def constant_limits(value: float, metric: str = "") -> tuple[float, float]:
+    """Axis limits for a panel whose values all equal ``value``: the metric's natural range when it is
+    bounded (a rate in [0, 1], a reward), else ``value ± max(10% of |value|, 0.1)``, kept >= 0 for
+    metrics that cannot be negative. Never matplotlib's meaningless ``value ± 0.05``."""
+    rng = metric_range(metric)
+    if rng is not None and rng[0] <= value <= rng[1]:
+        lo, hi = rng
+    else:
+        half = max(abs(value) * 0.1, 0.1)
+        lo, hi = value - half, value + half
+        if value >= 0 and lo < 0 and any(s in metric for s in NON_NEGATIVE):
+            lo = 0.0
+    pad = 0.04 * (hi - lo)
+    return lo - pad, hi + pad
+
+
+def _mark_constant(ax, values: Iterable[float], metric: str = "") -> bool:
+    """When every value drawn in ``ax`` is equal: sensible y limits (:func:`constant_limits`) and a
+    "constant = v" note on the side of the panel away from the line. Returns whether it was constant."""
+    v = np.asarray([x for x in values if not np.isnan(x)], dtype=float)
+    if v.size == 0 or np.ptp(v) > 1e-9 * max(1.0, float(np.max(np.abs(v)))):
+        return False
+    c = float(v[0])
+    lo, hi = constant_limits(c, metric)
+    ax.set_ylim(lo, hi)
+    top = (c - lo) / (hi - lo) < 0.5
+    ax.text(0.97, 0.94 if top else 0.06, f"constant = {c:.3g}", transform=ax.transAxes, ha="right",
+            va="top" if top else "bottom", fontsize=7, color="0.3", style="italic")
+    return True
 
 
 def _panels(df: pd.DataFrame, paper: pd.DataFrame | None, panel: str, value: str, panels: list[Any],
             methods: list[str], titles: Sequence[str], xlabels: Sequence[str], labels: Mapping[str, str] | None,
-            title: str | None) -> Figure:
+            title: str | None, digits: int = 2, missing: str = "n/a") -> Figure:
     """One panel per ``panel`` value (columns), one row per method (paper order, top down): a reproduced bar
-    above a paper bar. The layout of the paper's tables, readable in greyscale."""
+    (value and 95% CI written beside it) above a paper bar (its value beside it). The layout of the paper's
+    tables, readable in greyscale; ``missing`` marks a method without a reproduced number."""
     colors = dict(zip(methods, _palette(len(methods))))
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.7 * len(panels) + 2.2, 0.45 * len(methods) + 1.7),
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels) + 2.4, 0.5 * len(methods) + 1.8),
                              sharey=True, squeeze=False)
     height = 0.4 if paper is not None else 0.7
     shift = -height / 2 if paper is not None else 0.0
     y = np.arange(len(methods), dtype=float)
+    cols = [colors[m] for m in methods]
     for ax, key, t, xl in zip(axes[0], panels, titles, xlabels):
         rep = df[df[panel] == key].set_index("method").reindex(methods)
         vals = rep[value].to_numpy(dtype=float)
-        _bars(ax, y + shift, vals, height, [colors[m] for m in methods], paper=False, err=_err(rep.reset_index(), value))
-        if paper is not None:
-            ref = paper[paper[panel] == key].set_index("method").reindex(methods)
-            _bars(ax, y + height / 2, ref[value].to_numpy(dtype=float), height, [colors[m] for m in methods], paper=True)
-        for yi, v in zip(y, vals):
-            if np.isnan(v):
-                ax.annotate("n/a", (0, yi + shift), xytext=(2, 0), textcoords="offset points", va="center",
-                            fontsize=7, color="0.3")
+        _bars(ax, y + shift, vals, height, cols, paper=False, err=_err(rep.reset_index(), value))
+        if paper is not None:  # both sets of bars first: a value is "too short to see" against the whole panel
+            ref = paper[paper[panel] == key].set_index("method").reindex(methods)[value].to_numpy(dtype=float)
+            _bars(ax, y + height / 2, ref, height, cols, paper=True)
+            _value_labels(ax, y + height / 2, ref, PAPER_DIGITS, missing=None, italic=True)
+        ci = ("ci_low" in rep.columns and "ci_high" in rep.columns)
+        _value_labels(ax, y + shift, vals, digits, lo=rep["ci_low"].to_numpy(dtype=float) if ci else None,
+                      hi=rep["ci_high"].to_numpy(dtype=float) if ci else None, missing=missing, colors=cols)
         ax.set_title(t, fontsize=9)
         ax.set_xlabel(xl)
         ax.set_yticks(y, _labels(methods, labels))
     axes[0][0].set_ylabel("method")
     axes[0][0].invert_yaxis()  # shared y: the first method on top, as in the paper's tables
-    fig.legend(handles=_source_legend(paper is not None), loc="lower center", ncol=2, bbox_to_anchor=(0.5, -0.02))
+    fig.legend(handles=_source_legend(paper is not None), loc="lower center", ncol=2, bbox_to_anchor=(0.5, 0.0))
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.tight_layout(rect=(0, 0.55 / fig.get_figheight(), 1, 1))
+    _fit_texts(fig, axes[0])
     return fig
 
 
@@ -256,7 +383,9 @@ def plot_accuracy(df: pd.DataFrame, paper: pd.DataFrame | None = None, order: Se
                   benchmarks: Sequence[str] | None = None, xlabel: str = "accuracy (%)",
                   labels: Mapping[str, str] | None = None, title: str | None = None) -> Figure:
     """One panel per benchmark, one row per method: a filled bar (reproduced, with its 95% CI) above a
-    white hatched bar (the paper's reported number, no interval); "n/a" where a method was not run.
+    white hatched bar (the paper's reported number, no interval); every number is written beside its bar
+    (reproduced: ``value [low, high]``, paper: in italics). A reproduced 0 gets a diamond at 0 and its label;
+    "not run" marks a method without a result. Intervals are clipped to [0, 100].
 
     ``df``: ``method, benchmark, accuracy`` (+ ``ci_low, ci_high``), percent. ``paper``: ``method,
     benchmark, accuracy`` (:func:`paper_table` of ``"accuracy"``), or None. ``order``: method order (e.g.
@@ -269,9 +398,16 @@ def plot_accuracy(df: pd.DataFrame, paper: pd.DataFrame | None = None, order: Se
         _unique(paper, ("method", "benchmark"), "plot_accuracy paper table")
     both = pd.concat([paper, df]) if paper is not None else df
     methods = _ordered(both["method"], order)
-    benches = _ordered(both["benchmark"], benchmarks)
-    return _panels(df, paper, "benchmark", "accuracy", benches, methods, [pretty_benchmark(b) for b in benches],
-                   [xlabel] * len(benches), labels, title)
+    benches = _bench_order(both["benchmark"], benchmarks)
+    df = df.copy()
+    for c in ("ci_low", "ci_high"):  # a t-interval over a few seeds can leave [0, 100]; accuracy cannot
+        if c in df.columns:
+            df[c] = df[c].astype(float).clip(0.0, 100.0)
+    fig = _panels(df, paper, "benchmark", "accuracy", benches, methods, [pretty_benchmark(b) for b in benches],
+                  [xlabel] * len(benches), labels, title, digits=1, missing="not run")
+    for ax in fig.axes:
+        _percent_ticks(ax)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -331,6 +467,74 @@ def plot_faithfulness(df: pd.DataFrame, paper: pd.DataFrame | None = None, **kw:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Answer format per method
+# ---------------------------------------------------------------------------------------------------
+
+
+def plot_format_by_method(df: pd.DataFrame, order: Sequence[str] | None = None,
+                          benchmarks: Sequence[str] | None = None, metrics: Sequence[str] = FORMAT_METRICS,
+                          labels: Mapping[str, str] | None = None,
+                          title: str | None = "Answer format per method") -> Figure:
+    """One panel per metric (format compliance, cross-reference rate, valid answers; percent on a fixed
+    0-100 axis), one row per method, one bar per benchmark (colour and hatch per benchmark), each value
+    written beside its bar; "n/a" where a metric is undefined (no cross-reference in an untagged format)
+    or was not measured. With a ``format`` column each method's tick label names the answer format its
+    compliance was checked against (each method's own prompt format).
+
+    ``df``: ``method, benchmark, metric, value`` (+ ``format``), :func:`collect_format_results`.
+    """
+    _require(df, ("method", "benchmark", "metric", "value"), "plot_format_by_method")
+    _unique(df, ("method", "benchmark", "metric"), "plot_format_by_method")
+    methods = _ordered(df["method"], order)
+    benches = _bench_order(df["benchmark"], benchmarks)
+    names = [m for m in metrics if m in set(df["metric"])]
+    if not names:
+        raise PlotDataError(f"plot_format_by_method: none of {list(metrics)} among {sorted(set(df['metric']))}")
+    ticks = _labels(methods, labels)
+    if "format" in df.columns:
+        fmts = df.dropna(subset=["format"]).groupby("method")["format"].agg(lambda f: "/".join(dict.fromkeys(f)))
+        ticks = [f"{t} [{fmts[m]}]" if m in fmts.index else t for t, m in zip(ticks, methods)]
+    colors = _palette(len(benches))
+    hatches = [METHOD_HATCHES[j % len(METHOD_HATCHES)] for j in range(len(benches))]
+    nb = len(benches)
+    row = 0.2 * nb + 0.3  # inches per method
+    legend_h = _legend_height(nb, min(4, nb))
+    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names) + 2.6, row * len(methods) + 1.4 + legend_h),
+                             sharey=True, squeeze=False)
+    y = np.arange(len(methods), dtype=float)
+    h = 0.84 / nb
+    for ax, metric in zip(axes[0], names):
+        for j, bench in enumerate(benches):
+            vals = (df[(df["metric"] == metric) & (df["benchmark"] == bench)].set_index("method").reindex(methods)
+                    ["value"].to_numpy(dtype=float))
+            pos = y - 0.42 + h * (j + 0.5)
+            _bars(ax, pos, vals, h * 0.92, [colors[j]] * len(methods), paper=False, hatches=[hatches[j]] * len(methods))
+            _value_labels(ax, pos, vals, 0, missing="n/a", colors=[colors[j]] * len(methods), fontsize=6)
+        ax.set_xlim(0, 100)
+        ax.grid(axis="y", visible=False)  # a grid line would cut through each method's group of bars
+        note = ""
+        if metric == "cross_reference" and df.loc[df["metric"] == metric, "value"].isna().any():
+            note = "\n(n/a: untagged answer format)"
+        elif metric == "format_compliance" and "format" in df.columns:
+            note = "\n(to the answer format in [ ])"
+        ax.set_title(pretty_metric(metric).replace(" (%)", "") + note, fontsize=9)
+        ax.set_xlabel("% of responses" if metric != "valid_ratio" else "% of answers")
+        ax.set_yticks(y, ticks)
+    axes[0][0].set_ylabel("method")
+    axes[0][0].invert_yaxis()
+    handles = [Patch(facecolor=c, edgecolor="black", hatch=hh, label=pretty_benchmark(b))
+               for b, c, hh in zip(benches, colors, hatches)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, nb), bbox_to_anchor=(0.5, 0.0))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, legend_h / fig.get_figheight(), 1, 1))
+    _fit_texts(fig, axes[0])
+    for ax in axes[0]:
+        _percent_ticks(ax)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------
 # Training curves
 # ---------------------------------------------------------------------------------------------------
 
@@ -342,10 +546,45 @@ def training_metrics(df: pd.DataFrame) -> list[str]:
     return components + [m for m in TRAINING_EXTRA if m in present]
 
 
+def reward_components(df: pd.DataFrame) -> list[str]:
+    """The ``rewards/<fn>/mean`` metrics logged (TRL's unweighted per-function means), in order of appearance."""
+    return [m for m in dict.fromkeys(df["metric"]) if re.fullmatch(r"rewards/.+/mean", m)]
+
+
+def rl_runs(df: pd.DataFrame) -> list[str]:
+    """Runs that logged reward components (GRPO/CRPO training)."""
+    return _ordered(df.loc[df["metric"].str.fullmatch(r"rewards/.+/mean"), "run"])
+
+
+def sft_runs(df: pd.DataFrame) -> list[str]:
+    """Runs that logged a train or dev loss but no reward (SFT)."""
+    rl = set(rl_runs(df))
+    return [r for r in _ordered(df.loc[df["metric"].isin(["loss", "eval_loss"]), "run"]) if r not in rl]
+
+
+def _step_axis(ax) -> None:
+    """Optimizer steps are whole numbers: integer ticks only (never 1.2, 1.4, ...)."""
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True, min_n_ticks=1))
+    ax.set_xlabel("step")
+
+
+def _run_style(i: int) -> dict[str, Any]:
+    """Run ``i``'s line: its own style and marker, drawn a little thinner and smaller than the runs before it,
+    so a run whose curve coincides with an earlier one still shows both."""
+    return {"linestyle": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)],
+            "markersize": max(3.0, 6.0 - 1.2 * i), "linewidth": max(0.9, 2.0 - 0.5 * i)}
+
+
+def _legend_height(n: int, ncol: int) -> float:
+    """Inches a figure legend of ``n`` entries in ``ncol`` columns needs below the panels."""
+    return 0.3 + 0.22 * math.ceil(n / ncol) if n else 0.0
+
+
 def plot_training_curves(df: pd.DataFrame, metrics: Sequence[str] | None = None, smooth: int = 1,
-                         ncols: int = 3) -> Figure:
+                         ncols: int = 3, title: str | None = None) -> Figure:
     """One panel per reward component, then total reward, KL and completion length; one line per run
     (distinct line style and marker). ``smooth`` > 1 draws a centred rolling mean of that many steps.
+    Steps are integer ticks; a panel whose values are all equal gets a sensible range and "constant = v".
 
     ``df``: ``run, step, metric, value`` (:func:`load_training_log`, several runs concatenated).
     """
@@ -358,10 +597,14 @@ def plot_training_curves(df: pd.DataFrame, metrics: Sequence[str] | None = None,
         raise PlotDataError(f"plot_training_curves: no run logged any of {names}")
     colors = dict(zip(runs, _palette(len(runs))))
     nrows = math.ceil(len(names) / ncols)
-    fig, axes = plt.subplots(nrows, min(ncols, len(names)), figsize=(3.4 * min(ncols, len(names)), 2.6 * nrows),
+    width = 3.4 * min(ncols, len(names))
+    legend_h = _legend_height(len(runs), 3) if len(runs) > 1 else 0.0
+    top_h = 0.4 if title else 0.0
+    fig, axes = plt.subplots(nrows, min(ncols, len(names)), figsize=(width, 2.6 * nrows + legend_h + top_h),
                              squeeze=False)
     flat = axes.ravel()
     for ax, metric in zip(flat, names):
+        drawn: list[float] = []
         for i, run in enumerate(runs):
             d = df[(df["run"] == run) & (df["metric"] == metric)].sort_values("step")
             if d.empty:
@@ -369,18 +612,66 @@ def plot_training_curves(df: pd.DataFrame, metrics: Sequence[str] | None = None,
             v = d["value"].astype(float)
             if smooth > 1:
                 v = v.rolling(smooth, center=True, min_periods=1).mean()
-            ax.plot(d["step"], v, linestyle=LINESTYLES[i % len(LINESTYLES)], marker=MARKERS[i % len(MARKERS)],
-                    markevery=max(1, len(d) // 8), markersize=4, color=colors[run], label=str(run))
+            ax.plot(d["step"], v, markevery=max(1, len(d) // 8), color=colors[run], label=str(run),
+                    **_run_style(i))
+            drawn += list(v)
+        _mark_constant(ax, drawn, metric)
         ax.set_title(pretty_metric(metric), fontsize=9)
-        ax.set_xlabel("step")
-        ax.set_ylabel(pretty_metric(metric))
+        ax.set_ylabel(Y_LABELS.get(metric, pretty_metric(metric)))
+        _step_axis(ax)
     for ax in flat[len(names):]:
         ax.set_visible(False)
-    if len(runs) > 1:
-        handles = [Line2D([], [], color=colors[r], linestyle=LINESTYLES[i % len(LINESTYLES)],
-                          marker=MARKERS[i % len(MARKERS)], label=str(r)) for i, r in enumerate(runs)]
-        fig.legend(handles=handles, loc="lower center", ncol=min(4, len(runs)), bbox_to_anchor=(0.5, -0.04))
-    fig.tight_layout(rect=(0, 0.05 if len(runs) > 1 else 0, 1, 1))
+    if len(runs) > 1:  # below the panels, never over the data
+        handles = [Line2D([], [], color=colors[r], label=str(r), **_run_style(i)) for i, r in enumerate(runs)]
+        fig.legend(handles=handles, loc="lower center", ncol=min(3, len(runs)), bbox_to_anchor=(0.5, 0.0))
+    if title:
+        fig.suptitle(title)
+    h = fig.get_figheight()
+    fig.tight_layout(rect=(0, legend_h / h, 1, 1))
+    return fig
+
+
+def plot_crpo_rewards(df: pd.DataFrame, smooth: int = 1, ncols: int = 3) -> Figure:
+    """CRPO's reward components per step, one panel each (TRL's unweighted per-function means, so a 0/1
+    score reads as a rate), then ``frac_reward_zero_std`` (the share of prompt groups whose completions all
+    scored alike: no learning signal); one line per RL run. ``df`` as for :func:`plot_training_curves`."""
+    _require(df, ("run", "step", "metric", "value"), "plot_crpo_rewards")
+    names = reward_components(df) + [m for m in ("frac_reward_zero_std",) if m in set(df["metric"])]
+    if not reward_components(df):
+        raise PlotDataError(f"plot_crpo_rewards: no rewards/<fn>/mean among {sorted(set(df['metric']))}")
+    return plot_training_curves(df, names, smooth=smooth, ncols=ncols,
+                                title="Reward components per step (unweighted means)")
+
+
+def plot_sft_loss(df: pd.DataFrame, runs: Sequence[str] | None = None) -> Figure:
+    """SFT train loss (``loss``, solid) and dev loss (``eval_loss``, dashed, square markers) per step; one
+    colour per run. ``df``: ``run, step, metric, value`` (:func:`load_training_log`)."""
+    _require(df, ("run", "step", "metric", "value"), "plot_sft_loss")
+    runs = list(runs) if runs is not None else sft_runs(df)
+    if not runs:
+        raise PlotDataError("plot_sft_loss: no run logged 'loss' or 'eval_loss' without rewards")
+    colors = dict(zip(runs, _palette(len(runs))))
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    handles, drawn = [], []
+    for run in runs:
+        for metric, ls, mk, split in (("loss", "-", "o", "train"), ("eval_loss", "--", "s", "dev")):
+            d = df[(df["run"] == run) & (df["metric"] == metric)].sort_values("step")
+            if d.empty:
+                continue
+            label = split if len(runs) == 1 else f"{run}: {split}"
+            ax.plot(d["step"], d["value"], linestyle=ls, marker=mk, markersize=4, markevery=max(1, len(d) // 12),
+                    color=colors[run])
+            handles.append(Line2D([], [], color=colors[run], linestyle=ls, marker=mk, label=label))
+            drawn += list(d["value"].astype(float))
+    _mark_constant(ax, drawn, "loss")
+    _step_axis(ax)
+    ax.set_ylabel("cross-entropy loss")
+    ax.set_title("SFT cold start: train and dev loss" + (f" ({runs[0]})" if len(runs) == 1 else ""), fontsize=10)
+    ncol = min(4, len(handles))
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, bbox_to_anchor=(0.5, 0.0))
+    legend_h = _legend_height(len(handles), ncol)
+    fig.set_figheight(fig.get_figheight() + legend_h)
+    fig.tight_layout(rect=(0, legend_h / fig.get_figheight(), 1, 1))
     return fig
 
 
@@ -428,8 +719,9 @@ def plot_k_tradeoff(df: pd.DataFrame, x: str, y: str = "accuracy", k: str = "k",
 
 def plot_response_length(df: pd.DataFrame, kind: str = "box", order: Sequence[str] | None = None,
                          value: str = "n_tokens", labels: Mapping[str, str] | None = None) -> Figure:
-    """Distribution of response length per method (box or violin), one panel per benchmark when the table
-    has a ``benchmark`` column; each method also gets its own hatch, so greyscale prints stay readable.
+    """Distribution of response length per method (horizontal box or violin, one row per method), one panel
+    per benchmark when the table has a ``benchmark`` column; each method also gets its own hatch, so
+    greyscale prints stay readable.
 
     ``df``: ``method, n_tokens`` (+ ``benchmark``), one row per response (:func:`collect_lengths`).
     """
@@ -439,25 +731,25 @@ def plot_response_length(df: pd.DataFrame, kind: str = "box", order: Sequence[st
         raise ValueError(f"kind must be 'box' or 'violin', got {kind!r}")
     _require(df, ("method", value), "plot_response_length")
     methods = _ordered(df["method"], order)
-    benches = _ordered(df["benchmark"]) if "benchmark" in df.columns else [None]
+    benches = _bench_order(df["benchmark"]) if "benchmark" in df.columns else [None]
     colors = _palette(len(methods))
-    fig, axes = plt.subplots(1, len(benches), figsize=(max(3.6, 0.7 * len(methods) + 1.4) * len(benches), 3.6),
+    fig, axes = plt.subplots(1, len(benches), figsize=(3.0 * len(benches) + 2.4, 0.45 * len(methods) + 1.5),
                              sharey=True, squeeze=False)
     for ax, bench in zip(axes[0], benches):
         d = df if bench is None else df[df["benchmark"] == bench]
         draw = sns.boxplot if kind == "box" else sns.violinplot
         extra = {"fliersize": 2} if kind == "box" else {"cut": 0, "inner": "quartile"}
-        draw(data=d, x="method", y=value, hue="method", order=methods, hue_order=methods, palette=colors,
-             legend=False, ax=ax, linewidth=0.8, **extra)
+        draw(data=d, y="method", x=value, hue="method", order=methods, hue_order=methods, palette=colors,
+             legend=False, ax=ax, linewidth=0.8, orient="h", **extra)
         shapes = ax.patches if kind == "box" else ax.collections
         present = [m for m in methods if m in set(d["method"])]
         for shape, m in zip(shapes, present):
             shape.set_hatch(METHOD_HATCHES[methods.index(m) % len(METHOD_HATCHES)])
             shape.set_edgecolor("black")
-        ax.set_title(pretty_benchmark(bench) if bench is not None else "")
-        ax.set_xticks(range(len(methods)), _labels(methods, labels), rotation=30, ha="right")
-        ax.set_xlabel("method")
-        ax.set_ylabel(pretty_metric(value))
+        ax.set_title(pretty_benchmark(bench) if bench is not None else "", fontsize=9)
+        ax.set_yticks(range(len(methods)), _labels(methods, labels))  # horizontal: long names stay readable
+        ax.set_ylabel("method" if ax is axes[0][0] else "")
+        ax.set_xlabel(pretty_metric(value))
     fig.tight_layout()
     return fig
 
@@ -652,6 +944,94 @@ def collect_lengths(results_dir: str | os.PathLike, pattern: str = "**/*.jsonl")
     return pd.concat(frames, ignore_index=True)
 
 
+def collect_text_metrics(results_dir: str | os.PathLike, pattern: str = "**/*.textmetrics.json",
+                         default_method: str | None = None) -> pd.DataFrame:
+    """Every judge-free metrics file (:func:`clinical_r1.metrics.summarize`, written by the evaluation stage
+    as ``<method>/<benchmark>.textmetrics.json``) as ``method, benchmark, format, metric, value, n``: one row
+    per ``{"mean", "n"}`` entry (``format_compliance``, ``cross_reference``, ``n_tokens``, ...), the mean as
+    stored (a fraction for rates; NaN where undefined, e.g. cross-reference of an untagged format)."""
+    root = Path(results_dir)
+    rows = []
+    for path in _files(root, pattern):
+        res = _read_json(path)
+        if not isinstance(res, dict) or not isinstance(res.get("format_compliance"), dict):
+            raise PlotDataError(f"{path}: not a text-metrics result (no 'format_compliance.mean'); "
+                                f"write it with clinical_r1.metrics.summarize")
+        method = _method_of(path, root, res, default_method)
+        bench = res.get("benchmark") or path.name[: -len(".textmetrics.json")]
+        for key, v in res.items():
+            if isinstance(v, dict) and "mean" in v:
+                rows.append({"method": method, "benchmark": bench, "format": res.get("format"), "metric": key,
+                             "value": float(v["mean"]) if v["mean"] is not None else np.nan, "n": v.get("n")})
+    return pd.DataFrame(rows, columns=["method", "benchmark", "format", "metric", "value", "n"])
+
+
+def collect_format_results(results_dir: str | os.PathLike, default_method: str | None = None) -> pd.DataFrame:
+    """The :func:`plot_format_by_method` table: format compliance and cross-reference rate (text metrics)
+    and the valid-answer ratio (evaluation results), in percent: ``method, benchmark, format, metric, value``."""
+    text = collect_text_metrics(results_dir, default_method=default_method)
+    text = text[text["metric"].isin(["format_compliance", "cross_reference"])].assign(value=lambda d: 100 * d["value"])
+    acc = collect_eval_results(results_dir, default_method=default_method)
+    valid = (acc[["method", "benchmark", "valid_ratio"]].rename(columns={"valid_ratio": "value"})
+             .assign(metric="valid_ratio"))
+    fmts = text.drop_duplicates(["method", "benchmark"]).set_index(["method", "benchmark"])["format"]
+    valid["format"] = [fmts.get((m, b)) for m, b in zip(valid["method"], valid["benchmark"])]
+    cols = ["method", "benchmark", "format", "metric", "value"]
+    frames = [f[cols] for f in (text, valid) if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+
+
+def grid_runs(grid_dir: str | os.PathLike, group: str | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    """The finished runs (``done.json``) of an ablation-grid folder as ``(run folder, done record)``, sorted;
+    with ``group``, only the runs in that group (e.g. ``2x2``)."""
+    root = Path(grid_dir)
+    out = []
+    for done in sorted(root.glob("*/done.json")) if root.is_dir() else []:
+        rec = _read_json(done)
+        if not isinstance(rec, dict) or "variant" not in rec:
+            raise PlotDataError(f"{done}: not a finished grid run record (no 'variant')")
+        groups = rec.get("groups") or []
+        groups = groups.split(";") if isinstance(groups, str) else list(groups)
+        if group is None or group in groups:
+            out.append((done.parent, rec))
+    return out
+
+
+def grid_format_results(grid_dir: str | os.PathLike, group: str | None = None) -> pd.DataFrame:
+    """:func:`collect_format_results` of every finished grid run (of ``group``), one row per variant ×
+    benchmark × metric, averaged over seeds (``n_seeds``)."""
+    frames = [collect_format_results(d).assign(method=rec["variant"]) for d, rec in grid_runs(grid_dir, group)]
+    frames = [f for f in frames if not f.empty]
+    cols = ["method", "benchmark", "format", "metric", "value", "n_seeds"]
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    d = pd.concat(frames, ignore_index=True)
+    d["format"] = d["format"].fillna("")
+    out = (d.groupby(["method", "benchmark", "format", "metric"], sort=False)["value"].agg(["mean", "size"])
+           .reset_index())
+    out = out.rename(columns={"mean": "value", "size": "n_seeds"}).replace({"format": {"": None}})
+    return out[cols]
+
+
+def grid_training_logs(grid_dir: str | os.PathLike, group: str | None = None) -> pd.DataFrame:
+    """The training logs of every finished grid run (of ``group``), one run per variant: the mean over its
+    seeds at each step, labelled ``<variant> (grid)`` or ``<variant> (grid, mean of n seeds)``."""
+    by_variant: dict[str, list[pd.DataFrame]] = {}
+    for d, rec in grid_runs(grid_dir, group):
+        logs = collect_training_logs(d)
+        if not logs.empty:
+            by_variant.setdefault(rec["variant"], []).append(logs)
+    frames = []
+    for variant, logs in by_variant.items():
+        n = len(logs)
+        label = f"{variant} (grid)" if n == 1 else f"{variant} (grid, mean of {n} seeds)"
+        mean = pd.concat(logs).groupby(["step", "metric"], sort=False)["value"].mean().reset_index()
+        frames.append(mean.assign(run=label)[["run", "step", "metric", "value"]])
+    if not frames:
+        return pd.DataFrame(columns=["run", "step", "metric", "value"])
+    return pd.concat(frames, ignore_index=True)
+
+
 def paper_table(ref: Mapping[str, Any], table: str, method_map: Mapping[str, str] | None = None) -> pd.DataFrame:
     """The paper's numbers (:func:`load_paper_reference`) as a tidy table.
 
@@ -701,12 +1081,17 @@ def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
     The judged panels show one benchmark (as the paper's tables): ``judge_benchmark``, else MedMCQA when
     judged (the paper's choice), else the first judged benchmark by name.
 
-    Inputs: the evaluation, judge, training and generation files under ``results_dir`` (a recipe run), and
-    optionally the grid's ``summary.csv`` (``ablation_summary``): its ``comparison_group`` variants (the
-    paper's 2×2, seed-averaged) join the accuracy and judge figures as methods (a method the run evaluated
-    itself keeps the run's numbers), and its ``k`` group gives
-    the k trade-off (x axis ``k_metric``, default the first faithfulness metric). ``paper_reference``: a
-    path, a loaded dict, or None for ``results/paper_reference.json`` when it exists.
+    Figures: ``accuracy``, ``cognitive_behaviours``, ``faithfulness``, ``format_by_method`` (format
+    compliance, cross-reference rate, valid answers), ``training_curves``, ``crpo_rewards`` (reward components
+    and ``frac_reward_zero_std`` of every RL run), ``sft_loss``, ``response_length``, ``k_tradeoff``.
+
+    Inputs: the evaluation, text-metric, judge, training and generation files under ``results_dir`` (a recipe
+    run), and optionally the grid's ``summary.csv`` (``ablation_summary``): its ``comparison_group`` variants
+    (the paper's 2×2, seed-averaged, labelled "(grid, n seeds)") join the accuracy, judge and format figures as
+    methods (a method the run evaluated itself keeps the run's numbers), their training logs (read from the
+    grid folder beside ``summary.csv``) join ``crpo_rewards``, and its ``k`` group gives the k trade-off
+    (x axis ``k_metric``, default the first faithfulness metric). ``paper_reference``: a path, a loaded
+    dict, or None for ``results/paper_reference.json`` when it exists.
     """
     use_style()
     ref = _reference(paper_reference)
@@ -714,27 +1099,40 @@ def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
     rename = dict(method_map or {})
     labels = {rename.get(m, m): v for m, v in (ref or {}).get("method_labels", {}).items()}
     summary = pd.read_csv(ablation_summary) if ablation_summary is not None and Path(ablation_summary).exists() else None
+    grid_dir = Path(ablation_summary).parent if summary is not None else None
     written: dict[str, list[Path]] = {}
+    from_grid: dict[str, int] = {}  # grid variant shown as a method -> its number of seeds
 
     def emit(name: str, fig: Figure) -> None:
         written[name] = save(fig, out_dir, name)
         plt.close(fig)
 
-    def with_grid(df: pd.DataFrame, table: str) -> pd.DataFrame:
+    def join_grid(df: pd.DataFrame, extra: pd.DataFrame, table: str) -> pd.DataFrame:
         """Add the grid's variants; a method the recipe run has itself keeps the run's own numbers."""
-        if summary is None or comparison_group is None:
-            return df
-        extra = from_summary(summary, table, comparison_group)
         same = sorted(set(extra["method"]) & set(df["method"]))
         if same:
             log.info("%s: %s evaluated by the run itself; the grid's runs of the same name are left out", table, same)
             extra = extra[~extra["method"].isin(same)]
+        for m, n in extra.groupby("method")["n_seeds"].max().items() if "n_seeds" in extra else ():
+            from_grid[m] = max(from_grid.get(m, 0), int(n))
         return pd.concat([df, extra], ignore_index=True) if not df.empty else extra
+
+    def with_grid(df: pd.DataFrame, table: str) -> pd.DataFrame:
+        if summary is None or comparison_group is None:
+            return df
+        return join_grid(df, from_summary(summary, table, comparison_group), table)
+
+    def grid_labels() -> dict[str, str]:
+        """Tick labels that say which methods are the grid's seed-averaged arms."""
+        out = dict(labels)
+        for m, n in from_grid.items():
+            out[m] = f"{labels.get(m, m)} (grid, {n} seed{'s' if n != 1 else ''})"
+        return out
 
     acc = with_grid(collect_eval_results(results_dir), "accuracy")
     if not acc.empty:
         emit("accuracy", plot_accuracy(acc, paper_table(ref, "accuracy", method_map) if ref else None, order=order,
-                                       labels=labels))
+                                       labels=grid_labels()))
     judged = collect_judge_results(results_dir)
     for table, fn in (("cognitive_behaviours", plot_cognitive_behaviours), ("faithfulness", plot_faithfulness)):
         mine = with_grid(judged[judged["table"] == table], table)
@@ -744,12 +1142,24 @@ def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
             mine = mine[mine["benchmark"] == pick] if pick is not None else mine
         if not mine.empty:
             paper = paper_table(ref, table, method_map) if ref and table in ref else None
-            emit(table, fn(mine, paper, order=order, labels=labels,
+            emit(table, fn(mine, paper, order=order, labels=grid_labels(),
                            metric_labels=(ref or {}).get(table, {}).get("labels"),
                            lower_is_better=paper_lower_is_better(ref, table) if ref else ()))
+    fmt = collect_format_results(results_dir)
+    if grid_dir is not None and comparison_group is not None:
+        fmt = join_grid(fmt, grid_format_results(grid_dir, comparison_group), "format")
+    if not fmt.empty and "format_compliance" in set(fmt["metric"]):  # valid answers alone: see accuracy
+        emit("format_by_method", plot_format_by_method(fmt, order=order, labels=grid_labels()))
     logs = collect_training_logs(results_dir)
     if not logs.empty and training_metrics(logs):
         emit("training_curves", plot_training_curves(logs))
+    rl = logs[logs["run"].isin(rl_runs(logs))] if not logs.empty else logs
+    if grid_dir is not None and comparison_group is not None:
+        rl = pd.concat([rl, grid_training_logs(grid_dir, comparison_group)], ignore_index=True)
+    if not rl.empty and reward_components(rl):
+        emit("crpo_rewards", plot_crpo_rewards(rl))
+    if not logs.empty and sft_runs(logs):
+        emit("sft_loss", plot_sft_loss(logs))
     lengths = collect_lengths(results_dir)
     if not lengths.empty:
         emit("response_length", plot_response_length(lengths, order=order, labels=labels))
@@ -757,8 +1167,8 @@ def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
         wide = k_table(summary, k_metric)
         if wide is not None:
             emit("k_tradeoff", plot_k_tradeoff(wide, x=wide.attrs["x"]))
-    skipped = {"accuracy", "cognitive_behaviours", "faithfulness", "training_curves", "response_length",
-               "k_tradeoff"} - set(written)
+    skipped = {"accuracy", "cognitive_behaviours", "faithfulness", "format_by_method", "training_curves",
+               "crpo_rewards", "sft_loss", "response_length", "k_tradeoff"} - set(written)
     if skipped:
         log.info("no inputs for: %s", ", ".join(sorted(skipped)))
     return written
@@ -845,7 +1255,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[Path]]:
     ap.add_argument("results", help="a run's results folder, e.g. results/demo")
     ap.add_argument("--out", default="figures", help="folder for the PNG and PDF files")
     ap.add_argument("--paper", default=None, help="paper reference JSON (default results/paper_reference.json)")
-    ap.add_argument("--ablations", default=None, help="ablation summary.csv for the k trade-off")
+    ap.add_argument("--ablations", default=None, help="ablation summary.csv: the 2x2 arms and the k trade-off")
     a = ap.parse_args(argv)
     return make_all(a.results, a.out, paper_reference=a.paper, ablation_summary=a.ablations)
 

@@ -11,6 +11,10 @@ Kinds:
 
 Each kind names the answer format the parser checks (``FORMAT_OF``), so the prompt and the reward
 can never disagree about what a well-formed answer is.
+
+The crpo prompt describes its sections in prose and never shows a tag with text inside it: a small model
+copies a literal template (``<dx>First state your initial clinical impression…</dx>``) into its answer
+instead of analysing the case, as the 135M demo model did after 30 SFT steps.
 """
 
 from __future__ import annotations
@@ -24,17 +28,10 @@ FORMAT_OF = {"crpo": "crpo", "grpo": "grpo", "cot": "cot", "direct": "direct"}
 
 SYSTEM_PROMPTS: dict[str, str] = {
     "crpo": (
-        "You are an experienced clinician answering a multiple-choice clinical question.\n"
-        "Answer in exactly two sections and nothing else:\n"
-        "<dx>\n"
-        "First state your initial clinical impression. Then analyse the case systematically: list the key "
-        "findings (history, examination, laboratory values with their units), what each implies, and "
-        "evaluate every option in turn, saying why it fits or why it is rejected.\n"
-        "</dx>\n"
-        "<conclusion>\n"
-        "Cite the specific findings from your analysis that decide the answer, then end with the single "
-        "answer letter as \\boxed{X}.\n"
-        "</conclusion>"
+        "You are an experienced clinician answering a multiple-choice clinical question. Write your analysis "
+        "inside <dx> and </dx>: your initial impression, the key findings with their values and units, and a "
+        "verdict on every option. Then write your conclusion inside <conclusion> and </conclusion>: cite the "
+        "findings from your analysis that decide the answer and end with the answer letter as \\boxed{X}."
     ),
     "grpo": (
         "A conversation between User and Assistant. The assistant first thinks about the reasoning "

@@ -6,10 +6,17 @@
         metrics.jsonl     one JSON line per TRL log event (``rewards/<name>/mean``, ``kl``, ``loss``, ...)
         metrics.csv       the same table, written at the end
         metrics.json      the final summary (train output, last value of every metric, best eval)
-        checkpoint-N/     TRL checkpoints (resume from the last one)
-        adapter/          the final (SFT: best-on-dev) LoRA adapter and tokenizer
+        merged_adapters/  copies of the adapters merged into the base before training (init_adapter_mode:
+                          merge: the cold-start adapter); absent when there are none
+        checkpoint-N/     TRL checkpoints (resume from the last one), each with clinical_r1_policy.json
+        adapter/          the final (SFT: best-on-dev) LoRA adapter and tokenizer, with
+                          clinical_r1_policy.json and its own merged_adapters/ copy (it stands alone)
 
     from clinical_r1.runs import prepare_run_dir, MetricsLogger
+
+Load a trained adapter (or checkpoint) only through ``clinical_r1.models`` (``load_trained``, ``merge_lora``,
+``serving_folders``): ``clinical_r1_policy.json`` says what it sits on, which PEFT's ``adapter_config.json``
+cannot (it names the plain base even when a cold-start adapter was merged into it).
 """
 
 from __future__ import annotations
@@ -197,18 +204,41 @@ def finalize_metrics(d: Path, summary: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+class PolicyManifest(TrainerCallback):
+    """Write ``clinical_r1_policy.json`` into each ``checkpoint-N/`` the Trainer saves, pointing at the run's
+    ``merged_adapters/`` copies, so a checkpoint loads as the policy it holds (``models.load_trained``)."""
+
+    def __init__(self, spec: Mapping[str, Any], merged: list[Path]):
+        self.spec, self.merged = dict(spec), merged
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            from clinical_r1.models import write_policy_manifest
+
+            write_policy_manifest(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.spec, self.merged)
+
+
 def train_and_save(trainer: Any, tok: Any, run: Path, cfg: Mapping[str, Any], **summary: Any) -> dict[str, Any]:
     """Train (resuming from the run's last checkpoint when ``cfg["resume"]``), save the final adapter and
-    tokenizer to ``run/adapter``, and write ``metrics.json`` and the finish time. Shared by SFT and CRPO."""
+    tokenizer to ``run/adapter``, and write ``metrics.json`` and the finish time. Shared by SFT and CRPO.
+
+    Every saved adapter gets ``clinical_r1_policy.json`` (see ``models.write_policy_manifest``): the adapters
+    merged into the base before training are copied into ``run/merged_adapters`` before the first step.
+    """
+    from clinical_r1.models import copy_adapters, merged_before_training, write_policy_manifest
+
     resume = last_checkpoint(run) if cfg["resume"] else None
     if cfg["resume"] and resume is None:
         log.info("resume: no checkpoint in %s yet; starting from scratch", run)
+    merged = copy_adapters(merged_before_training(cfg["model"]), run / "merged_adapters") if is_main_process() else []
+    trainer.add_callback(PolicyManifest(cfg["model"], merged))
     t0 = time.time()
     out = trainer.train(resume_from_checkpoint=resume)
     adapter = run / "adapter"
     trainer.save_model(str(adapter))  # every rank takes part (DeepSpeed); rank 0 writes
     if is_main_process():
         tok.save_pretrained(str(adapter))
+        write_policy_manifest(adapter, cfg["model"], copy_adapters(merged, adapter / "merged_adapters"))
     result = {**out.metrics, "global_step": out.global_step, "train_seconds": time.time() - t0,
               "adapter": str(adapter), "resumed_from": resume,
               **{k: (v(trainer) if callable(v) else v) for k, v in summary.items()}}

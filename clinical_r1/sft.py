@@ -86,6 +86,19 @@ def load_traces(traces: str | os.PathLike | None = None, questions: str | os.Pat
     return out
 
 
+PROMPT_KINDS = {"crpo": ("crpo",), "grpo": ("grpo",), "both": ("crpo", "grpo")}
+
+
+def sft_rows(records: Sequence[Mapping[str, Any]], prompt_kind: str = "crpo") -> list[dict[str, Any]]:
+    """Every trace rendered in each format of ``prompt_kind``: ``crpo``, ``grpo`` or ``both``.
+
+    ``both`` gives one cold start for the two arms of the 2x2: each trace once as crpo prompt ->
+    ``<dx>``/``<conclusion>`` and once as grpo prompt -> ``<think>``/``<answer>`` (same bodies), so the
+    system prompt selects the format and neither RL arm starts from a format it was never shown.
+    """
+    return [sft_row(r, kind) for r in records for kind in PROMPT_KINDS[prompt_kind]]
+
+
 def sft_row(rec: Mapping[str, Any], kind: str = "crpo") -> dict[str, Any]:
     """One conversational prompt-completion row for TRL."""
     target = crpo_target(rec["dx"], rec["conclusion"]) if kind == "crpo" else grpo_target(rec["dx"], rec["conclusion"])
@@ -149,15 +162,16 @@ def run_sft(config: Mapping[str, Any] | str | os.PathLike, overrides: Any = None
     tok = models.load_tokenizer(ref, padding_side="right")
     d = cfg["data"]
     records = load_traces(d["traces"], d["questions"], d["limit"])
-    rows = [sft_row(r, d["prompt_kind"]) for r in records]
+    rows = sft_rows(records, d["prompt_kind"])
     if d["dev_traces"]:
         train_rows = rows
-        dev_rows = [sft_row(r, d["prompt_kind"]) for r in load_traces(d["dev_traces"], d["questions"])]
+        dev_rows = sft_rows(load_traces(d["dev_traces"], d["questions"]), d["prompt_kind"])
         shared = sorted({r["id"] for r in train_rows} & {r["id"] for r in dev_rows})
         if shared:
             raise TraceError(f"{d['dev_traces']}: {len(shared)} dev trace id(s) are also training traces: {shared[:10]}")
     else:
-        train_rows, dev_rows = split_dev(rows, d["dev_size"], cfg["seed"])
+        train_recs, dev_recs = split_dev(records, d["dev_size"], cfg["seed"])  # by trace: both renderings together
+        train_rows, dev_rows = sft_rows(train_recs, d["prompt_kind"]), sft_rows(dev_recs, d["prompt_kind"])
     train_rows = drop_too_long(train_rows, tok, args.max_length, "train traces")
     dev_rows = drop_too_long(dev_rows, tok, args.max_length, "dev traces")
 

@@ -88,12 +88,14 @@ def eval_sets(splits_dir: str | os.PathLike) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 
 
-def bundled_traces(items: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The project's exemplary traces for ``items`` (offline demo teacher), checked like teacher traces."""
+def bundled_traces(items: Sequence[Mapping[str, Any]], style: str = "full") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The project's exemplary traces for ``items`` (offline demo teacher), checked like teacher traces.
+
+    ``style``: ``full`` (~340 tokens) or ``compact`` (~130 tokens; see :func:`clinical_r1.distill.compact_trace`)."""
     from clinical_r1.prompts import crpo_target
     from clinical_r1.rewards import get_preset, score
 
-    traces = {t["id"]: t for t in read_jsonl(sample_traces_path())}
+    traces = {t["id"]: t for t in read_jsonl(sample_traces_path(style))}
     kept, dropped = [], {"no_bundled_trace": [], "invalid_format": []}
     full = get_preset("crpo").max_total
     for it in items:
@@ -105,17 +107,18 @@ def bundled_traces(items: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, A
             dropped["invalid_format"].append(it["id"])
             continue
         kept.append({"id": it["id"], "question": it["question"], "options": list(it["options"]), "answer": it["answer"],
-                     "dx": t["dx"], "conclusion": t["conclusion"], "teacher": "bundled", "source": it["source"]})
-    report = {"teacher": "bundled", "n_items": len(items), "kept": len(kept),
+                     "dx": t["dx"], "conclusion": t["conclusion"], "teacher": f"bundled-{style}", "source": it["source"]})
+    report = {"teacher": f"bundled-{style}", "n_items": len(items), "kept": len(kept),
               "dropped": {k: len(v) for k, v in dropped.items()}, "dropped_ids": dropped}
     return kept, report
 
 
 def cold_start_traces(splits_dir: str | os.PathLike, teacher: Mapping[str, Any] | None = None,
-                      limit: int | None = None, splits: Sequence[str] = ("sft", "dev")) -> dict[str, Any]:
+                      limit: int | None = None, splits: Sequence[str] = ("sft", "dev"),
+                      trace_style: str = "full") -> dict[str, Any]:
     """Teacher traces for the SFT half (and the dev slice, for checkpoint selection).
 
-    ``teacher=None`` uses the bundled exemplary traces (offline demo); otherwise a
+    ``teacher=None`` uses the bundled exemplary traces in ``trace_style`` (offline demo); otherwise a
     :class:`clinical_r1.api.ChatConfig` mapping (OpenAI-compatible endpoint or local model) through
     :func:`clinical_r1.distill.distill`, with a resumable cache beside the traces.
     """
@@ -127,7 +130,7 @@ def cold_start_traces(splits_dir: str | os.PathLike, teacher: Mapping[str, Any] 
         items = to_records(load_split(d, split))[: limit] if limit else to_records(load_split(d, split))
         out = d / TRACE_FILES[split]
         if teacher is None:
-            kept, report = bundled_traces(items)
+            kept, report = bundled_traces(items, trace_style)
             write_jsonl(kept, out)
         else:
             report = distill(items, dict(teacher), out, d / f"teacher_cache_{split}.jsonl")
@@ -172,7 +175,7 @@ def evaluate_methods(methods: Mapping[str, Mapping[str, Any]], splits_dir: str |
                      out_dir: str | os.PathLike, base_model: str, n_samples: int = 1, temperature: float = 0.0,
                      max_new_tokens: int = 1024, batch_size: int = 8, n_boot: int = 2000, seed: int = 0,
                      benchmarks: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Generate and score every method on every evaluation set.
+    """Generate and score every method on every evaluation set (or on its ``benchmarks`` list).
 
     Writes ``<out_dir>/<method>/<benchmark>.jsonl`` (+ ``.meta.json``), ``<benchmark>.metrics.json``
     (accuracy, majority vote, CIs) and ``<benchmark>.textmetrics.json`` (judge-free metrics). Finished
@@ -189,8 +192,13 @@ def evaluate_methods(methods: Mapping[str, Mapping[str, Any]], splits_dir: str |
     for method, spec in methods.items():
         model_ref = method_model(str(spec["model"]), base_model)
         kind = method_prompt(str(spec["model"]), spec.get("prompt"))
+        only = spec.get("benchmarks")  # a method may be scored on some sets only (e.g. a prompt control)
+        mine = {b: d for b, d in sets.items() if not only or b in only}
+        if only and not mine:
+            raise ValueError(f"method {method!r}: none of its benchmarks {list(only)} is an evaluation set "
+                             f"({sorted(sets)})")
         model, tok = load_for_inference(model_ref)
-        for bench, ds in sets.items():
+        for bench, ds in mine.items():
             gen = Path(out_dir) / method / f"{bench}.jsonl"
             generate(model, tok, ds, gen, prompt_kind=kind, n=n_samples, temperature=temperature,
                      max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, dataset_name=bench,

@@ -86,8 +86,12 @@ def test_accuracy_beside_the_paper(tmp_path: Path) -> None:
     assert all(p.get_facecolor()[:3] == (1.0, 1.0, 1.0) for p in hatched)
     medqa = fig.axes[0]
     assert medqa.get_yticklabels()[0].get_text() == REF["method_labels"]["baseline_cot"]  # paper order, top down
-    assert [t.get_text() for t in fig.axes[2].texts] == ["n/a"] * 5  # MedXpertQA: only the paper's bars
-    assert [t.get_text() for t in fig.axes[0].texts] == ["n/a"] * 2  # crpo, cold_start_grpo not run
+    not_run = lambda ax: [t.get_text() for t in ax.texts if t.get_text() == "not run"]  # noqa: E731
+    assert not_run(fig.axes[2]) == ["not run"] * 5  # MedXpertQA: only the paper's bars
+    assert not_run(fig.axes[0]) == ["not run"] * 2  # crpo, cold_start_grpo not run
+    assert "40.0 [37.0, 42.5]" in [t.get_text() for t in fig.axes[0].texts]  # reproduced: value and 95% CI
+    assert "41.95" in [t.get_text() for t in fig.axes[0].texts]  # the paper's number as reported, beside it
+    assert "10.51" in [t.get_text() for t in fig.axes[2].texts]
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == ["reproduced (95% CI)", "paper"]
     check_labelled(fig)
@@ -245,7 +249,7 @@ def test_loaders_and_make_all_on_results_files(tmp_path: Path) -> None:
 
     written = plots.make_all(results, tmp_path / "figures", paper_reference=REF, ablation_summary=summary_csv)
     assert set(written) == {"accuracy", "cognitive_behaviours", "faithfulness", "training_curves",
-                            "response_length", "k_tradeoff"}
+                            "response_length", "k_tradeoff", "crpo_rewards"}  # no text metrics: no format figure
     for paths in written.values():
         assert all(p.exists() and p.stat().st_size > 0 for p in paths)
 
@@ -253,3 +257,263 @@ def test_loaders_and_make_all_on_results_files(tmp_path: Path) -> None:
     (results / "bad" / "medqa.metrics.json").write_text(json.dumps({"accuracy": 0.5}))
     with pytest.raises(plots.PlotDataError, match=r"bad/medqa.metrics.json: not an evaluation result"):
         plots.collect_eval_results(results)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A demo-like study folder: every figure make_all writes, as a reader sees it
+# ---------------------------------------------------------------------------------------------------
+
+CASES = [{"id": f"q{i}", "question": f"A 34-year-old with fever {38 + i % 3} C and neck stiffness. Diagnosis?",
+          "options": ["bacterial meningitis", "migraine", "tension headache", "sinusitis"], "answer": "A",
+          "subgroup": "", "source": "s", "explanation": "", "meta": "{}"} for i in range(8)]
+BENCHES = ("medqa", "medmcqa", "medxpertqa")
+CRPO_REWARDS = ("accuracy", "clinical_reasoning", "crpo_format", "cross_reference", "consistency", "completion_length")
+
+
+def _response(style: str, letter: str, i: int) -> str:
+    if style == "cot":
+        return f"Fever and neck stiffness. The answer is \\boxed{{{letter}}}."
+    if style == "grpo":
+        return f"<think>fever and neck stiffness</think><answer>\\boxed{{{letter}}}</answer>"
+    cites = style == "crpo" and i % 4 != 3  # 6 of 8 conclusions cite a finding of <dx>
+    conclusion = ("Fever with neck stiffness points to meningitis, so " if cites else "So ") + f"\\boxed{{{letter}}}"
+    return f"<dx>Fever with neck stiffness points to meningeal irritation; photophobia absent.</dx>" \
+           f"<conclusion>{conclusion}</conclusion>"
+
+
+def write_eval(d: Path, bench: str, n_right: int, style: str, prompt_kind: str) -> None:
+    """What the evaluation stage writes per method and benchmark (study.evaluate_methods)."""
+    from clinical_r1.metrics import summarize
+
+    d.mkdir(parents=True, exist_ok=True)
+    gen = d / f"{bench}.jsonl"
+    gen.write_text("".join(json.dumps({"id": c["id"], "sample": 0, "n_tokens": 40 + 7 * i, "finish_reason": "stop",
+                                       "text": _response(style, "A" if i < n_right else "B", i), "dataset": bench,
+                                       "model": "m", "prompt_kind": prompt_kind}) + "\n" for i, c in enumerate(CASES)))
+    (d / f"{bench}.jsonl.meta.json").write_text(json.dumps({"dataset": bench, "n": 1, "model": "m",
+                                                            "prompt_kind": prompt_kind}))
+    evaluate(gen, CASES, out_path=d / f"{bench}.metrics.json", n_boot=200, dataset_name=bench)
+    (d / f"{bench}.textmetrics.json").write_text(json.dumps({"method": d.name, "benchmark": bench,
+                                                             **summarize(gen, CASES)}))
+
+
+def write_rl_log(path: Path, components: tuple[str, ...], steps: int = 2) -> None:
+    """TRL GRPO log lines (runs.MetricsLogger): the accuracy reward stays 0 (a constant panel), the rest move."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for s in range(1, steps + 1):
+        row = {"step": s, "epoch": s / steps, "time": 1.7e9 + s, "loss": 0.01 * s, "kl": 1e-3 * (s - 1),
+               "reward": 1.0 + 0.2 * s, "frac_reward_zero_std": 0.5 / s, "completions/mean_length": 60.0 - s}
+        for j, c in enumerate(components):
+            stuck = c == "accuracy" and "clinical_reasoning" in components  # CRPO's accuracy: 0 at every step
+            row[f"rewards/{c}/mean"] = 0.0 if stuck else 0.2 + 0.1 * s + 0.01 * j
+            row[f"rewards/{c}/std"] = 0.1
+        rows.append(row)
+    rows.append({"step": steps, "time": 1.7e9, "train_runtime": 88.0, "train_loss": 0.01})  # TRL's closing line
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_sft_log(path: Path, steps: int = 4) -> None:
+    """TRL SFT log lines: train loss every step, dev loss (eval_loss) every second step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for s in range(1, steps + 1):
+        rows.append({"step": s, "epoch": s / steps, "time": 1.7e9 + s, "loss": 2.6 - 0.3 * s, "grad_norm": 1.1})
+        if s % 2 == 0:
+            rows.append({"step": s, "epoch": s / steps, "time": 1.7e9 + s, "eval_loss": 2.0 - 0.15 * s})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_grid_run(grid: Path, variant: str, seed: int, groups: list[str], n_right: tuple[int, ...],
+                   overrides: dict) -> None:
+    """A finished grid run: train/metrics.jsonl, policy/<benchmark>.*, done.json last (pipeline.run_grid)."""
+    rid = f"{variant}-s{seed}-0000000{seed}"
+    for bench, r in zip(BENCHES, n_right):
+        write_eval(grid / rid / "policy", bench, r, "grpo", "grpo")
+    write_rl_log(grid / rid / "train" / "metrics.jsonl", ("accuracy", "format", "completion_length"))
+    (grid / rid / "done.json").write_text(json.dumps({"run_id": rid, "variant": variant, "seed": seed,
+                                                      "groups": groups, "overrides": overrides,
+                                                      "settings": {"preset": "crpo", "k": 10, **overrides}}))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """results/demo as the demo recipe leaves it: three evaluated methods (cold_start_crpo scores 0 on
+    MedXpertQA), the SFT and CRPO training logs, and a gathered grid with two seeds of the 2x2's
+    cold_start_grpo plus one run of another group."""
+    from clinical_r1.pipeline import gather
+
+    root = tmp_path_factory.mktemp("study") / "results" / "demo"
+    for method, rights, style, kind in (("baseline_cot", (3, 4, 1), "cot", "cot"),
+                                        ("sft", (3, 5, 1), "crpo-no-xref", "crpo"),
+                                        ("cold_start_crpo", (4, 5, 0), "crpo", "crpo")):
+        for bench, r in zip(BENCHES, rights):
+            write_eval(root / method, bench, r, style, kind)
+    write_sft_log(root / "sft" / "metrics.jsonl")
+    write_rl_log(root / "cold_start_crpo" / "metrics.jsonl", CRPO_REWARDS)
+    grid = root / "ablations"
+    write_grid_run(grid, "cold_start_grpo", 0, ["2x2"], (3, 4, 1), {"preset": "grpo"})
+    write_grid_run(grid, "cold_start_grpo", 1, ["2x2"], (5, 4, 2), {"preset": "grpo"})
+    write_grid_run(grid, "cold_start_crpo-k1", 0, ["k"], (1, 1, 1), {"k": 1})
+    gather(grid)
+    return root
+
+
+@pytest.fixture(scope="module")
+def figures(study: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """make_all on the study folder: name -> (the Figure it saved, [png, pdf])."""
+    shown = {}
+    save = plots.save
+
+    def keep(fig, out_dir, name):
+        shown[name] = fig
+        return save(fig, out_dir, name)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "save", keep)
+        written = plots.make_all(study, tmp_path_factory.mktemp("figures"), paper_reference=REF,
+                                 ablation_summary=study / "ablations" / "summary.csv")
+    return {name: (shown[name], paths) for name, paths in written.items()}
+
+
+def drawn_axes(fig) -> list:
+    return [ax for ax in fig.axes if ax.get_visible() and (ax.lines or ax.patches or ax.collections)]
+
+
+def check_readable(fig) -> None:
+    """What a reader checks: titled panels, tick labels that do not overlap, value labels inside their panel,
+    a legend that covers no panel."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    r = FigureCanvasAgg(fig).get_renderer()  # make_all closed the figure: draw it on a fresh canvas
+    fig.draw(r)
+    suptitle = fig._suptitle.get_text() if fig._suptitle else ""
+    for ax in drawn_axes(fig):
+        assert ax.get_title() or suptitle, "a panel without a title"
+        for axis, (lo, hi) in ((ax.xaxis, sorted(ax.get_xlim())), (ax.yaxis, sorted(ax.get_ylim()))):
+            boxes = [t.get_window_extent(r) for t, loc in zip(axis.get_ticklabels(), axis.get_ticklocs())
+                     if t.get_visible() and t.get_text() and lo <= loc <= hi]
+            for i, a in enumerate(boxes):
+                for b in boxes[i + 1:]:
+                    assert not a.overlaps(b), f"{ax.get_title()!r}: overlapping tick labels"
+        box = ax.get_window_extent(r)
+        for t in ax.texts:
+            tb = t.get_window_extent(r)
+            assert box.x0 - 1 <= tb.x0 and tb.x1 <= box.x1 + 1, f"{ax.get_title()!r}: {t.get_text()!r} leaves its panel"
+    for legend in fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]:
+        lb = legend.get_window_extent(r)
+        for ax in drawn_axes(fig):
+            assert not lb.overlaps(ax.get_window_extent(r)), f"the legend covers {ax.get_title()!r}"
+
+
+def annotations(ax) -> dict[str, tuple[float, float]]:
+    return {t.get_text(): t.xy for t in ax.texts if isinstance(t, matplotlib.text.Annotation)}
+
+
+def test_accuracy_writes_every_number_and_draws_a_zero(study: Path, figures: dict) -> None:
+    fig = figures["accuracy"][0]
+    acc = plots.collect_eval_results(study)
+    grid = plots.from_summary(pd.read_csv(study / "ablations" / "summary.csv"), "accuracy", "2x2")
+    assert len(fig.axes) == 3
+    for ax, bench in zip(fig.axes, BENCHES):
+        texts = annotations(ax)
+        rows = pd.concat([acc, grid])
+        for _, row in rows[rows["benchmark"] == bench].iterrows():  # reproduced: value [CI], grid arms included
+            lo, hi = max(row["ci_low"], 0.0), min(row["ci_high"], 100.0)
+            assert f"{row['accuracy']:.1f} [{lo:.1f}, {hi:.1f}]" in texts
+        for v in REF["accuracy"]["values"][bench].values():  # the paper's numbers, as reported
+            assert f"{v:.2f}" in texts
+        assert sum(t.get_text() == "not run" for t in ax.texts) == 2  # grpo and crpo were never run
+    medxpert = fig.axes[2]
+    zero = next(t for t in medxpert.texts if t.get_text().startswith("0.0 ["))  # cold_start_crpo: 0 of 8
+    diamonds = [ln for ln in medxpert.lines if ln.get_marker() == "D"]
+    assert [(ln.get_xdata()[0], ln.get_ydata()[0]) for ln in diamonds] == [pytest.approx(zero.xy)]
+    ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert "Cold Start + GRPO (grid, 2 seeds)" in ticks and "sft" in ticks  # the grid's 2x2 arm beside the run's
+    assert all(0 <= t <= 100 for t in medxpert.get_xticks())
+    check_readable(fig)
+
+
+def test_step_axes_show_integers_only(figures: dict) -> None:
+    for name in ("training_curves", "crpo_rewards", "sft_loss"):
+        fig = figures[name][0]
+        for ax in drawn_axes(fig):
+            lo, hi = ax.get_xlim()
+            ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+            assert ticks and all(float(t).is_integer() for t in ticks), f"{name}: {ax.get_title()!r} ticks {ticks}"
+            assert ax.get_xlabel() == "step"
+    for steps in ([1], list(range(0, 2001, 20))):  # a one-step smoke run, a long run: integers, no crowding
+        df = pd.DataFrame({"run": "r", "step": steps, "metric": "kl", "value": np.linspace(0, 1, len(steps))})
+        fig = plots.plot_training_curves(df)
+        lo, hi = fig.axes[0].get_xlim()
+        ticks = [t for t in fig.axes[0].get_xticks() if lo <= t <= hi]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        check_readable(fig)
+
+
+def test_constant_panels_get_a_sensible_range_and_a_note(figures: dict) -> None:
+    fig = figures["training_curves"][0]
+    panel = {ax.get_title(): ax for ax in drawn_axes(fig)}
+    acc = panel["accuracy reward"]  # 0 at every step: a rate, drawn on [0, 1]
+    assert acc.get_ylim() == pytest.approx((-0.04, 1.04))
+    assert [t.get_text() for t in acc.texts] == ["constant = 0"]
+    assert not panel["total reward"].texts  # a moving curve gets no note
+    assert plots.constant_limits(2.5, "loss") == pytest.approx((2.25 - 0.02, 2.75 + 0.02))  # ±10%, not ±0.05
+    assert plots.constant_limits(0.0, "kl")[0] > -0.01 and plots.constant_limits(0.0, "kl")[1] > 0.09
+    assert plots.constant_limits(1.5, "rewards/clinical_reasoning/mean") == pytest.approx((-0.06, 1.56))
+    df = pd.DataFrame({"run": "r", "step": [1, 2, 3], "metric": "completions/mean_length", "value": 58.0})
+    ax = plots.plot_training_curves(df).axes[0]
+    assert ax.get_ylim() == pytest.approx((58 - 5.8 - 0.464, 58 + 5.8 + 0.464))  # ±10%, padded
+    assert ax.texts[0].get_text() == "constant = 58"
+
+
+def test_format_rewards_and_sft_loss_figures(study: Path, figures: dict) -> None:
+    for name in ("format_by_method", "crpo_rewards", "sft_loss"):
+        png, pdf = figures[name][1]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and pdf.stat().st_size > 0
+
+    fig = figures["format_by_method"][0]
+    assert [ax.get_title().split("\n")[0] for ax in fig.axes] == ["format compliance", "cross-reference rate",
+                                                                   "valid answers"]
+    ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert ticks == ["Baseline Qwen2.5-3B-Instruct + CoT [cot]", "Cold Start + GRPO (grid, 2 seeds) [grpo]",
+                     "Cold Start + CRPO (Clinical-R1-3B) [crpo]", "sft [crpo]"]  # paper order; k-group run left out
+    text = json.loads((study / "cold_start_crpo" / "medqa.textmetrics.json").read_text())
+    xref = fig.axes[1]
+    widths = sorted(round(p.get_width(), 6) for p in xref.patches)
+    assert 100 * text["cross_reference"]["mean"] == pytest.approx(75.0) and widths.count(75.0) == 3
+    assert sum(t.get_text() == "n/a" for t in xref.texts) == 3  # untagged cot answers: no cross-reference
+    assert "75" in annotations(xref)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["MedQA", "MedMCQA", "MedXpertQA"]
+
+    fig = figures["crpo_rewards"][0]
+    titles = [ax.get_title() for ax in drawn_axes(fig)]
+    assert titles == [plots.pretty_metric(f"rewards/{c}/mean") for c in CRPO_REWARDS] + [
+        "format reward", plots.pretty_metric("frac_reward_zero_std")]
+    runs = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert runs == ["cold_start_crpo", "cold_start_grpo (grid, mean of 2 seeds)"]  # the k-group run is not in the 2x2
+    frac = drawn_axes(fig)[-1]
+    assert [list(ln.get_ydata()) for ln in frac.lines] == [[0.5, 0.25], [0.5, 0.25]]
+
+    fig = figures["sft_loss"][0]
+    ax = fig.axes[0]
+    assert [list(ln.get_ydata()) for ln in ax.lines] == [pytest.approx([2.3, 2.0, 1.7, 1.4]), pytest.approx([1.7, 1.4])]
+    assert [list(ln.get_xdata()) for ln in ax.lines] == [[1, 2, 3, 4], [2, 4]]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["train", "dev"]
+    assert ax.get_ylabel() and ax.get_title()
+
+
+def test_every_figure_is_readable(figures: dict) -> None:
+    assert set(figures) == {"accuracy", "format_by_method", "training_curves", "crpo_rewards", "sft_loss",
+                            "response_length"}
+    for name, (fig, _) in figures.items():
+        check_labelled(fig)
+        check_readable(fig)
+
+
+def test_text_metrics_loader_refuses_other_files(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "medqa.textmetrics.json").write_text(json.dumps({"format_compliance": 0.5}))
+    with pytest.raises(plots.PlotDataError, match=r"m/medqa.textmetrics.json: not a text-metrics result"):
+        plots.collect_text_metrics(tmp_path)

@@ -104,3 +104,23 @@ def test_trace_target_scores_maximum(t):
     q = BY_ID[t["id"]]
     target = crpo_target(t["dx"], t["conclusion"])
     assert score(target, q["answer"], q["options"]) == MAX_SCORE, t["id"]
+
+
+COMPACT = _read("sample_traces_compact.jsonl")
+
+
+def test_compact_traces_are_the_full_traces_compacted():
+    """The bundled compact file is exactly ``distill.compact_trace`` of the full traces (they cannot drift)."""
+    from clinical_r1.distill import compact_trace
+
+    assert [compact_trace(t, BY_ID[t["id"]]) for t in TRACES] == COMPACT
+
+
+@pytest.mark.parametrize("t", COMPACT, ids=lambda t: t["id"])
+def test_compact_trace_is_short_and_scores_maximum(t):
+    q = BY_ID[t["id"]]
+    target = crpo_target(t["dx"], t["conclusion"])
+    full = next(f for f in TRACES if f["id"] == t["id"])
+    assert len(target.split()) <= 0.5 * len(crpo_target(full["dx"], full["conclusion"]).split()), t["id"]
+    assert t["dx"].count(" accepted.") == 1 and f"{q['answer']} accepted." in t["dx"], t["id"]
+    assert score(target, q["answer"], q["options"]) == MAX_SCORE, t["id"]
