@@ -13,7 +13,9 @@ Command line (one request, prints the answer and the token summary as JSON):
 
 Why it is built this way:
 - Backends: any OpenAI-compatible endpoint (DeepSeek, OpenAI, vLLM, Ollama) through the ``openai``
-  client, or a local transformers model answering the same chat requests with greedy decoding.
+  client, or a local transformers model answering the same chat requests with greedy decoding. The local
+  model also reads next-token probabilities for the constrained judge (``LocalBackend.next_token_probs``),
+  running prompt prefixes that many texts share (a judge's system prompt, a case) only once.
 - The ``openai`` client runs with ``max_retries=0``; this module owns the retry loop (exponential backoff
   with jitter, ``Retry-After`` honoured) on 429, 5xx, timeouts, dropped connections and malformed JSON
   bodies, so every retry is counted and testable.
@@ -417,14 +419,13 @@ class LocalBackend:
     concurrency = 1
 
     def __init__(self, model: Any, tokenizer: Any, *, name: str | None = None, max_new_tokens: int = 1024,
-                 judge_mode: str = "constrained", score_bf16: bool = True):
+                 judge_mode: str = "constrained"):
         if judge_mode not in JUDGE_MODES:
             raise ValueError(f"LocalBackend judge_mode must be one of {JUDGE_MODES}, got {judge_mode!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.judge_mode = judge_mode
-        self.score_bf16 = score_bf16  # next_token_probs under bfloat16 autocast where the CPU has it natively
         self.name = name or getattr(getattr(model, "config", None), "_name_or_path", "") or "local-model"
         self._lock = threading.Lock()
 
@@ -460,7 +461,7 @@ class LocalBackend:
         ids, bad = [], []
         for c in choices:
             full = tok(text + c, add_special_tokens=False)["input_ids"]
-            if len(full) == len(base) + 1 and full[:len(base)] == base:
+            if len(full) == len(base) + 1 and full[:len(base)] == base and full[-1] != tok.unk_token_id:
                 ids.append(full[-1])
             else:
                 bad.append(c)
@@ -470,18 +471,6 @@ class LocalBackend:
         if len(set(ids)) != len(ids):
             raise ValueError(f"{self.name}: choices {list(choices)} share a token after {text[-40:]!r}")
         return ids
-
-    @property
-    def score_precision(self) -> str:
-        """``bf16-autocast`` on a CPU with native bfloat16 (about 2x faster, probabilities within ~1e-2), else
-        the model's own dtype. Part of the constrained judge's cache key."""
-        import torch
-
-        param = next(self.model.parameters())
-        native_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-        if self.score_bf16 and param.device.type == "cpu" and param.dtype == torch.float32 and native_bf16:
-            return "bf16-autocast"
-        return str(param.dtype).removeprefix("torch.")
 
     def next_token_probs(self, texts: Sequence[str], token_ids: Sequence[int], *,
                          batch_size: int = 8) -> list[list[float]]:
@@ -503,8 +492,7 @@ class LocalBackend:
         out: list[list[float]] = [[] for _ in seqs]
         device = next(self.model.parameters()).device
         wanted = torch.tensor(list(token_ids), device=device)
-        bf16 = self.score_precision == "bf16-autocast"
-        with self._lock, torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with self._lock, torch.no_grad():
             self._score(None, 0, seqs, list(range(len(seqs))), wanted, batch_size, out)
         return out
 

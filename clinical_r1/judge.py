@@ -3,6 +3,8 @@
     from clinical_r1.judge import judge_responses, summarise, agreement
     records = judge_responses(rows, "all", {"model": "deepseek-chat", "base_url": "https://api.deepseek.com",
                                             "api_key_env": "DEEPSEEK_API_KEY"}, "results/cache/judge.jsonl")
+    local = judge_responses(rows, "all", {"model": "embedded:smollm2-135m-instruct", "backend": "local"},
+                            None)        # a local judge: constrained mode unless judge_mode: generate
     summarise(records)                   # mean per metric per model, n, n_unparseable, n_failed
     agreement(records, records_judge2)   # Spearman and Cohen's kappa between two judges
 
@@ -19,10 +21,22 @@ Metrics (``METRICS``), one judge call per response × metric:
   wrong options rejected with a reason), ``hallucination`` (fabricated or false statements; lower is better).
 
 Each prompt (this project's own text) gives the definition, a short medical example and a strict output
-format — one JSON object — and carries a version string that is part of the cache key. Answers are parsed
-robustly (the last JSON object holding the key, a ``<count>`` tag, a bare number); an answer that still
-does not parse is recorded with ``status="unparseable"`` and its raw text, never dropped, and counted by
-:func:`summarise`. Decoding is deterministic (temperature 0) unless ``k > 1`` samples are averaged.
+format — one JSON object — and carries a version string that is part of the cache key. Records say which
+``mode`` produced them, and the mode is in the cache key (constrained entries have the purpose
+``<prompt version>/constrained``). Two modes (``judge_mode`` in the judge config, or ``mode=``):
+
+- ``generate`` (API judges; available to local ones): the judge writes free text, parsed robustly (the last
+  JSON object holding the key, a ``<count>`` tag, a bare number); an answer that still does not parse is
+  recorded with ``status="unparseable"`` and its raw text, never dropped, and counted by :func:`summarise`.
+  Decoding is deterministic (temperature 0) unless ``k > 1`` samples are averaged.
+- ``constrained`` (the default for a local judge): small local models almost never write the JSON asked for
+  (the embedded 135M model: 0% parseable), so the same messages are rendered with the answer already opened
+  (``{"count": `` or ``{"score": ``) and one forward pass reads the next-token probabilities over the allowed
+  values (digits 0-9, scores 1-5); DRC asks one Yes/No question per distractor. As in G-Eval, ``value`` is the
+  probability-weighted value; the record also keeps ``argmax``, ``probs`` and ``mass`` (the probability the
+  judge put on the allowed tokens at all). Every response gets a value; whether it means anything depends
+  on the judge: the 135M model mostly repeats the prompt's example value (see tests/test_judge_local.py).
+
 Rows may be judged by any OpenAI-compatible endpoint or a local transformers model (:mod:`clinical_r1.api`).
 """
 
@@ -392,9 +406,9 @@ def _record(row: Mapping[str, Any], metric: JudgeMetric, results: Sequence[Any],
 # -------------------------------------------------------------------------------------------------
 
 CONSTRAINED_VERSION = "constrained/v1"  # the assistant prefixes, value sets and DRC question: in the cache key
-COUNT_CHOICES = tuple(range(10))  # one digit; the embedded tokenizer splits numbers, so a count of 10+ reads as 1
+COUNT_CHOICES = tuple(range(10))  # one digit token: the embedded tokenizer splits numbers, so 10-19 read as 1
 SCORE_CHOICES = (1, 2, 3, 4, 5)
-YES_NO = ("Yes", "No")  # the DRC answer per distractor, the first token of the assistant turn
+YES_NO = (" Yes", " No")  # the DRC answer per distractor, after the opened answer "Answer:"
 BATCH_SIZE = 8  # texts per forward pass on a local judge
 
 
@@ -422,51 +436,51 @@ def constrained_probes(metric: JudgeMetric, row: Mapping[str, Any]) -> list[Prob
         return [Probe(tuple(messages), f'{{"{metric.key}": ', tuple(map(str, values)))]
     system, user = messages
     return [Probe((system, {"role": "user", "content": user["content"] + "\n\n" + drc_question(
-        letter, row["options"][LETTERS.index(letter)])}), "", YES_NO)
+        letter, row["options"][LETTERS.index(letter)])}), "Answer:", YES_NO)
         for letter in distractors(row["options"], row["answer"])]
 
 
 def judge_constrained(rows: Sequence[Mapping[str, Any]], metrics: Sequence[JudgeMetric],
                       client: ChatClient) -> list[dict[str, Any]]:
-    """Constrained records for normalised rows: per metric, every uncached probe in one batched pass.
-
-    Probabilities are cached (purpose ``<prompt version>/constrained``), so a rerun runs nothing.
+    """Constrained records for normalised rows (row-major, like the generate path). Per metric, every uncached
+    probe runs in one :meth:`~clinical_r1.api.LocalBackend.next_token_probs` call, which runs the shared system
+    prompt once. The raw probabilities are cached (purpose ``<prompt version>/constrained``): a rerun runs nothing.
     """
     backend, cache = client.backend, client.cache
     t0, n_run, n_hits = time.monotonic(), 0, 0
-    by_key: dict[tuple, list[list[float]]] = {}
-    order = []
+    keys: dict[tuple[int, str], tuple] = {}
+    probs: dict[tuple, list[list[float]]] = {}
     for m in metrics:
-        probes = {}
-        for r in rows:
+        todo: dict[tuple, list[Probe]] = {}
+        for i, r in enumerate(rows):
             ps = constrained_probes(m, r)
             key = (client.model, f"{m.version}/constrained", sha256(r["response"])[:32],
-                   sha256({"probes": [dataclasses.asdict(p) for p in ps], "scorer": CONSTRAINED_VERSION,
-                           "precision": backend.score_precision}))
-            order.append((r, m, key))
+                   sha256({"probes": [dataclasses.asdict(p) for p in ps], "scorer": CONSTRAINED_VERSION}))
+            keys[i, m.name] = key
             hit = cache.get(key)
             if hit is not None:
-                by_key[key] = json.loads(hit["content"])["p"]
+                probs[key] = json.loads(hit["content"])["p"]
                 n_hits += 1
-            elif key not in probes:
-                probes[key] = ps
-        flat = [(key, p) for key, ps in probes.items() for p in ps]
-        if flat:
-            texts = [backend.render(p.messages, p.prefix) for _, p in flat]
-            ids = backend.choice_token_ids(texts[0], flat[0][1].choices)  # one value set per metric
-            probs = backend.next_token_probs(texts, ids, batch_size=BATCH_SIZE)
-            n_run += len(texts)
-            for key in probes:
-                by_key[key] = []
-            for (key, _), p in zip(flat, probs):
-                by_key[key].append(p)
-            for key in probes:
-                cache.put(key, {"model": key[0], "purpose": key[1], "item_id": key[2], "prompt_hash": key[3],
-                                "content": json.dumps({"p": by_key[key]}), "mode": "constrained",
-                                "time": round(time.time(), 3)})
-    records = [_constrained_record(r, m, by_key[key], client.model) for r, m, key in order]
+            elif key not in todo:
+                todo[key] = ps
+        flat = [(key, p) for key, ps in todo.items() for p in ps]
+        if not flat:
+            continue
+        texts = [backend.render(p.messages, p.prefix) for _, p in flat]
+        ids = backend.choice_token_ids(texts[0], flat[0][1].choices)  # the same opened answer for every probe
+        for key in todo:
+            probs[key] = []
+        for (key, _), p in zip(flat, backend.next_token_probs(texts, ids, batch_size=BATCH_SIZE)):
+            probs[key].append(p)
+        n_run += len(texts)
+        for key in todo:
+            cache.put(key, {"model": key[0], "purpose": key[1], "item_id": key[2], "prompt_hash": key[3],
+                            "content": json.dumps({"p": probs[key]}), "mode": "constrained",
+                            "time": round(time.time(), 3)})
+    records = [_constrained_record(r, m, probs[keys[i, m.name]], client.model)
+               for i, r in enumerate(rows) for m in metrics]
     dt = time.monotonic() - t0
-    log.info("judge %s (constrained): %d records, %d from cache; %d forward rows in %.1fs (%.3fs per row)",
+    log.info("judge %s (constrained): %d records, %d from cache; %d probes run in %.1fs (%.3fs per probe)",
              client.model, len(records), n_hits, n_run, dt, dt / max(n_run, 1))
     return records
 
@@ -505,10 +519,11 @@ def _constrained_record(row: Mapping[str, Any], metric: JudgeMetric, p: Sequence
 
 def summarise(records: Sequence[Mapping[str, Any]]):
     """A DataFrame with one row per (model, metric): ``mean, std, n`` over ``ok`` records, ``n_unparseable``,
-    ``n_failed``, ``higher_is_better``. Unparseable answers never enter the mean; they are counted."""
+    ``n_failed``, ``higher_is_better``, ``judge``, ``mode``. Unparseable answers never enter the mean; they are
+    counted. In constrained mode the mean is over probability-weighted values."""
     import pandas as pd
 
-    cols = ["model", "metric", "mean", "std", "n", "n_unparseable", "n_failed", "higher_is_better", "judge"]
+    cols = ["model", "metric", "mean", "std", "n", "n_unparseable", "n_failed", "higher_is_better", "judge", "mode"]
     if not records:
         return pd.DataFrame(columns=cols)
     df = pd.DataFrame(list(records))
@@ -520,7 +535,8 @@ def summarise(records: Sequence[Mapping[str, Any]]):
                      "n_unparseable": int((g["status"] == "unparseable").sum()),
                      "n_failed": int((g["status"] == "api_failure").sum()),
                      "higher_is_better": METRICS[metric].higher_is_better if metric in METRICS else None,
-                     "judge": ",".join(sorted(set(g["judge"])))})
+                     "judge": ",".join(sorted(set(g["judge"]))),
+                     "mode": ",".join(sorted(set(g["mode"].dropna()))) if "mode" in g else ""})
     order = {m: i for i, m in enumerate(METRICS)}
     out = pd.DataFrame(rows, columns=cols)
     return out.sort_values(["model", "metric"], key=lambda s: s.map(order) if s.name == "metric" else s,
@@ -617,6 +633,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", required=True, help="records JSONL; the summary goes to <out>.summary.csv")
     ap.add_argument("--k", type=int, default=1, help="judge samples to average (needs temperature > 0)")
     ap.add_argument("--temperature", type=float, default=None)
+    ap.add_argument("--mode", choices=JUDGE_MODES, default=None,
+                    help="generate or constrained (default: the config's judge_mode; constrained for a local judge)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per HTTP request otherwise
@@ -624,7 +642,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = yaml.safe_load(Path(args.config).read_text())
     metrics = args.metrics if args.metrics in METRIC_GROUPS else args.metrics.split(",")
     rows = attach_items(read_jsonl(args.generations), read_jsonl(args.items))
-    records = judge_responses(rows, metrics, config, args.cache, k=args.k, temperature=args.temperature)
+    records = judge_responses(rows, metrics, config, args.cache, k=args.k, temperature=args.temperature,
+                              mode=args.mode)
     write_jsonl(records, args.out)
     table = summarise(records)
     tmp = f"{args.out}.summary.csv.tmp"

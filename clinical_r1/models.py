@@ -3,11 +3,11 @@
     from clinical_r1.models import load_policy, resolve_model, merge_lora
     model, tok = load_policy({"name": "embedded:smollm2-135m-instruct"}, lora={"r": 16, "alpha": 16})
     path = resolve_model("Qwen/Qwen2.5-3B-Instruct")          # hub id, local folder or embedded:<name>
-    merge_lora("results/cpu_demo_sft/adapter", "results/cpu_demo_sft/merged")
-    model, tok = load_trained("results/cpu_demo_crpo/adapter")  # the policy the trainer held, merged
-    model_dir, lora = serving_folders("results/cpu_demo_crpo/adapter")   # what vLLM serves for it
+    model, tok = load_trained("results/cpu_demo_crpo/adapter")          # the policy the trainer held
+    model_dir, lora = serving_folders("results/cpu_demo_crpo/adapter")  # the same as one base + one LoRA (vLLM)
+    merge_lora("results/cpu_demo_crpo/adapter", "results/cpu_demo_crpo/merged")   # the same as one folder
 
-    python -m clinical_r1 merge --adapter results/cpu_demo_sft/adapter --out results/cpu_demo_sft/merged
+    python -m clinical_r1 merge --adapter results/cpu_demo_crpo/adapter --out results/cpu_demo_crpo/merged
 
 Model names:
 - ``embedded:smollm2-135m-instruct`` (the default, offline): SmolLM2-135M-Instruct, shipped as a GGUF file
@@ -23,11 +23,11 @@ adapter, which PEFT's ``adapter_config.json`` cannot say (it names the plain bas
 (``<run>/adapter``, ``<run>/checkpoint-N``) carries ``clinical_r1_policy.json``: the base, the adapters
 merged into it before training (copies kept in the run, so the folder stands alone) and the dtype.
 :func:`policy_stack` reads it, and every loader of a trained run goes through it: :func:`load_trained`
-(evaluation with ``transformers``; the trained adapter stays a LoRA, as in training), :func:`merge_lora` (one
-plain folder) and :func:`serving_folders` (vLLM,
-which cannot stack two LoRAs: the cold-start adapter is merged into a cached base, the trained one served
-as LoRA). An adapter without a manifest is base + adapter, unless its run's ``config.yaml`` says it was
-trained on a merged cold-start adapter: that is an error, not a silently different policy.
+(evaluation with ``transformers``; the trained adapter stays a LoRA, as in training), :func:`merge_lora`
+(one plain folder) and :func:`serving_folders` (vLLM, which cannot stack two LoRAs: the cold-start adapter
+is merged into a cached base, the trained one served as LoRA). An adapter without a manifest is base +
+adapter, unless its run's ``config.yaml`` says it was trained on a merged cold-start adapter: that is an
+error, not a silently different policy.
 """
 
 from __future__ import annotations
@@ -514,7 +514,7 @@ def copy_adapters(folders: Sequence[str | os.PathLike], dest: str | os.PathLike)
     def fill(tmp: Path) -> None:
         for i, f in enumerate(folders):
             files = [Path(f) / n for n in ADAPTER_FILES if (Path(f) / n).is_file()]
-            if len(files) < 2:
+            if not (Path(f) / ADAPTER_FILES[0]).is_file() or len(files) < 2:
                 raise ModelError(f"{f}: an adapter folder needs adapter_config.json and adapter_model.safetensors")
             (tmp / str(i)).mkdir()
             for src in files:

@@ -109,6 +109,7 @@ def test_records_values_statuses_and_summary(tmp_path, key):
     bad = by["q1", "verification"]
     assert bad["status"] == "unparseable" and bad["value"] is None and bad["raw"] == SCRIPT["verification"]
     assert all(r["judge"] == "judge-1" and r["prompt_version"] == METRICS[r["metric"]].version for r in records)
+    assert all(r["mode"] == "generate" for r in records)  # an API judge writes free text
 
     table = summarise(records)
     assert list(table["metric"].unique()) == list(METRICS)  # canonical metric order
@@ -117,6 +118,7 @@ def test_records_values_statuses_and_summary(tmp_path, key):
     bt = table[(table.model == "grpo") & (table.metric == "backtracking")].iloc[0]
     assert bt["mean"] == 2.0 and bt["n"] == 1 and bt["n_unparseable"] == 0
     assert not table[table.metric == "hallucination"]["higher_is_better"].any()
+    assert set(table["mode"]) == {"generate"}
 
 
 def test_cache_keys_judge_model_prompt_version_and_response(tmp_path, key, monkeypatch):
@@ -220,13 +222,51 @@ def test_agreement_with_judge_free_metric():
 
 
 @pytest.mark.slow
-def test_local_judge_tiny_model(tmp_path):
-    """The local transformers backend end to end: a random tiny model's replies are kept as unparseable."""
+def test_local_judge_tiny_model_generate_mode(tmp_path):
+    """The local free-text path end to end: a random tiny model's replies are kept as unparseable."""
     model, tok = build_tiny_chat_model()
     from clinical_r1.api import LocalBackend
 
-    backend = LocalBackend(model, tok, name="tiny-judge", max_new_tokens=5)
+    backend = LocalBackend(model, tok, name="tiny-judge", max_new_tokens=5, judge_mode="generate")
     recs = judge_responses([row("q1")], ["backtracking", "faithfulness"], backend, tmp_path / "c.jsonl")
     assert len(recs) == 2 and all(r["status"] in ("ok", "unparseable") and isinstance(r["raw"], str) for r in recs)
+    assert all(r["mode"] == "generate" for r in recs)
     table = summarise(recs)
     assert (table["n"] + table["n_unparseable"]).tolist() == [1, 1]
+
+
+def test_judge_mode_selection_and_validation(key):
+    from clinical_r1.api import ChatConfig, LocalBackend, make_client
+
+    model, tok = build_tiny_chat_model()
+    assert J.judge_mode(make_client(LocalBackend(model, tok), None)) == "constrained"  # the local default
+    assert J.judge_mode(make_client(LocalBackend(model, tok), None), "generate") == "generate"
+    api = make_client({"model": "m", "api_key_env": KEY_ENV}, None)
+    assert J.judge_mode(api) == "generate"
+    with pytest.raises(ValueError, match="constrained mode needs a local model"):
+        judge_responses([row("q1")], ["backtracking"], api, None, mode="constrained")
+    with pytest.raises(ValueError, match="use backend: local"):
+        ChatConfig.from_dict({"model": "m", "judge_mode": "constrained"})
+    with pytest.raises(ValueError, match="judge_mode"):
+        ChatConfig(model="m", backend="local", judge_mode="logprobs")
+    with pytest.raises(ValueError, match="deterministic"):
+        judge_responses([row("q1")], ["backtracking"], LocalBackend(model, tok), None, k=3, temperature=0.7)
+
+
+def test_constrained_record_values():
+    """Argmax, probability-weighted value, CECD per 100 words and DRC shares from given next-token probabilities."""
+    r = J.normalise_row(row("q1"), 0, need_answer=True)
+    counts = [0.1, 0.2, 0.5, 0.2] + [0.0] * 6  # raw P over "0".."9", mass 1.0
+    rec = J._constrained_record(r, METRICS["backtracking"], [counts], "j")
+    assert rec["argmax"] == rec["raw_value"] == 2 and rec["value"] == pytest.approx(0.2 + 1.0 + 0.6)
+    assert rec["status"] == "ok" and rec["mode"] == "constrained" and parse_judgement(rec["raw"], "backtracking") == 2
+    rec = J._constrained_record(r, METRICS["cecd"], [counts], "j")
+    assert rec["value"] == pytest.approx(1.8 * 100 / len(GOOD.split())) and rec["expected"] == pytest.approx(1.8)
+    rec = J._constrained_record(r, METRICS["faithfulness"], [[0.0, 0.0, 0.1, 0.3, 0.1]], "j")  # mass 0.5
+    assert rec["mass"] == pytest.approx(0.5) and rec["probs"]["4"] == pytest.approx(0.6) and rec["argmax"] == 4
+    assert rec["value"] == pytest.approx(3 * 0.2 + 4 * 0.6 + 5 * 0.2)
+    # distractors A, B, D (gold C): P(Yes) 0.8, 0.25, 0.5 after renormalising Yes/No
+    rec = J._constrained_record(r, METRICS["drc"], [[0.4, 0.1], [0.1, 0.3], [0.2, 0.2]], "j")
+    assert rec["probs"] == pytest.approx({"A": 0.8, "B": 0.25, "D": 0.5}) and rec["argmax"] == ["A"]
+    assert rec["value"] == pytest.approx(1.55 / 3) and rec["value_argmax"] == pytest.approx(1 / 3)
+    assert parse_judgement(rec["raw"], "drc", OPTIONS) == ["A"]

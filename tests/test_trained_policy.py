@@ -5,13 +5,16 @@ one CRPO step in each ``init_adapter_mode`` (merge, continue) and for one from t
 ``runs.train_and_save`` records the trainer's final logits on a fixed prompt; the evaluation loader
 (``generate.load_for_inference``, on ``adapter/`` and ``checkpoint-1/``), ``python -m clinical_r1 merge``
 and the vLLM folders (``models.serving_folders``, replayed with transformers + PEFT) must give them back
-(max abs difference <= 1e-4). The old loader (base + CRPO adapter, cold start forgotten) must not.
+(max abs difference <= 1e-4). The old loader (base + CRPO adapter, cold start forgotten) must not. The
+recipes' precision is pinned to fp32 here (a bf16-autocast trainer computes other logits from the same weights).
+The manifest logic itself is checked without weights first (fast).
 
     .venv/bin/pytest tests/test_trained_policy.py -q -s      # ~2 min on 2 cores; -s prints the differences
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -24,8 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-4  # max abs logit difference between the trainer's policy and a reloaded one (fp32, CPU)
 OPTIONS = ["Graves disease", "Primary hypothyroidism", "Secondary hypothyroidism", "Subacute thyroiditis"]
 PROMPT = [{"role": "user", "content": "A woman, 41, is tired and cold; TSH is 12 mU/L. Which diagnosis?"}]
-
-pytestmark = pytest.mark.slow
 
 
 def question(i: int, **extra) -> dict:
@@ -44,18 +45,23 @@ def trace(i: int) -> dict:
                     conclusion="TSH 12 mU/L with cold intolerance confirms primary hypothyroidism. \\boxed{B}")
 
 
+@functools.lru_cache(maxsize=1)
+def prompt_ids():
+    """The fixed chat prompt, tokenized once with the base tokenizer (every loader shares it)."""
+    tok = models.load_tokenizer(models.resolve_model(None))
+    text = tok.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
+    return tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+
+
 def logits(model):
     """Next-token logits of ``model`` (eval mode, no grad) on the fixed chat prompt."""
     import torch
 
-    tok = models.load_tokenizer(models.resolve_model(None))
-    text = tok.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
-    ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
     training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return model(input_ids=ids).logits[0, -1].float()
+            return model(input_ids=prompt_ids()).logits[0, -1].float()
     finally:
         model.train(training)
 
@@ -124,7 +130,7 @@ def crpo(tmp_path_factory, sft_adapter):
                     "data.name": "jsonl", "data.path": str(questions), "data.limit": None,
                     "reward.weights": {"completion_length": 0.1}, "trainer.max_steps": 1, "trainer.save_steps": 1,
                     "trainer.per_device_train_batch_size": 2, "trainer.gradient_accumulation_steps": 1,
-                    "trainer.num_generations": 2, "trainer.max_completion_length": 16, "trainer.temperature": 1.0,
+                    "trainer.num_generations": 2, "trainer.max_completion_length": 8, "trainer.temperature": 1.0,
                     "trainer.learning_rate": 1e-3, "trainer.lr_scheduler_type": "constant",
                     "trainer.warmup_steps": 0, "trainer.beta": 0.0,  # beta 0: no reference forward pass
                     "trainer.bf16": False, "trainer.fp16": False}  # fp32 compute, so logits compare at 1e-4
@@ -137,12 +143,58 @@ def crpo(tmp_path_factory, sft_adapter):
 # ---------------------------------------------------------------------------------------------------
 
 
+def fake_adapter(d: Path, base: str = "some/base") -> Path:
+    """An adapter folder with a config and placeholder weights (enough for the manifest logic)."""
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base, "r": 8}))
+    (d / "adapter_model.safetensors").write_bytes(b"weights of " + d.name.encode())
+    return d
+
+
+def test_manifest_says_what_an_adapter_sits_on(tmp_path):
+    """Without weights: a merge-mode run's adapter/ and checkpoint-N/ resolve to the run's copy of the cold
+    start; a continued or plain adapter to base + adapter; a lost copy is an error, not a different policy."""
+    sft = fake_adapter(tmp_path / "sft" / "adapter")
+    run = tmp_path / "crpo"
+    spec = {"name": "embedded:smollm2-135m-instruct", "init_adapter": str(sft), "init_adapter_mode": "merge",
+            "dtype": "float32"}
+    assert models.merged_before_training(spec) == [str(sft)]
+    merged = models.copy_adapters(models.merged_before_training(spec), run / "merged_adapters")
+    for folder, copies in ((run / "checkpoint-2", merged),
+                           (run / "adapter", models.copy_adapters(merged, run / "adapter" / "merged_adapters"))):
+        fake_adapter(folder)
+        models.write_policy_manifest(folder, spec, copies)
+        stack = models.policy_stack(folder)
+        assert stack.base == spec["name"] and stack.dtype == "float32" and stack.adapter == str(folder)
+        assert [Path(m).resolve() for m in stack.merged] == [Path(c).resolve() for c in copies]
+        assert Path(stack.merged[0], "adapter_model.safetensors").read_bytes() == b"weights of adapter"
+    assert json.loads((run / "checkpoint-2" / models.POLICY_MANIFEST).read_text())["merged_adapters"] == \
+        ["../merged_adapters/0"]
+    # a cold start that itself sits on a merged adapter brings it along, in order
+    assert models.merged_before_training({**spec, "init_adapter": str(run / "adapter")}) == \
+        [*models.policy_stack(run / "adapter").merged, str(run / "adapter")]
+    assert models.merged_before_training({**spec, "init_adapter_mode": "continue"}) == []
+    plain = models.policy_stack(sft)
+    assert (plain.base, plain.merged) == ("some/base", ())
+
+    import shutil
+
+    shutil.rmtree(run / "merged_adapters")
+    with pytest.raises(ModelError, match="merged into the base before training, is missing"):
+        models.policy_stack(run / "checkpoint-2")
+    (run / "config.yaml").write_text(json.dumps({"model": spec}))  # JSON is YAML
+    (run / "checkpoint-2" / models.POLICY_MANIFEST).unlink()
+    with pytest.raises(ModelError, match="no clinical_r1_policy.json saying so"):
+        models.policy_stack(run / "checkpoint-2")
+
+
 def test_vllm_lora_rank_rounds_up_to_an_allowed_value():
     assert [models.vllm_lora_rank(r) for r in (1, 2, 8, 9, 32, 33, 300, 512)] == [1, 8, 8, 16, 32, 64, 320, 512]
     with pytest.raises(ModelError, match="largest max_lora_rank"):
         models.vllm_lora_rank(513)
 
 
+@pytest.mark.slow
 def test_merge_mode_run_loads_as_the_trained_policy(crpo, sft_adapter):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -171,6 +223,7 @@ def test_merge_mode_run_loads_as_the_trained_policy(crpo, sft_adapter):
     assert max_diff(held, old) > 100 * TOL, "the cold start does not change the logits: the test is vacuous"
 
 
+@pytest.mark.slow
 def test_merge_cli_writes_the_trained_policy(crpo, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -185,6 +238,7 @@ def test_merge_cli_writes_the_trained_policy(crpo, tmp_path):
     assert d <= TOL
 
 
+@pytest.mark.slow
 def test_vllm_folders_serve_the_trained_policy(crpo, tmp_path, monkeypatch):
     """What vLLM is given (a model folder + one LoRA) replayed with transformers + PEFT (vLLM needs CUDA)."""
     from peft import PeftModel
@@ -203,6 +257,7 @@ def test_vllm_folders_serve_the_trained_policy(crpo, tmp_path, monkeypatch):
     assert not [p for p in (tmp_path / "merged").iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["continue", None])
 def test_continued_and_plain_runs_load_as_the_trained_policy(crpo, mode):
     from clinical_r1.generate import load_for_inference
@@ -217,13 +272,14 @@ def test_continued_and_plain_runs_load_as_the_trained_policy(crpo, mode):
     assert models.serving_folders(run / "adapter") == (models.resolve_model(None), str(run / "adapter"))
 
 
+@pytest.mark.slow
 def test_merge_run_without_manifest_is_refused(crpo, tmp_path):
     """A run saved before manifests: base + adapter would be the wrong policy, so every loader refuses."""
     import shutil
 
     from clinical_r1.generate import load_for_inference
 
-    run, _ = crpo("merge")
+    run, *_ = crpo("merge")
     old = tmp_path / "old_run"
     shutil.copytree(run / "adapter", old / "adapter", ignore=shutil.ignore_patterns("merged_adapters",
                                                                                    models.POLICY_MANIFEST))
