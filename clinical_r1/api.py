@@ -438,6 +438,9 @@ class LocalBackend:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+            from clinical_r1.models import flush_denormals
+
+            flush_denormals()
             model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file)
         else:
             from clinical_r1.models import load_policy

@@ -277,6 +277,18 @@ def import_unsloth_first(backend: str) -> None:
         unsloth.PatchFastRL("GRPO", unsloth.FastLanguageModel)
 
 
+def flush_denormals() -> None:
+    """Treat subnormal floats as zero on CPU (process-wide; no effect on CUDA kernels).
+
+    x86 CPUs compute with subnormals 10-100x slower. Small LoRA products reach them: measured here, sampling
+    8 x 100 tokens from the embedded model with an unmerged LoRA took 208 s in fp32, 18 s with this set.
+    Values below 1.2e-38 carry nothing a forward pass needs, so training and evaluation are unchanged.
+    """
+    import torch
+
+    torch.set_flush_denormal(True)
+
+
 def torch_dtype(name: str = "auto"):
     """``auto``: bf16 on a GPU that has it, fp16 on one that does not (T4), fp32 on CPU."""
     import torch
@@ -358,6 +370,7 @@ def _load_transformers(ref: str, spec: Mapping[str, Any], before: Sequence[str],
     if spec.get("attn_implementation"):
         kwargs["attn_implementation"] = spec["attn_implementation"]
     tok = load_tokenizer(ref)
+    flush_denormals()
     model = merge_adapters(AutoModelForCausalLM.from_pretrained(ref, **kwargs), before)
     init_adapter = spec.get("init_adapter")
     if init_adapter and spec.get("init_adapter_mode", "merge") == "continue":
@@ -611,6 +624,7 @@ def load_trained(adapter_dir: str | os.PathLike, dtype: str | None = None, base:
     if stack.load_in_4bit:
         log.warning("%s was trained on a 4-bit base; it is rebuilt in full precision (weights differ by the "
                     "quantization error)", adapter_dir)
+    flush_denormals()
     model = merge_adapters(AutoModelForCausalLM.from_pretrained(ref, dtype=torch_dtype(dtype or stack.dtype)),
                            stack.merged)
     if merge:

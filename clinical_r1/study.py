@@ -277,4 +277,4 @@ def _client_spec(spec: Mapping[str, Any]) -> Any:
     if cfg.backend != "local":
         return cfg
     return LocalBackend.from_path(cfg.model_path or cfg.model, gguf_file=cfg.gguf_file, name=cfg.model,
-                                  max_new_tokens=cfg.max_new_tokens)
+                                  max_new_tokens=cfg.max_new_tokens, judge_mode=cfg.judge_mode or "constrained")
