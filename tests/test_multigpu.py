@@ -77,6 +77,7 @@ def test_one_crpo_step_in_two_cpu_processes(tmp_path):
     launcher = [str(accelerate), "launch"] if accelerate.exists() else [sys.executable, "-m", "accelerate.commands.launch"]
     overrides = ["model.init_adapter=null", f"output_root={tmp_path}", "run_name=ddp2", "overwrite=false",
                  "data.limit=4", "trainer.max_steps=1", "trainer.max_completion_length=16",
+                 "trainer.per_device_train_batch_size=4",
                  "trainer.save_strategy='no'", "trainer.log_level=info"]
     cmd = [*launcher, "--config_file", str(ACCEL / "cpu_2proc.yaml"), "--main_process_port", str(_free_port()),
            "-m", "clinical_r1", "crpo", "--config", str(CPU_RECIPE)]
