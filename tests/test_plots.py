@@ -476,8 +476,8 @@ def test_format_rewards_and_sft_loss_figures(study: Path, figures: dict) -> None
     assert [ax.get_title().split("\n")[0] for ax in fig.axes] == ["format compliance", "cross-reference rate",
                                                                    "valid answers"]
     ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
-    assert ticks == ["Baseline Qwen2.5-3B-Instruct + CoT [cot]", "Cold Start + GRPO (grid, 2 seeds) [grpo]",
-                     "Cold Start + CRPO (Clinical-R1-3B) [crpo]", "sft [crpo]"]  # paper order; k-group run left out
+    assert ticks == ["Base model + CoT [cot]", "Cold Start + GRPO (grid, 2 seeds) [grpo]",
+                     "Cold Start + CRPO (Clinical-R1) [crpo]", "sft [crpo]"]  # paper order; k-group run left out
     text = json.loads((study / "cold_start_crpo" / "medqa.textmetrics.json").read_text())
     xref = fig.axes[1]
     widths = sorted(round(p.get_width(), 6) for p in xref.patches)
