@@ -120,17 +120,18 @@ def rl_summary(run: Path, n_boot: int = 2000) -> dict[str, Any] | None:
 # ---------------------------------------------------------------------------------------------------
 
 
+def finished_grid_runs(out: Path) -> list[tuple[Path, str]]:
+    """``(run folder, variant)`` of each finished run (``done.json``) of the study's ablation grid."""
+    grid = out / GRID_DIR
+    return [(d.parent, _read_json(d).get("variant", d.parent.name)) for d in sorted(grid.glob("*/done.json"))]
+
+
 def method_dirs(out: Path) -> dict[str, Path]:
     """Method name -> folder holding ``<benchmark>.metrics.json``: the recipe's methods, then each finished grid
     run's evaluated policy under its variant name (``cold_start_grpo``)."""
     found = {p.name: p for p in sorted(out.iterdir()) if p.is_dir() and p.name not in SKIP_DIRS
              and any(p.glob("*.metrics.json"))}
-    grid = out / GRID_DIR
-    for run in sorted(grid.iterdir()) if grid.is_dir() else []:
-        done = run / "done.json"
-        if not done.is_file():
-            continue
-        variant = _read_json(done).get("variant", run.name)
+    for run, variant in finished_grid_runs(out):
         for sub in sorted(p for p in run.iterdir() if p.is_dir() and any(p.glob("*.metrics.json"))):
             found.setdefault(variant if sub.name == "policy" else f"{variant}/{sub.name}", sub)
     return found
@@ -234,13 +235,10 @@ def rl_runs(out: Path) -> dict[str, Path]:
         cfg = p / "config.yaml"
         if p.is_dir() and cfg.is_file() and (yaml.safe_load(cfg.read_text()) or {}).get("stage") == "crpo":
             found[p.name] = p
-    grid = out / GRID_DIR
-    for run in sorted(grid.iterdir()) if grid.is_dir() else []:
-        if (run / "done.json").is_file():
-            variant = _read_json(run / "done.json").get("variant", run.name)
-            for cfg in sorted(run.glob("*/config.yaml")):
-                if (yaml.safe_load(cfg.read_text()) or {}).get("stage") == "crpo":
-                    found.setdefault(variant, cfg.parent)
+    for run, variant in finished_grid_runs(out):
+        for cfg in sorted(run.glob("*/config.yaml")):
+            if (yaml.safe_load(cfg.read_text()) or {}).get("stage") == "crpo":
+                found.setdefault(variant, cfg.parent)
     return found
 
 
@@ -323,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("out_dir", help="a study folder written by the pipeline, e.g. results/demo")
     ap.add_argument("--splits", default=None, help="its data folder (default: <out_dir>/data)")
     a = ap.parse_args(argv)
+    if not (Path(a.out_dir) / "pipeline.json").is_file():
+        ap.error(f"{a.out_dir}: not a study folder (no pipeline.json); run `python -m clinical_r1.pipeline --recipe ...`")
     write_summary(a.out_dir, a.splits)
     print((Path(a.out_dir) / SUMMARY_MD).read_text(), end="")
 
