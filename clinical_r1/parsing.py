@@ -214,6 +214,11 @@ def parse(completion: Any, fmt: str = "crpo", options: Sequence[str] | None = No
     return _parse(completion_text(completion), fmt, tuple(options) if options is not None else None)
 
 
+def clear_cache() -> None:
+    """Forget memoised parses (benchmarks time cold calls)."""
+    _parse.cache_clear()
+
+
 @lru_cache(maxsize=1024)
 def _parse(text: str, fmt: str, opts: tuple[str, ...] | None) -> Parsed:
     tags = FORMATS[fmt]

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from functools import lru_cache
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from clinical_r1.parsing import FORMATS, completion_text, find_boxes, parse
+from clinical_r1.parsing import FORMATS, clear_cache, completion_text, find_boxes, parse
 
 RewardFn = Callable[..., list[float]]
 
@@ -49,21 +50,24 @@ _VALUE = re.compile(
 )
 
 
-MAX_XREF_WORDS = 20000  # sections are compared on their first 20,000 words: far beyond real completions,
-# and it bounds the cost of adversarial megabyte inputs
+MAX_XREF_WORDS = 20000  # sections are compared on their first 20,000 words ...
+MAX_XREF_CHARS = 100_000  # ... within their first 100,000 characters (~25k tokens, 6x the paper's 4,096-token
+# completions): far beyond real completions, and it bounds the cost of adversarial megabyte inputs
 
 
-def _content_words(text: str) -> list[str]:
-    words = _WORD.findall(text.lower(), 0, MAX_XREF_WORDS * 20)
-    return [w for w in words[:MAX_XREF_WORDS] if w not in STOPWORDS]
+@lru_cache(maxsize=256)
+def _content_words(text: str) -> tuple[str, ...]:
+    words = _WORD.findall(text[:MAX_XREF_CHARS].lower())
+    return tuple(w for w in words[:MAX_XREF_WORDS] if w not in STOPWORDS)
 
 
 def _ngrams(words: Sequence[str], n: int) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
-def _values(text: str) -> set[str]:
-    return {re.sub(r"\s+", "", f"{a}{u}") for a, u in _VALUE.findall(text.lower())}
+@lru_cache(maxsize=256)
+def _values(text: str) -> frozenset[str]:
+    return frozenset(re.sub(r"\s+", "", f"{a}{u}") for a, u in _VALUE.findall(text[:MAX_XREF_CHARS].lower()))
 
 
 def cross_references(dx: str, conclusion: str, options: Sequence[str] | None = None) -> bool:
@@ -97,6 +101,32 @@ def cross_references(dx: str, conclusion: str, options: Sequence[str] | None = N
     return True
 
 
+def cross_reference_report(dx: str, conclusion: str, options: Sequence[str] | None = None) -> dict[str, bool]:
+    """Why :func:`cross_references` decides as it does, for the reward-hacking monitors (``clinical_r1.monitors``).
+
+    ``option_only``: the sections share 3-grams of content words but every one lies in an option's text, and
+    no clinical value is shared (a restated answer was all the conclusion had); ``cites``: rule 1 holds;
+    ``near_copy``: it cites, but the near-copy guard (rule 2) refused it; ``ok``: ``cross_references(...)``.
+    """
+    dx_words, cc_words = _content_words(dx), _content_words(conclusion)
+    out = {"option_only": False, "cites": False, "near_copy": False, "ok": False}
+    if not dx_words or not cc_words:
+        return out
+    dx_grams, cc_grams = _ngrams(dx_words, XREF_NGRAM), _ngrams(cc_words, XREF_NGRAM)
+    shared = dx_grams & cc_grams
+    findings = set(shared)
+    for o in options or ():
+        findings -= _ngrams(_content_words(o), XREF_NGRAM)
+    values = bool(_values(dx) & _values(conclusion))
+    out["option_only"] = bool(shared) and not findings and not values
+    out["cites"] = bool(findings) or values
+    copied = bool(cc_grams) and len(shared) / len(cc_grams) >= NEAR_COPY_CONTAINMENT \
+        and len(cc_words) >= NEAR_COPY_LENGTH * len(dx_words)
+    out["near_copy"] = out["cites"] and copied
+    out["ok"] = out["cites"] and not copied
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # Consistency: the effective-token ratio
 # ---------------------------------------------------------------------------------------------------
@@ -106,12 +136,37 @@ ENGLISH_EXTRA = frozenset("°µμ±‐‑‒–—‘’“”•·…×÷≤≥
                           "⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻₀₁₂₃₄₅₆₇₈₉₊₋\u00a0\u2009\u202f")
 MAX_LOOP = 20  # repeated spans of up to this many tokens are detected as loops
 MIN_SENTENCE = 4  # sentences of at least this many tokens count once when repeated anywhere
-_EXTRA_CODES = np.array(sorted(ord(c) for c in ENGLISH_EXTRA), dtype=np.uint32)
-_WS_CODES = np.array([9, 10, 11, 12, 13, 28, 29, 30, 31, 32, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B),
-                      0x2028, 0x2029, 0x202F, 0x205F, 0x3000], dtype=np.uint32)
-_SENTENCE_CODES = np.array([ord(c) for c in ".!?;\n"], dtype=np.uint32)
+_WS_CODES = [9, 10, 11, 12, 13, 28, 29, 30, 31, 32, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B),
+             0x2028, 0x2029, 0x202F, 0x205F, 0x3000]
+_SENTENCE_CODES = [ord(c) for c in ".!?;\n。！？；"]
 # accented Latin letters (eponyms: Sjögren, Ménière) and combining marks count as English too
 _COMBINING = ((0x00C0, 0x00FF), (0x0300, 0x036F), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x20FF), (0xFE20, 0xFE2F))
+# Scripts written without spaces between words: each character is one token, so a paragraph of Chinese
+# weighs by its length (about one token per character, close to what Qwen's tokenizer gives) instead of
+# counting as one whitespace "token". Thai, Lao, Tibetan, Myanmar, Khmer, CJK (radicals, punctuation, kana,
+# ideographs, compatibility and full-width forms) and Yi; Hangul is written with spaces and is not listed.
+NO_SPACE_SCRIPTS = ((0x0E00, 0x0FFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x2E80, 0x2FDF), (0x3000, 0x312F),
+                    (0x31C0, 0x9FFF), (0xA000, 0xA4CF), (0xF900, 0xFAFF), (0xFE30, 0xFE4F), (0xFF00, 0xFFEF),
+                    (0x20000, 0x3FFFF))
+_WS, _ENGLISH, _SENTENCE, _NO_SPACE = 1, 2, 4, 8
+_CLASS = np.zeros(0x10001, dtype=np.uint8)  # character classes of the BMP; index 0x10000 = any astral character
+_CLASS[:128] |= _ENGLISH
+_CLASS[sorted(ord(c) for c in ENGLISH_EXTRA)] |= _ENGLISH
+for _lo, _hi in _COMBINING:
+    _CLASS[_lo : _hi + 1] |= _ENGLISH
+for _lo, _hi in NO_SPACE_SCRIPTS:
+    _CLASS[_lo : min(_hi, 0xFFFF) + 1] |= _NO_SPACE
+_CLASS[_WS_CODES] = _WS  # whitespace wins (U+3000, the ideographic space, is a space)
+_CLASS[_SENTENCE_CODES] |= _SENTENCE
+
+
+def _char_classes(cps: np.ndarray) -> np.ndarray:
+    """``_CLASS`` bits of each code point (one table lookup; astral CJK ideographs get ``_NO_SPACE``)."""
+    cls = _CLASS[np.minimum(cps, 0x10000)]
+    if len(cps) and cps.max() > 0xFFFF:
+        cls[(cps >= 0x20000) & (cps <= 0x3FFFF)] |= _NO_SPACE
+    return cls
+
 _HASH_P = np.uint64(1099511628211)  # FNV prime: per-position multiplier of the token hash
 
 
@@ -144,9 +199,8 @@ def _runs_marked(eq: np.ndarray, p: int) -> np.ndarray:
     edges = np.flatnonzero(padded[1:] != padded[:-1])
     s, e = edges[::2], edges[1::2]
     keep = (e - s) >= p
-    diff = np.zeros(len(eq) + p + 1, dtype=np.int64)
-    np.add.at(diff, s[keep] + p, 1)
-    np.add.at(diff, e[keep] + p, -1)
+    n = len(eq) + p + 1
+    diff = np.bincount(s[keep] + p, minlength=n) - np.bincount(e[keep] + p, minlength=n)
     return np.cumsum(diff)[: len(eq) + p] > 0
 
 
@@ -161,32 +215,59 @@ def _loop_mask(ids: np.ndarray) -> np.ndarray:
     return rep
 
 
-def effective_token_ratio(completion: Any, fmt: str = "crpo") -> float:
-    """Share of whitespace-separated tokens that are effective; in [0, 1], 0 for an empty completion.
+class _Tokens(NamedTuple):
+    classes: np.ndarray  # _CLASS bits per code point
+    starts: np.ndarray  # code-point index where each token starts
+    char_pos: np.ndarray  # code-point index of each non-space character
+    chars: np.ndarray  # the non-space code points
+    tok_of_char: np.ndarray  # token index of each non-space character
+    first_char: np.ndarray  # index into ``chars`` of each token's first character
 
-    A token is effective when it is (1) inside the format's sections (it starts between a section's
-    open tag and the end of its close tag; every token counts for untagged formats), (2) English: ASCII,
-    or typographic, unit, sub/superscript and Greek symbols (``ENGLISH_EXTRA``), accented Latin letters
-    (Sjögren) and combining marks — a Chinese token is not — and (3) not degenerate repetition: a span of up to ``MAX_LOOP`` tokens repeated
-    back-to-back counts once (case-folded), and a sentence of ≥ ``MIN_SENTENCE`` tokens repeated anywhere
-    later counts once. Vectorised over code points (numpy): linear time, ~10 ms per MB.
+
+@lru_cache(maxsize=64)
+def _tokens(text: str) -> _Tokens:
+    """The tokens of ``text``: whitespace-separated words, one per character in ``NO_SPACE_SCRIPTS``
+    (memoised: consistency and completion_length read the same completion in one step)."""
+    cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    cls = _char_classes(cps)
+    ws = (cls & _WS) != 0
+    own = (cls & _NO_SPACE) != 0  # a character that is a token of its own
+    prev_ws = np.concatenate(([True], ws[:-1]))
+    prev_own = np.concatenate(([False], own[:-1]))
+    tok_start = ~ws & (prev_ws | own | prev_own)
+    char_pos = np.flatnonzero(~ws)
+    tok_of_char = np.cumsum(tok_start[char_pos]) - 1
+    first_char = np.flatnonzero(tok_start[char_pos])
+    return _Tokens(cls, char_pos[first_char], char_pos, cps[char_pos], tok_of_char, first_char)
+
+
+def clear_caches() -> None:
+    """Forget memoised parses and token views (benchmarks time cold calls, as each new completion is)."""
+    clear_cache()
+    for f in (_tokens, _content_words, _values):
+        f.cache_clear()
+
+
+def effective_token_ratio(completion: Any, fmt: str = "crpo") -> float:
+    """Share of tokens that are effective; in [0, 1], 0 for an empty completion.
+
+    Tokens are whitespace-separated words, except in scripts written without spaces (``NO_SPACE_SCRIPTS``:
+    Chinese, Japanese, Thai, ...), where each character is a token: mixing in another language lowers the
+    ratio by its share of the text. A token is effective when it is (1) inside the format's sections (it
+    starts between a section's open tag and the end of its close tag; every token counts for untagged
+    formats), (2) English: ASCII, or typographic, unit, sub/superscript and Greek symbols
+    (``ENGLISH_EXTRA``), accented Latin letters (Sjögren) and combining marks, and (3) not degenerate
+    repetition: a span of up to ``MAX_LOOP`` tokens repeated back-to-back counts once (case-folded), and a
+    sentence of ≥ ``MIN_SENTENCE`` tokens repeated anywhere later counts once. Vectorised over code points
+    (numpy): linear time, ~30 ms per MB on one core.
     """
     p = parse(completion, fmt)
-    cps = np.frombuffer(p.text.encode("utf-32-le"), dtype=np.uint32)
-    if not len(cps):
-        return 0.0
-    ws = np.isin(cps, _WS_CODES)
-    tok_start = ~ws & np.concatenate(([True], ws[:-1]))
-    starts = np.flatnonzero(tok_start)
+    t = _tokens(p.text)
+    starts, cls, c, tok_of_char = t.starts, t.classes, t.chars, t.tok_of_char
     if not len(starts):
         return 0.0
-    chars = np.flatnonzero(~ws)
-    tok_of_char = np.cumsum(tok_start)[chars] - 1
     # (2) English: a token is non-English when any of its characters is
-    c = cps[chars]
-    bad = (c > 127) & ~np.isin(c, _EXTRA_CODES)
-    for lo, hi in _COMBINING:
-        bad &= ~((c >= lo) & (c <= hi))
+    bad = (cls[t.char_pos] & _ENGLISH) == 0
     english = np.bincount(tok_of_char[bad], minlength=len(starts)) == 0
     # (1) inside the sections
     if p.tags:
@@ -197,12 +278,12 @@ def effective_token_ratio(completion: Any, fmt: str = "crpo") -> float:
         inside = np.ones(len(starts), dtype=bool)
     # (3) loops: token identities as 64-bit hashes of case-folded (ASCII) code points
     folded = np.where((c >= 65) & (c <= 90), c | 32, c)
-    first_char = np.searchsorted(chars, starts)
-    ids = _segment_hash(folded, first_char, tok_of_char)
+    ids = _segment_hash(folded, t.first_char, tok_of_char)
     degenerate = _loop_mask(ids)
     # sentence duplicates: sentences end at . ! ? ; or a newline
-    boundary = np.cumsum(np.isin(cps, _SENTENCE_CODES))
-    sent_of_tok = boundary[starts] - np.isin(cps[starts], _SENTENCE_CODES)  # a token opening with "." stays behind
+    is_end = (cls & _SENTENCE).astype(bool)
+    boundary = np.cumsum(is_end)
+    sent_of_tok = boundary[starts] - is_end[starts]  # a token opening with "." stays behind
     sent_change = np.concatenate(([True], sent_of_tok[1:] != sent_of_tok[:-1]))
     sent_start = np.flatnonzero(sent_change)
     sent_index = np.cumsum(sent_change) - 1
@@ -272,65 +353,113 @@ def format(completions: list[Any], options: list[Sequence[str]] | None = None, *
 
 
 def completion_length(completions: list[Any], **_: Any) -> list[float]:
-    """Diagnostic: completion length in whitespace tokens (log with weight 0)."""
-    return [float(len(completion_text(c).split())) for c in completions]
+    """Diagnostic: completion length in tokens as ``consistency`` counts them: words, and one per character
+    of scripts written without spaces (log with weight 0)."""
+    return [float(len(_tokens(completion_text(c)).starts)) for c in completions]
 
 
 # --- the authors' released recipe (r1-medical), reproduced for comparison --------------------------
+# Facts of ``compute_score`` in verl/utils/reward_score/medical_rule_based.py of the public repository
+# BoyangGu1/Clinical-R1-3B (the training branch, "train" in the question index), written anew here:
+# total = 10·accuracy + format + 0.5·english, on the completion preprocessed by :func:`r1_preprocess`.
 
-_ASCII_ENGLISH = np.zeros(129, dtype=bool)  # ASCII letters, digits, space/tab/CR/LF and punctuation; index 128 = other
-_ASCII_ENGLISH[32:127] = True
-_ASCII_ENGLISH[[9, 10, 13]] = True
+R1_EOS = "<|im_end|>"  # the EOS text of Qwen2.5-Instruct (the authors' policy); text after it is cut
+R1_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+R1_ENGLISH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 \n"
+                       ".,!?;:'\"()[]{}<>-_/\\|`~@#$%^&*+=")  # only space and newline count as whitespace
+_R1_TABLE = np.zeros(129, dtype=bool)  # index 128 = any other character
+_R1_TABLE[[ord(ch) for ch in R1_ENGLISH]] = True
+_R1_BOX = re.compile(r"\\boxed\{(.*?)\}")  # the first box's content: no newline inside, nothing stripped
+_R1_ANSWER_OPEN = re.compile(r"\s*<answer>")
+
+
+def r1_preprocess(text: str, eos: str = R1_EOS) -> str:
+    """The authors' preprocessing: cut at the EOS text, ``strip()``, repair ``<\\think>``/``<\\answer>``
+    closers, and keep only what follows a ``## Final Response`` heading (up to a second one), a rule they
+    wrote for HuatuoGPT-o1 that applies to every completion."""
+    t = text.split(eos, 1)[0].strip() if eos else text.strip()
+    t = t.replace("<\\think>", "</think>").replace("<\\answer>", "</answer>")
+    if "## Final Response" in t:
+        t = t.split("## Final Response", 2)[1].strip()
+    return t
+
+
+def r1_accuracy_of(t: str, gold: str) -> float:
+    """Accuracy of a preprocessed completion: with exactly one ``\\boxed``, 1/0 for a single capital letter
+    right/wrong, -0.5 for any other content, -1 when it has no ``{...}`` on its line; with n != 1 boxes, -n."""
+    n = t.count("\\boxed")
+    if n != 1:
+        return -float(n)
+    m = _R1_BOX.search(t)
+    if m is None:
+        return -1.0
+    content = m.group(1)
+    if len(content) == 1 and content in R1_LETTERS:
+        return 1.0 if content == gold else 0.0
+    return -0.5
+
+
+def _r1_answer_body(t: str) -> str | None:
+    """The ``<answer>`` body when ``t`` matches ``^<think>.*?</think>\\s*<answer>(.*?)</answer>$`` (DOTALL),
+    else None. Linear time: the first ``</think>`` followed by ``\\s*<answer>`` that leaves room for the
+    final ``</answer>`` decides, as the lazy regex does."""
+    end = len(t) - len("</answer>")
+    if not (t.startswith("<think>") and t.endswith("</answer>")):
+        return None
+    i = t.find("</think>", len("<think>"))
+    while i != -1:
+        m = _R1_ANSWER_OPEN.match(t, i + len("</think>"))
+        if m is not None and m.end() <= end:
+            return t[m.end() : end]
+        i = t.find("</think>", i + 1)
+    return None
+
+
+def _r1_single_box_with_text(body: str) -> bool:
+    """True when the stripped body holds exactly one ``\\boxed{...}`` (matched as ``\\boxed\\{.*?\\}``,
+    no newline inside) and something else besides it. Linear time."""
+    body = body.strip()
+    found: list[tuple[int, int]] = []
+    pos = body.find("\\boxed{")
+    while pos != -1 and len(found) < 2:
+        close, nl = body.find("}", pos + 7), body.find("\n", pos + 7)
+        if close != -1 and (nl == -1 or close < nl):
+            found.append((pos, close + 1))
+            pos = body.find("\\boxed{", close + 1)
+        else:  # no box closes on this line: no later start on it can close either
+            pos = -1 if nl == -1 else body.find("\\boxed{", nl)
+    return len(found) == 1 and found[0] != (0, len(body))
+
+
+def r1_format_of(t: str) -> float:
+    """Format of a preprocessed completion: 1 for the ``<think>…</think> <answer>…</answer>`` layout (only
+    whitespace between the sections, nothing outside), +0.5 when the answer holds one box and other text."""
+    body = _r1_answer_body(t)
+    if body is None:
+        return 0.0
+    return 1.5 if _r1_single_box_with_text(body) else 1.0
+
+
+def r1_english_of(t: str) -> float:
+    """Share of characters in ``R1_ENGLISH``; 0 for the empty string."""
+    cps = np.frombuffer(t.encode("utf-32-le"), dtype=np.uint32)
+    return float(_R1_TABLE[np.minimum(cps, 128)].mean()) if len(cps) else 0.0
 
 
 def r1_accuracy(completions: list[Any], answer: list[str], **_: Any) -> list[float]:
-    """r1-medical accuracy: 1 correct; 0 wrong or no box; -0.5 for one box not holding a single capital
-    letter; -1 for ``\\boxed`` without braces; -n for n > 1 boxes."""
-    out = []
-    for i, c in enumerate(completions):
-        p = parse(c, "cot")
-        if p.n_boxes > 1:
-            out.append(-float(p.n_boxes))
-        elif p.box is None:
-            out.append(0.0)
-        elif p.box.content is None:
-            out.append(-1.0)
-        else:
-            s = p.box.content.strip()
-            if len(s) == 1 and "A" <= s <= "Z":
-                out.append(1.0 if s == str(answer[i]).strip().upper() else 0.0)
-            else:
-                out.append(-0.5)
-    return out
+    """r1-medical accuracy (see :func:`r1_accuracy_of`)."""
+    return [r1_accuracy_of(r1_preprocess(completion_text(c)), answer[i]) for i, c in enumerate(completions)]
 
 
 def r1_format(completions: list[Any], **_: Any) -> list[float]:
-    """r1-medical format: 1 when the response starts with ``<think>``, ends with ``</answer>`` and has
-    ``</think>`` then ``<answer>`` between; +0.5 when the answer section holds exactly one box plus other text."""
-    out = []
-    for c in completions:
-        t = completion_text(c).strip()
-        score = 0.0
-        if t.startswith("<think>") and t.endswith("</answer>"):
-            a = t.find("</think>", len("<think>"))
-            b = t.find("<answer>", a + len("</think>")) if a != -1 else -1
-            if a != -1 and b != -1 and b + len("<answer>") <= len(t) - len("</answer>"):
-                score = 1.0
-                body = t[b + len("<answer>") : len(t) - len("</answer>")]
-                boxes = find_boxes(body) if body.count("\\boxed") == 1 else []
-                if len(boxes) == 1 and boxes[0].content is not None and (body[: boxes[0].start] + body[boxes[0].end :]).strip():
-                    score += 0.5
-        out.append(score)
-    return out
+    """r1-medical format, in {0, 1, 1.5} (see :func:`r1_format_of`)."""
+    return [r1_format_of(r1_preprocess(completion_text(c))) for c in completions]
 
 
 def english(completions: list[Any], **_: Any) -> list[float]:
-    """r1-medical language reward: the share of characters that are ASCII letters, digits, whitespace or punctuation."""
-    out = []
-    for c in completions:
-        cps = np.frombuffer(completion_text(c).encode("utf-32-le"), dtype=np.uint32)
-        out.append(float(_ASCII_ENGLISH[np.minimum(cps, 128)].mean()) if len(cps) else 0.0)
-    return out
+    """r1-medical language reward: the share of characters that are ASCII letters, digits, space, newline or
+    ASCII punctuation (tab, CR and non-ASCII symbols do not count)."""
+    return [r1_english_of(r1_preprocess(completion_text(c))) for c in completions]
 
 
 # ---------------------------------------------------------------------------------------------------

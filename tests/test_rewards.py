@@ -139,6 +139,25 @@ def test_consistency_rules():
     assert effective_token_ratio(sentence_dup) < 1.0
 
 
+ZH = "患者乏力体重增加畏寒促甲状腺激素升高游离甲状腺素降低抗甲状腺过氧化物酶抗体阳性提示桥本甲状腺炎"
+
+
+@pytest.mark.parametrize("script,text", [("chinese", ZH), ("japanese", "甲状腺機能低下症の疑いがあります" * 3),
+                                         ("thai", "ผู้ป่วยมีอาการอ่อนเพลียและน้ำหนักเพิ่มขึ้น" * 2)])
+def test_consistency_weighs_scripts_without_spaces_by_length(script, text):
+    """Language mixing lowers the ratio by its share: a <dx> one-fifth foreign script (by characters)
+    scores at least 0.15 below the same completion without it, although it has no spaces to split on."""
+    clean = effective_token_ratio(crpo())
+    assert clean == 1.0
+    n = len(DX) // 4  # the added run is a fifth of the new <dx>
+    foreign = (text * (n // len(text) + 1))[:n]
+    mixed = effective_token_ratio(crpo(dx=DX[: len(DX) // 2] + foreign + DX[len(DX) // 2 :]))
+    assert mixed <= clean - 0.15, (script, mixed)
+    # the drop grows with the share: a tenth costs less than a fifth, but still costs
+    tenth = effective_token_ratio(crpo(dx=DX + foreign[: n // 2]))
+    assert mixed < tenth < clean
+
+
 def test_gold_on_bundled_samples_scores_full():
     """Test the gold: the project's exemplary traces get the full CRPO reward on their real items."""
     from clinical_r1.data import load_sample, read_jsonl, sample_traces_path
