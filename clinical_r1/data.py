@@ -12,8 +12,12 @@ Every loader returns a ``datasets.Dataset`` with the columns of ``COLUMNS``:
 (the gold letter), ``source``, ``subgroup`` (MedQA step, MedXpertQA body system, MedMCQA subject; ""),
 ``explanation`` ("" when none) and ``meta`` (a JSON string of the remaining fields).
 
-Bad rows raise :class:`DataError` naming the file, the row (1-based line number) and the field. With
-``strict=False`` they are skipped and a :class:`SkipReport` says which and why; nothing is dropped silently.
+Rows that cannot be scored (no stem, no options, a gold letter outside the options, wrong types) raise
+:class:`DataError` naming the file, the row (1-based line number) and the field. With ``strict=False``
+they are skipped and a :class:`SkipReport` says which and why; nothing is dropped silently. Rows that are
+odd but answerable (two options with the same text, an answer text that disagrees with the gold letter,
+an explanation or metadata of the wrong type) load by default, as they count in every published
+accuracy: each is listed in the report's ``flagged`` rows and logged once as a warning.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from clinical_r1.parsing import LETTERS
 log = logging.getLogger(__name__)
 
 COLUMNS = ("id", "question", "options", "answer", "source", "subgroup", "explanation", "meta")
+BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark some editors put first; every loader skips it
 
 HUB_IDS = {
     "medqa": ("GBaker/MedQA-USMLE-4-options", None),
@@ -42,6 +47,12 @@ HUB_IDS = {
     "pubmedqa": ("qiaojin/PubMedQA", "pqa_labeled"),
 }
 PUBMEDQA_CHOICES = ("yes", "no", "maybe")
+# The split each benchmark is evaluated on, and its full published size: the denominators of every
+# published accuracy (MedQA-USMLE-4 test, MedMCQA validation — its test answers are hidden —, MedXpertQA
+# Text test). A hub load of that split with another row count logs a warning. PubMedQA's labelled set has
+# one split of 1,000.
+EVAL_SPLITS = {"medqa": "test", "medmcqa": "validation", "medxpertqa": "test", "pubmedqa": "train"}
+PUBLISHED_SIZES = {"medqa": 1273, "medmcqa": 4183, "medxpertqa": 2450, "pubmedqa": 1000}
 
 
 class DataError(ValueError):
@@ -56,6 +67,7 @@ class SkipReport:
     total: int = 0
     kept: int = 0
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {"row", "field", "reason"}
+    flagged: list[dict[str, Any]] = field(default_factory=list)  # kept, but odd: {"row", "id", "field", "note"}
 
     @property
     def n_skipped(self) -> int:
@@ -68,7 +80,8 @@ class SkipReport:
         return out
 
     def __str__(self) -> str:
-        return f"{self.source}: kept {self.kept} of {self.total}, skipped {self.n_skipped} {self.by_reason()}"
+        flagged = f", {len(self.flagged)} kept with a note" if self.flagged else ""
+        return f"{self.source}: kept {self.kept} of {self.total}{flagged}, skipped {self.n_skipped} {self.by_reason()}"
 
 
 class _RowError(Exception):
@@ -94,6 +107,7 @@ def _iter_raw(path: Path) -> Iterator[tuple[int, Any]]:
             yield i, rec
         return
     data = path.read_bytes()
+    data = data[3:] if data.startswith(BOM) else data  # a UTF-8 byte-order mark (Windows editors) is not data
     if suffix == ".json" and data.lstrip()[:1] == b"[":
         try:
             rows = json.loads(data.decode("utf-8"))
@@ -213,11 +227,14 @@ def _options(v: Any, key: str = "options") -> list[str]:
         if not o.strip():
             raise _RowError(key, f"option {LETTERS[i]} is empty")
         clean.append(o.strip())
-    folded = [" ".join(o.lower().split()) for o in clean]
-    dup = {o for o in folded if folded.count(o) > 1}
-    if dup:
-        raise _RowError(key, f"duplicate options {sorted(dup)}")
     return clean
+
+
+def _duplicate_options(options: Sequence[str]) -> list[str]:
+    """Option texts that occur more than once (case and spacing folded). The item stays answerable: its
+    gold is a letter, and published accuracies count it (MedMCQA dev holds several)."""
+    folded = [" ".join(o.lower().split()) for o in options]
+    return sorted({o for o in folded if folded.count(o) > 1})
 
 
 def _letter(v: Any, options: Sequence[str], key: str) -> str:
@@ -231,17 +248,27 @@ def _letter(v: Any, options: Sequence[str], key: str) -> str:
     return s
 
 
+_NOTES = "_notes"  # a normaliser's notes on a usable row: [(field, note)], moved into the load report
+
+
 def _record(id_: Any, question: str, options: list[str], answer: str, source: str, subgroup: str = "",
-            explanation: str = "", meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+            explanation: Any = "", meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    notes = []
+    fields = {"source": source, "subgroup": subgroup, "explanation": explanation}
+    for name, v in fields.items():  # free text of the wrong type: kept as text, with a note
+        if v is not None and not isinstance(v, str):
+            notes.append((name, f"{type(v).__name__} where text was expected; stored as JSON text"))
+            fields[name] = json.dumps(v, ensure_ascii=False, default=str)
     return {
         "id": str(id_),
         "question": question,
         "options": options,
         "answer": answer,
-        "source": source,
-        "subgroup": subgroup or "",
-        "explanation": explanation or "",
+        "source": fields["source"] or "",
+        "subgroup": fields["subgroup"] or "",
+        "explanation": fields["explanation"] or "",
         "meta": json.dumps(dict(meta or {}), ensure_ascii=False, default=str, sort_keys=True),
+        _NOTES: notes,
     }
 
 
@@ -261,17 +288,20 @@ def _medqa(raw: Mapping[str, Any], row: int, src: str, **_: Any) -> dict[str, An
     """MedQA USMLE 4/5-option: hub GBaker/MedQA-USMLE-4-options, jind11 JSONL, MedAgentsBench, uniform."""
     question = _text(raw, "question")
     options = _options(_req(raw, "options"))
+    notes = []
     if "answer_idx" in raw:
         answer = _letter(raw["answer_idx"], options, "answer_idx")
         if isinstance(raw.get("answer"), str) and len(raw["answer"].strip()) > 1:
             if raw["answer"].strip() != options[LETTERS.index(answer)]:
-                raise _RowError("answer", f"answer text does not match option {answer}")
+                notes.append(("answer", f"answer text does not match option {answer}; answer_idx {answer} is the gold"))
     else:
         answer = _letter(_req(raw, "answer"), options, "answer")
     meta = {k: raw[k] for k in ("meta_info", "metamap_phrases") if k in raw}
-    return _record(raw.get("id") or _id(raw, "medqa", row, "realidx"), question, options, answer,
-                   raw.get("source") or src, raw.get("subgroup") or raw.get("meta_info", ""),
-                   raw.get("explanation", ""), meta)
+    rec = _record(raw.get("id") or _id(raw, "medqa", row, "realidx"), question, options, answer,
+                  raw.get("source") or src, raw.get("subgroup") or raw.get("meta_info", ""),
+                  raw.get("explanation", ""), meta)
+    rec[_NOTES] += notes
+    return rec
 
 
 def _medmcqa(raw: Mapping[str, Any], row: int, src: str, cop_base: int | None = None, **_: Any) -> dict[str, Any]:
@@ -409,6 +439,13 @@ def _build(rows: Iterable[tuple[int, Any]], name: str, src: str, strict: bool, *
                 raise DataError(f"{src}: row {row}: field '{e.field}': {e.reason}") from None
             report.skipped.append({"row": row, "field": e.field, "reason": e.reason})
             continue
+        notes = rec.pop(_NOTES, [])
+        dup = _duplicate_options(rec["options"])
+        if dup:
+            notes.append(("options", f"duplicate options {dup}; loaded (the gold letter is defined)"))
+        for field_name, note in notes:
+            report.flagged.append({"row": row, "id": rec["id"], "field": field_name, "note": note})
+            log.warning("%s: row %d (id %s): field '%s': %s", src, row, rec["id"], field_name, note)
         seen[rec["id"]] = row
         records.append(rec)
     report.kept = len(records)
@@ -424,21 +461,24 @@ def _build(rows: Iterable[tuple[int, Any]], name: str, src: str, strict: bool, *
     return ds, report
 
 
-def load_benchmark(name: str, path: str | os.PathLike | None = None, split: str = "test", strict: bool = True,
-                   limit: int | None = None, cop_base: int | None = None):
+def load_benchmark(name: str, path: str | os.PathLike | None = None, split: str | None = None, strict: bool = True,
+                   limit: int | None = None, cop_base: int | None = None, with_report: bool = False):
     """Load a benchmark as a ``datasets.Dataset`` in the record schema.
 
     ``name``: ``medqa``, ``medmcqa``, ``medxpertqa``, ``pubmedqa``, ``jsonl`` (the uniform schema) or
     ``sample`` (the bundled questions). With ``path`` a local ``.jsonl``/``.json``/``.parquet`` file is
-    read (always offline); without it the hub copy is downloaded (``HUB_IDS``). ``cop_base`` is MedMCQA's
+    read (always offline); without it the hub copy of ``split`` is downloaded (``HUB_IDS``; default: the
+    evaluation split of ``EVAL_SPLITS``). ``cop_base`` is MedMCQA's
     answer-index base for ``opa..opd`` files: 0 for the hub, 1 for the original JSON release; detected
     from the data when a file holds a 0 (→0) or a 4 (→1).
 
-    Returns the Dataset when ``strict`` (bad rows raise :class:`DataError`); with ``strict=False``
-    returns ``(dataset, SkipReport)``.
+    Returns the Dataset when ``strict`` (rows that cannot be scored raise :class:`DataError`; odd but
+    answerable rows load and are logged); with ``strict=False`` (unusable rows skipped) or ``with_report``
+    returns ``(dataset, SkipReport)``, whose ``flagged`` lists the odd rows that were kept.
     """
     if name not in NORMALISERS:
         raise ValueError(f"unknown benchmark {name!r}; choose one of {sorted(NORMALISERS)}")
+    split = split or EVAL_SPLITS.get(name, "test")
     if name == "sample" and path is None:
         path = sample_path()
     if path is None and name == "jsonl":
@@ -457,7 +497,21 @@ def load_benchmark(name: str, path: str | os.PathLike | None = None, split: str 
     if limit is not None:
         rows = rows[:limit]
     ds, report = _build(rows, name, src, strict, cop_base=cop_base)
-    return ds if strict else (ds, report)
+    if path is None and limit is None and split == EVAL_SPLITS.get(name):
+        check_published_size(name, report)
+    return (ds, report) if with_report or not strict else ds
+
+
+def check_published_size(name: str, report: SkipReport) -> bool:
+    """Warn when a benchmark's evaluation split does not hold its published number of rows (or some were
+    skipped): accuracies would then not be comparable with the paper's. True when they match."""
+    want = PUBLISHED_SIZES.get(name)
+    if want is None or (report.total == want and report.kept == want):
+        return True
+    log.warning("%s: %d rows read, %d kept; the published %s %s split has %d: accuracies on it are not "
+                "comparable with published ones", report.source, report.total, report.kept, name,
+                EVAL_SPLITS[name], want)
+    return False
 
 
 def _hub_rows(name: str, split: str) -> tuple[list[tuple[int, Any]], str]:
@@ -521,7 +575,8 @@ def decontamination_report(train_splits: Mapping[str, Any], eval_sets: Mapping[s
             "train": a, "eval": b, "exact": len(exact), "normalised": len(norm),
             "examples": [[na[k], nb[k]] for k in norm[:5]],
         })
-    return {"pairs": pairs, "overlap": sum(p["normalised"] for p in pairs)}
+    counts = {n: len(d) for n, d in {**train_splits, **eval_sets}.items()}  # rows checked, per set
+    return {"pairs": pairs, "overlap": sum(p["normalised"] for p in pairs), "counts": counts}
 
 
 class ContaminationError(RuntimeError):
@@ -577,27 +632,77 @@ def make_splits(train, out_dir: str | os.PathLike, sizes: SplitSizes | Mapping[s
             "training/evaluation overlap: " + "; ".join(
                 f"{p['train']}~{p['eval']}: {p['exact']} exact, {p['normalised']} normalised (e.g. {p['examples'][:2]})"
                 for p in bad) + ". Remove them or pass allow_overlap=True (--allow-overlap) to proceed knowingly.")
-    files = {}
-    for n, d in splits.items():
-        path = write_jsonl(to_records(d), out / f"{n}.jsonl")
-        files[n] = {"path": path.name, "count": len(d), "sha256": file_sha256(path)}
     manifest = {
         "seed": seed,
         "sizes": {"sft": sizes.sft, "rl": sizes.rl, "dev": sizes.dev, "test": sizes.test},
         "source_count": len(train) + dropped,
         "duplicates_dropped": dropped,
-        "files": files,
+        "files": {},
         "decontamination": report,
         "allow_overlap": allow_overlap,
     }
-    write_json(manifest, out / "manifest.json")
-    return manifest
+
+    def fill(tmp: Path) -> dict[str, Any]:
+        for n, d in splits.items():
+            path = write_jsonl(to_records(d), tmp / f"{n}.jsonl")
+            manifest["files"][n] = {"path": path.name, "count": len(d), "sha256": file_sha256(path)}
+        write_json(manifest, tmp / "manifest.json")
+        return manifest
+
+    return write_split_set(out, fill)
+
+
+_FILLING: set[Path] = set()  # temporary set folders being filled by this process
+SPLIT_SET = ("sft.jsonl", "rl.jsonl", "dev.jsonl", "test.jsonl", "manifest.json", "eval")  # replaced together
+
+
+def write_split_set(out_dir: str | os.PathLike, fill: Callable[[Path], Any]) -> Any:
+    """Write a split's files and manifest as one set: ``fill(tmp)`` writes them into a temporary sibling folder,
+    which then replaces ``out_dir`` (a crash leaves the old set or the new one, never a mix). Other files in
+    ``out_dir`` (traces, the teacher's paid cache) are carried over by hard link. One writer at a time
+    (:mod:`clinical_r1.locks`). Returns what ``fill`` returns."""
+    import shutil
+
+    from clinical_r1.locks import exclusive
+
+    out = Path(out_dir)
+    if out.resolve() in _FILLING:  # already the temporary folder of an enclosing set (prepare_data)
+        return fill(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(out, "split folder"):
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.new-"))
+        old = None
+        _FILLING.add(tmp.resolve())
+        try:
+            result = fill(tmp)
+            for entry in (out.iterdir() if out.is_dir() else []):
+                if entry.name in SPLIT_SET or (tmp / entry.name).exists():
+                    continue
+                if entry.is_dir():
+                    shutil.copytree(entry, tmp / entry.name, copy_function=os.link)
+                else:
+                    os.link(entry, tmp / entry.name)
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private
+            if out.exists():
+                old = out.with_name(f".{out.name}.old-{os.getpid()}")
+                os.rename(out, old)
+            os.rename(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if old is not None and not out.exists():
+                os.rename(old, out)  # put the previous set back
+            raise
+        finally:
+            _FILLING.discard(tmp.resolve())
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return result
 
 
 def load_split(out_dir: str | os.PathLike, name: str):
     """One split written by :func:`make_splits` (``sft``, ``rl`` or ``dev``), checked against its manifest hash."""
     out = Path(out_dir)
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8-sig"))
     if name not in manifest["files"]:
         raise KeyError(f"{out}/manifest.json has no split {name!r}; it has {sorted(manifest['files'])}")
     path = out / manifest["files"][name]["path"]

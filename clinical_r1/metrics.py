@@ -311,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("generations")
     ap.add_argument("--benchmark", required=True)
     ap.add_argument("--data", default=None)
-    ap.add_argument("--split", default="test")
+    ap.add_argument("--split", default=None, help="hub split (default: the evaluation split, e.g. MedMCQA validation)")
     ap.add_argument("--fmt", default=None, choices=sorted(set(FORMAT_OF.values())))
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)

@@ -31,7 +31,8 @@ def write(tmp_path, rows, name="f.jsonl"):
 def test_real_samples(name, form):
     ds, report = load_benchmark(name, path=BENCH / form / FILES[name], strict=False)
     assert list(ds.column_names) == list(COLUMNS)
-    assert report.total == 500 and report.kept == len(ds) >= 495
+    assert report.total == 500 and report.kept == len(ds) == 500 and not report.skipped
+    assert len(load_benchmark(name, path=BENCH / form / FILES[name])) == 500  # default arguments: every row
     for r in ds.select(range(50)):
         assert r["answer"] in "ABCDEFGHIJ"[: len(r["options"])]
         assert r["question"] and all(r["options"])
@@ -45,11 +46,32 @@ def test_real_samples(name, form):
 
 
 @needs_bench
-def test_real_medmcqa_duplicate_options_are_reported_not_dropped():
-    with pytest.raises(DataError, match=r"medmcqa_dev_sample.jsonl: row 108: field 'options': duplicate options"):
-        load_benchmark("medmcqa", path=BENCH / FILES["medmcqa"])
-    _, report = load_benchmark("medmcqa", path=BENCH / FILES["medmcqa"], strict=False)
-    assert report.by_reason() == {"options": 3} and report.skipped[0]["row"] == 108
+@pytest.mark.parametrize("name,rows", [("medmcqa", [108, 140, 210]), ("medxpertqa", [270])])
+def test_real_duplicate_options_load_flagged_and_logged_once(name, rows, caplog):
+    """Answerable items whose options repeat a text count in the published denominators: they load by
+    default, are listed in the report and logged once each."""
+    with caplog.at_level("WARNING", logger="clinical_r1.data"):
+        ds, report = load_benchmark(name, path=BENCH / FILES[name], with_report=True)
+    assert len(ds) == 500 and report.kept == 500 and not report.skipped
+    assert [f["row"] for f in report.flagged] == rows and {f["field"] for f in report.flagged} == {"options"}
+    assert all("duplicate options" in f["note"] for f in report.flagged)
+    logged = [r.getMessage() for r in caplog.records if "duplicate options" in r.getMessage()]
+    assert len(logged) == len(rows) and all(f"row {r} " in m for r, m in zip(rows, logged))
+    flagged = ds.filter(lambda r: r["id"] in {f["id"] for f in report.flagged})
+    assert all(r["answer"] in "ABCDEFGHIJ"[: len(r["options"])] for r in flagged)
+
+
+def test_odd_but_answerable_rows_load_with_a_note(tmp_path):
+    rows = [{"id": "0", "question": "q", "options": ["a", "a "], "answer": "A"},
+            {"id": "1", "question": "q", "options": ["a", "b"], "answer": "B", "explanation": ["x", 1]},
+            {"id": "2", "question": "q", "options": ["a", "b"], "answer": "B", "subgroup": 7}]
+    ds, report = load_benchmark("jsonl", path=write(tmp_path, rows), with_report=True)
+    assert len(ds) == 3 and [(f["row"], f["field"]) for f in report.flagged] == [(1, "options"), (2, "explanation"),
+                                                                                  (3, "subgroup")]
+    assert ds[1]["explanation"] == '["x", 1]' and ds[2]["subgroup"] == "7"
+    medqa = {"question": "q?", "options": {"A": "x", "B": "y"}, "answer_idx": "B", "answer": "something else"}
+    ds, report = load_benchmark("medqa", path=write(tmp_path, [medqa], "m.jsonl"), with_report=True)
+    assert ds[0]["answer"] == "B" and report.flagged[0]["field"] == "answer"
 
 
 def test_hub_schema_medqa_5_options_jind11(tmp_path):
@@ -99,7 +121,6 @@ BAD = [
     ({"id": "1", "options": ["a", "b"], "answer": "A"}, "question", "missing field"),
     ({"id": "1", "question": "  ", "options": ["a", "b"], "answer": "A"}, "question", "empty text"),
     ({"id": "1", "question": "q", "options": ["a", "b"], "answer": "C"}, "answer", "not among the 2 options"),
-    ({"id": "1", "question": "q", "options": ["a", "a "], "answer": "A"}, "options", "duplicate options"),
     ({"id": "1", "question": "q", "options": ["a", ""], "answer": "A"}, "options", "option B is empty"),
     ({"id": "1", "question": "q", "options": "a,b", "answer": "A"}, "options", "expected a dict of letters or a list"),
     ({"id": "1", "question": 5, "options": ["a", "b"], "answer": "A"}, "question", "expected a string"),
@@ -209,3 +230,47 @@ def test_cli_split_and_its_errors(tmp_path):
     assert manifest["files"]["test"]["count"] == 8 and manifest["eval"]["sample"]["count"] == 8
     assert main(["split", "--train", "sample", "--out", str(tmp_path / "t"), "--sizes", "50,50,8"]) == 2
     assert not (tmp_path / "t").exists()
+
+
+@needs_bench
+def test_decontamination_and_evaluation_count_every_kept_row(tmp_path):
+    """The published denominators: the study's data stage keeps all 500 rows of each real slice, the
+    decontamination check counts them, and evaluation divides by them."""
+    from clinical_r1.evaluate import evaluate
+    from clinical_r1.study import prepare_data
+
+    out = tmp_path / "splits"
+    manifest = prepare_data(out, train_benchmark="sample", split_sizes={"sft": 8, "rl": 8, "dev": 4, "test": 0},
+                            eval_benchmarks={n: str(BENCH / FILES[n]) for n in ("medmcqa", "medxpertqa")})
+    for name, flagged in (("medmcqa", 3), ("medxpertqa", 1)):
+        info = manifest["eval"][name]
+        assert info["count"] == info["kept"] == info["total"] == 500 and not info["skipped_rows"]
+        assert len(info["flagged_rows"]) == flagged
+        assert manifest["decontamination"]["counts"][name] == 500
+    rows = read_jsonl(out / manifest["eval"]["medmcqa"]["path"])
+    gen = tmp_path / "gen.jsonl"  # a policy that answers every item with its gold letter
+    gen.write_text("".join(json.dumps({"id": r["id"], "sample": 0, "text": f"\\boxed{{{r['answer']}}}"}) + "\n"
+                           for r in rows))
+    overall = evaluate(gen, rows, n_boot=10)["overall"]
+    assert overall["n_questions"] == 500 and overall["n_correct"] == 500 and overall["accuracy"] == 1.0
+
+
+def test_published_sizes_are_checked_on_hub_loads(monkeypatch, caplog):
+    """The README's table of published sizes is the one the loaders check against; a hub split of another
+    size is said in a warning (here the hub is replaced by an in-memory split of 3 rows)."""
+    import datasets
+
+    from clinical_r1 import data
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name, split, size in (("MedQA", "test", 1273), ("MedMCQA", "validation", 4183), ("MedXpertQA", "test", 2450)):
+        assert data.PUBLISHED_SIZES[name.lower()] == size and data.EVAL_SPLITS[name.lower()] == split
+        assert f"| {name} | {split} | {size:,} |" in readme
+    rows = [{"id": f"q{i}", "question": "Which?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 1}
+            for i in range(3)]
+    asked = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda hub_id, *a, split, **k: asked.append(split) or rows)
+    with caplog.at_level("WARNING", logger="clinical_r1.data"):
+        ds = data.load_benchmark("medmcqa")
+    assert asked == ["validation"] and len(ds) == 3
+    assert any("the published medmcqa validation split has 4183" in r.getMessage() for r in caplog.records)
