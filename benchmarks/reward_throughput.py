@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ NAME = "reward_throughput"
 PRESETS = ("crpo", "grpo", "r1-medical")
 CHARS_PER_TOKEN = 4  # English BPE (Qwen2.5, Llama) averages about 4 characters per token
 ADVERSARIAL_BYTES = 1_000_000  # size of each adversarial input
+ADVERSARIAL_BOUND_MS = 50.0  # median cold latency of any 1 MB adversarial completion, one core
 DEFAULT_STEP_SECONDS = 60.0  # used when no crpo_step_cpu result exists and --step-seconds is not given
 DEFAULT_COMPLETIONS_PER_STEP = 64  # 8 prompts x G = 8
 TARGET_SHARE = 0.01  # rewards should take under 1% of a CRPO step
@@ -188,17 +190,18 @@ def check_agreement(items: Sequence[dict[str, Any]], presets: Sequence[str]) -> 
                                      f"for a {it['kind']!r} completion")
 
 
-def time_items(run: Callable, items: Sequence[dict[str, Any]], repeats: int = 1) -> list[float]:
-    """Per-item latency in seconds (the best of ``repeats``, to drop scheduler noise)."""
+def time_items(run: Callable, items: Sequence[dict[str, Any]], repeats: int = 1,
+               reduce: Callable[[list[float]], float] = min) -> list[float]:
+    """Per-item latency in seconds, cold (caches cleared): ``reduce`` (min, or the median) of ``repeats``."""
     out = []
     for it in items:
-        best = float("inf")
+        times = []
         for _ in range(repeats):
             clear_caches()  # cold, as every new completion is: the memoised parse is shared within a step only
             t0 = time.perf_counter()
             run([it["completion"]], [it["answer"]], [it["options"]])
-            best = min(best, time.perf_counter() - t0)
-        out.append(best)
+            times.append(time.perf_counter() - t0)
+        out.append(reduce(times))
     return out
 
 
@@ -233,7 +236,7 @@ def step_defaults(step_seconds: float | None, per_step: int | None) -> tuple[flo
 
 
 def run_benchmark(n: int, tokens: int, seed: int, repeats: int, presets: Sequence[str], adversarial_bytes: int,
-                  step_seconds: float | None, per_step: int | None) -> dict[str, Any]:
+                  step_seconds: float | None, per_step: int | None, adversarial_repeats: int = 7) -> dict[str, Any]:
     items = realistic_set(n, tokens, seed)
     adv = adversarial_set(adversarial_bytes)
     check_agreement(items[:20] + adv[:2], presets)
@@ -242,6 +245,7 @@ def run_benchmark(n: int, tokens: int, seed: int, repeats: int, presets: Sequenc
     res: dict[str, Any] = {
         "settings": {"n": n, "tokens_target": tokens, "chars_per_token": CHARS_PER_TOKEN, "seed": seed,
                      "repeats": repeats, "adversarial_bytes": adversarial_bytes, "processes": 1,
+                     "adversarial_repeats": adversarial_repeats, "adversarial_statistic": "median, cold",
                      "mean_chars": sum(chars) / len(chars),
                      "mean_words": sum(len(it["completion"].split()) for it in items) / len(items),
                      "kinds": sorted({it["kind"] for it in items})},
@@ -254,12 +258,15 @@ def run_benchmark(n: int, tokens: int, seed: int, repeats: int, presets: Sequenc
         time_batch(run, items[:5], 1)  # warm-up (regex compilation, caches)
         lat = latency_summary(time_items(run, items))
         batch_s = time_batch(run, items, repeats)
-        adv_lat = {it["kind"]: time_items(run, [it], repeats=repeats)[0] * 1e3 for it in adv}
+        adv_lat = {it["kind"]: time_items(run, [it], repeats=adversarial_repeats, reduce=statistics.median)[0] * 1e3
+                   for it in adv}
         reward_step_s = per_step * lat["mean_ms"] / 1e3
         res["presets"][name] = {
             "realistic": {**lat, "batch_seconds": batch_s, "completions_per_second_per_core": n / batch_s},
             "adversarial_ms": adv_lat,
             "adversarial_max_ms": max(adv_lat.values()),
+            "adversarial_bound_ms": ADVERSARIAL_BOUND_MS,
+            "adversarial_within_bound": max(adv_lat.values()) <= ADVERSARIAL_BOUND_MS,
             "reward_seconds_per_step": reward_step_s,
             "share_of_step": reward_step_s / step_s,
             "min_step_seconds_for_1pct": reward_step_s / TARGET_SHARE,
@@ -281,7 +288,8 @@ def print_tables(res: dict[str, Any]) -> None:
     print(f"share of step: {st['completions_per_step']} completions per step, step {st['step_seconds']:.3g} s "
           f"from {st['source']}")
     kinds = list(next(iter(res["presets"].values()))["adversarial_ms"])
-    print(f"\nadversarial inputs ({s['adversarial_bytes'] / 1e6:g} MB class), latency ms:")
+    print(f"\nadversarial inputs ({s['adversarial_bytes'] / 1e6:g} MB class), median of {s['adversarial_repeats']} "
+          f"cold calls, ms (bound {ADVERSARIAL_BOUND_MS:g} ms):")
     print(table([(k, *(p["adversarial_ms"][k] for p in res["presets"].values())) for k in kinds],
                 ["input", *res["presets"]]))
 
@@ -294,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ap.add_argument("--repeats", type=int, default=3, help="batch and adversarial timings keep the best of this many")
     ap.add_argument("--presets", nargs="+", default=list(PRESETS))
     ap.add_argument("--adversarial-bytes", type=int, default=ADVERSARIAL_BYTES)
+    ap.add_argument("--adversarial-repeats", type=int, default=7, help="adversarial latency: the median of this many")
     ap.add_argument("--step-seconds", type=float, default=None,
                     help="CRPO step time (default: the latest crpo_step_cpu result, else 60)")
     ap.add_argument("--completions-per-step", type=int, default=None,
@@ -303,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     for name in a.presets:
         get_preset(name)  # unknown names fail before any timing
     res = run_benchmark(a.n, a.tokens, a.seed, a.repeats, a.presets, a.adversarial_bytes, a.step_seconds,
-                        a.completions_per_step)
+                        a.completions_per_step, a.adversarial_repeats)
     payload = {"name": NAME, "environment": environment(), **res}
     path = write_result(NAME, payload, Path(a.results_dir) if a.results_dir else None)
     print_tables(res)

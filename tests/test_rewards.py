@@ -202,3 +202,27 @@ def test_adversarial_megabyte_is_linear(name):
         s = score(text, "A", OPTS, preset=preset)
         assert s["total"] <= get_preset(preset).max_total
     assert time.perf_counter() - t < 2.0
+
+
+def test_reward_benchmark_runs_and_saves_cold_medians(tmp_path):
+    """benchmarks/reward_throughput.py at toy sizes: it prints, saves JSON, and times cold calls."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location("reward_throughput", bench / "reward_throughput.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        path = mod.main(["--n", "6", "--tokens", "80", "--adversarial-bytes", "20000", "--repeats", "1",
+                         "--adversarial-repeats", "3", "--step-seconds", "50", "--completions-per-step", "8",
+                         "--results-dir", str(tmp_path)])
+    finally:
+        sys.path.remove(str(bench))
+    res = json.loads(Path(path).read_text())
+    assert res["settings"]["adversarial_statistic"] == "median, cold"
+    crpo = res["presets"]["crpo"]
+    assert set(crpo["adversarial_ms"]) >= {"chinese_text", "repetition_loop"} and crpo["adversarial_bound_ms"] == 50.0
