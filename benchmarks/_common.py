@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -22,7 +23,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "numpy", "vllm", "unsloth",
-             "deepspeed", "clinical-r1")
+             "unsloth_zoo", "bitsandbytes", "triton", "deepspeed", "clinical-r1")
 
 
 def _version(dist: str) -> str | None:
@@ -58,9 +59,26 @@ def gpu_info() -> dict[str, Any] | None:
         return None
     if not torch.cuda.is_available():
         return None
+    from clinical_r1.models import bf16_supported
+
     p = torch.cuda.get_device_properties(0)
     return {"name": p.name, "memory_gib": round(p.total_memory / 2**30, 1), "capability": f"{p.major}.{p.minor}",
-            "count": torch.cuda.device_count(), "cuda": torch.version.cuda}
+            "bf16": bf16_supported(0), "count": torch.cuda.device_count(), "cuda": torch.version.cuda,
+            "driver": _nvml_driver()}
+
+
+def _nvml_driver() -> str | None:
+    """The NVIDIA driver version (NVML, package nvidia-ml-py), or ``None`` without NVML."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    pynvml.nvmlInit()
+    try:
+        v = pynvml.nvmlSystemGetDriverVersion()
+        return v.decode() if isinstance(v, bytes) else v
+    finally:
+        pynvml.nvmlShutdown()
 
 
 def environment(with_gpu: bool = False) -> dict[str, Any]:
@@ -139,3 +157,88 @@ def table(rows: Iterable[Sequence[Any]], header: Sequence[str]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in body]
     return "\n".join(lines)
+
+
+def process_tree(root: int) -> set[int]:
+    """``root`` and every process below it (Linux ``/proc``): vLLM runs its engine in child processes."""
+    pids, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        pids.add(pid)
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:  # the process ended while we looked
+                continue
+    return pids
+
+
+class PeakGpuMemory:
+    """Peak GPU memory of one process tree, sampled in a thread every ``interval`` seconds.
+
+    ``scope`` says what was measured: ``process`` (NVML's per-process usage, summed over ``root`` and its
+    children, on every GPU: what this run holds, whoever else shares the GPU), or ``device`` (used memory of
+    device 0 from ``cudaMemGetInfo``, everything on the GPU) when NVML is missing (``pip install nvidia-ml-py``)
+    or does not report per-process usage (some containers hide other PID namespaces).
+    """
+
+    def __init__(self, root: int | None = None, interval: float = 0.2):
+        self.root, self.interval = root or os.getpid(), interval
+        self.peak, self.scope = 0, "process"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._handles: list[Any] = []
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        except (ImportError, OSError) as e:  # no package, or no driver library
+            self._nvml, self.scope, self.why_device = None, "device", f"NVML unavailable: {e}"
+        except Exception as e:  # pynvml.NVMLError subclasses Exception only
+            self._nvml, self.scope, self.why_device = None, "device", f"NVML failed: {e}"
+
+    def sample(self) -> int:
+        """Bytes in use now, in this object's scope."""
+        if self.scope == "process":
+            pids, used, seen = process_tree(self.root), 0, False
+            for h in self._handles:
+                for p in self._nvml.nvmlDeviceGetComputeRunningProcesses(h):
+                    if p.pid in pids and p.usedGpuMemory is not None:
+                        used, seen = used + int(p.usedGpuMemory), True
+            if seen or not self._cuda_context_exists():
+                return used  # 0 until this process touches the GPU
+            # CUDA is in use here, but NVML lists nothing for this process tree: device-wide from now on
+            self.scope, self.why_device = "device", "NVML lists no usage for this process tree"
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        return total - free
+
+    @staticmethod
+    def _cuda_context_exists() -> bool:
+        torch = sys.modules.get("torch")
+        return bool(torch is not None and torch.cuda.is_initialized())
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakGpuMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.sample())
+        if self._nvml is not None:
+            self._nvml.nvmlShutdown()
+
+    def record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"peak_gpu_memory_gb": self.peak / 1e9, "gpu_memory_scope": self.scope}
+        if self.scope == "device":
+            out["gpu_memory_scope_reason"] = self.why_device
+        return out

@@ -217,7 +217,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         if "vllm" in engines:
             from vllm import LLM
 
-            dtype = "auto" if a.dtype == "auto" else a.dtype
+            from clinical_r1.models import torch_dtype
+
+            dtype = str(torch_dtype(a.dtype)).removeprefix("torch.")  # the transformers rows' dtype (bf16_supported)
             llm = LLM(model=ref, dtype=dtype, seed=0, gpu_memory_utilization=a.vllm_memory,
                       max_model_len=max(len(p) for p in ids) + new_tokens + 8)
             rows += measure("vllm", functools.partial(time_vllm, llm), ids, batch_sizes, new_tokens, a.repeats)

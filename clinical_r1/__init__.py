@@ -6,3 +6,7 @@ Heavy modules (torch, transformers, trl) are imported only by the stages that ne
 """
 
 __version__ = "0.1.0"
+
+from clinical_r1 import redact as _redact
+
+_redact.install()  # every log line of the process passes through redact(): no URL userinfo, no key

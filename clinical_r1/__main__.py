@@ -70,13 +70,19 @@ def add_check_config(sub: Any) -> Handler:
     p.add_argument("configs", nargs="+")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--cpu-safe", action="store_true", help="add use_cpu=True so GPU recipes (bf16) build on a CPU-only machine")
+    p.add_argument("--check-paths", action="store_true",
+                   help="a missing input path is an error (default: a warning; it may be an earlier stage's output)")
 
     def run(a: argparse.Namespace) -> Any:
-        from clinical_r1.config import load_config, trainer_args
+        from clinical_r1.config import check_paths, load_config, recipe_warnings, trainer_args
 
         for path in a.configs:
             cfg = load_config(path, a.overrides)
             args = trainer_args(cfg, cpu_safe=a.cpu_safe)
+            for missing in check_paths(cfg, missing_ok=not a.check_paths):
+                logging.getLogger("clinical_r1").warning("%s: %s", path, missing)
+            for warning in recipe_warnings(cfg):
+                logging.getLogger("clinical_r1").warning("%s: %s", path, warning)
             logging.getLogger("clinical_r1").info("%s: ok (%s, stage %s)", path, type(args).__name__, cfg["stage"])
         return len(a.configs)
 
@@ -126,35 +132,26 @@ SUBCOMMANDS: dict[str, Callable[[Any], Handler]] = {
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     parser = argparse.ArgumentParser(prog="python -m clinical_r1", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks for user errors")
     sub = parser.add_subparsers(dest="command", required=True)
     handlers = {name: register(sub) for name, register in SUBCOMMANDS.items()}
+    for p in sub.choices.values():  # -v also after the subcommand; SUPPRESS keeps a -v given before it
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging; tracebacks")
     return parser, handlers
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    from clinical_r1.config import ConfigError
-    from clinical_r1.crpo import DatasetError
-    from clinical_r1.data import ContaminationError, DataError
-    from clinical_r1.models import ModelError
-    from clinical_r1.sft import TraceError
-
-    return ConfigError, DatasetError, DataError, ContaminationError, ModelError, TraceError
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 when done; 2 for a user error (one line naming the key or file; a traceback with ``-v``)."""
+    from clinical_r1.cli import run_cli, setup_logging
+
     parser, handlers = build_parser()
     a = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        result = handlers[a.command](a)
-    except _user_errors() as e:  # bad input: a clear message, no traceback
-        logging.getLogger("clinical_r1").error("%s: %s", type(e).__name__, e)
-        return 2
-    if result is not None:
-        print(result)  # the CLI's answer (a run folder, a model folder) for shell scripts
-    return 0
+    setup_logging(a.verbose)
+    result: list[Any] = []
+    code = run_cli(lambda: result.append(handlers[a.command](a)), verbose=a.verbose)
+    if code == 0 and result and result[0] is not None:
+        print(result[0])  # the CLI's answer (a run folder, a model folder) for shell scripts
+    return code
 
 
 if __name__ == "__main__":

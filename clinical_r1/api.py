@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
+from clinical_r1.redact import redact, register_secret
+
 log = logging.getLogger(__name__)
 
 CACHE_FIELDS = ("model", "purpose", "item_id", "prompt_hash", "content")
@@ -141,6 +143,7 @@ def read_api_key(env_name: str) -> str:
             f"environment variable {env_name} is not set (or empty); export it with your API key, "
             f"e.g. `export {env_name}=...`, or set api_key_env in the config to the variable you use"
         )
+    register_secret(key)  # never in a message, log line or scrubbed file of this process
     return key
 
 
@@ -320,7 +323,8 @@ class Backend(Protocol):
 
 
 def _redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "[REDACTED]") if secret else text
+    """``text`` without ``secret``, URL userinfo or anything token-shaped (:func:`clinical_r1.redact.redact`)."""
+    return redact(text, secret)
 
 
 def _retry_after(response: Any) -> float | None:
@@ -372,7 +376,8 @@ class OpenAIBackend:
                                      timeout=config.timeout_s)
 
     def __repr__(self) -> str:
-        return f"OpenAIBackend(model={self.name!r}, base_url={self.config.base_url!r}, key=${self.config.api_key_env})"
+        return redact(f"OpenAIBackend(model={self.name!r}, base_url={self.config.base_url!r}, "
+                      f"key=${self.config.api_key_env})")
 
     def send(self, messages: Sequence[Mapping[str, str]], *, temperature: float | None,
              max_tokens: int | None, seed: int) -> Answer:
@@ -394,10 +399,10 @@ class OpenAIBackend:
         except oa.APIConnectionError as e:
             raise TransientError("connection", self._msg(e)) from None
         except (oa.AuthenticationError, oa.PermissionDeniedError, oa.NotFoundError) as e:
-            raise FatalAPIError(
+            raise FatalAPIError(_redact(
                 f"HTTP {e.status_code} from {self.config.base_url or 'the OpenAI API'} for model {self.name!r}: "
-                f"{self._msg(e)} (check the key in ${self.config.api_key_env}, the base_url and the model name)"
-            ) from None
+                f"{self._msg(e)} (check the key in ${self.config.api_key_env}, the base_url and the model name)",
+                self._key)) from None
         except oa.APIStatusError as e:
             if e.status_code >= 500 or e.status_code in (408, 409):
                 raise TransientError(f"http_{e.status_code}", self._msg(e), _retry_after(e.response)) from None

@@ -80,6 +80,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
             "weights": {},  # per-reward weight overrides, e.g. {consistency: 0.0}
         },
         "max_prompt_length": None,  # longer prompts are an error; None = context - max_completion_length
+        "monitors": {  # reward-hacking alarm thresholds (clinical_r1.monitors.MONITORS); null = no alarm
+            "near_copy_rate": 0.10,  # completions refused by the cross-reference near-copy guard
+            "option_only_rate": 0.25,  # conclusions whose only finding shared with <dx> is option text
+            "box_outside_rate": 0.05,  # a box outside the concluding section
+            "repetition": 0.20,  # mean seq-rep-4
+            "truncation_rate": 0.20,  # completions cut at max_completion_length
+            "length_drift": 0.50,  # Spearman(length, total reward) over the step's completions
+            "format_accuracy_divergence": 0.02,  # format up and accuracy down, per step, over `window` steps
+            "window": 10,  # steps in the format-accuracy trend
+        },
     },
 }
 
@@ -98,7 +108,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8-sig")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: invalid YAML: {e}") from e
     if not isinstance(data, dict):
@@ -181,6 +191,19 @@ def load_config(source: str | os.PathLike | Mapping[str, Any], overrides: Iterab
         raise ConfigError(f"{source}: {e}" if name else str(e)) from None
 
 
+def model_backend(source: str | os.PathLike | Mapping[str, Any], overrides: Iterable[str] | Mapping[str, Any] | None = None
+                  ) -> str:
+    """The recipe's ``model.backend`` (``auto`` when unset), read without validating the recipe.
+
+    Validation imports TRL (its config classes), and Unsloth must be imported before TRL: entry points call
+    ``models.import_unsloth_first(model_backend(recipe, overrides))`` first, then :func:`load_config`.
+    """
+    raw = copy.deepcopy(dict(source)) if isinstance(source, Mapping) else read_yaml(source)
+    model = apply_overrides(raw, overrides).get("model")
+    backend = model.get("backend") if isinstance(model, Mapping) else None
+    return str(backend or _COMMON["model"]["backend"])
+
+
 def _resolve(raw: dict[str, Any], name: str | None, stage: str | None) -> dict[str, Any]:
     st = raw.get("stage") or stage
     if st not in STAGES:
@@ -249,20 +272,157 @@ def validate(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"seed must be an integer, got {cfg['seed']!r}")
     if not re.fullmatch(r"[\w.-]+", str(cfg["run_name"])):
         raise ConfigError(f"run_name {cfg['run_name']!r} must be a plain folder name (letters, digits, _ . -)")
-    lora = cfg["lora"]
-    if int(lora["r"]) <= 0 or int(lora["alpha"]) <= 0:
-        raise ConfigError(f"lora.r and lora.alpha must be positive, got {lora}")
+    _validate_values(cfg)
     trainer = cfg["trainer"]
     if not isinstance(trainer, Mapping):
         raise ConfigError(f"trainer must be a mapping of {trl_config_class(cfg['stage']).__name__} fields")
     validate_trainer_keys(trainer, trl_config_class(cfg["stage"]))
+    validate_trainer_values(trainer, trl_config_class(cfg["stage"]))
     if cfg["stage"] == "crpo":
         _validate_crpo(cfg)
     else:
         _validate_sft(cfg)
 
 
+# Our own keys: dotted key -> (kind, lower bound, lower bound inclusive?, None allowed?). kind: int | num | bool
+_VALUES: dict[str, tuple[str, float | None, bool, bool]] = {
+    "resume": ("bool", None, True, False), "overwrite": ("bool", None, True, False),
+    "model.load_in_4bit": ("bool", None, True, False), "model.max_seq_length": ("int", 0, False, True),
+    "model.gpu_memory_utilization": ("num", 0, False, False),
+    "lora.r": ("int", 0, False, False), "lora.alpha": ("num", 0, False, False), "lora.dropout": ("num", 0, True, False),
+    "data.limit": ("int", 0, False, True), "reward.k": ("num", None, True, True),
+    "early_stopping.patience": ("int", 0, False, True), "early_stopping.threshold": ("num", 0, True, False),
+}
+# TRL fields that are meaningless at zero or below (TRL would reject them mid-run, or silently misbehave).
+POSITIVE = ("learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+            "num_generations", "generation_batch_size", "steps_per_generation", "max_completion_length", "max_length",
+            "num_train_epochs", "num_iterations", "logging_steps", "save_steps", "eval_steps", "temperature")
+NON_NEGATIVE = ("beta", "warmup_steps", "weight_decay", "max_grad_norm", "epsilon")
+
+
+def _kind_ok(v: Any, kind: str) -> bool:
+    if kind == "bool":
+        return isinstance(v, bool)
+    if isinstance(v, bool):
+        return False
+    return isinstance(v, int) if kind == "int" else isinstance(v, (int, float))
+
+
+def _check_value(key: str, v: Any, kind: str, low: float | None = None, inclusive: bool = True,
+                 none_ok: bool = False) -> None:
+    if v is None and none_ok:
+        return
+    names = {"int": "an integer", "num": "a number", "bool": "true or false"}
+    if not _kind_ok(v, kind):
+        raise ConfigError(f"{key} must be {names[kind]}{' or null' if none_ok else ''}, got {v!r}")
+    if low is not None and (v < low or (v == low and not inclusive)):
+        raise ConfigError(f"{key} must be {'>=' if inclusive else '>'} {low:g}, got {v!r}")
+
+
+def _get(cfg: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
+    node: Any = cfg
+    for k in dotted.split("."):
+        if not isinstance(node, Mapping) or k not in node:
+            return False, None
+        node = node[k]
+    return True, node
+
+
+def _validate_values(cfg: Mapping[str, Any]) -> None:
+    """Types and ranges of our own sections (``lora.r=abc`` is an error here, not a traceback later)."""
+    for key, (kind, low, inclusive, none_ok) in _VALUES.items():
+        found, v = _get(cfg, key)
+        if found:
+            _check_value(key, v, kind, low, inclusive, none_ok)
+    found, dropout = _get(cfg, "lora.dropout")
+    if found and dropout >= 1:
+        raise ConfigError(f"lora.dropout must be below 1, got {dropout!r}")
+    found, util = _get(cfg, "model.gpu_memory_utilization")
+    if found and util > 1:
+        raise ConfigError(f"model.gpu_memory_utilization is a share of the GPU, in (0, 1], got {util!r}")
+    found, weights = _get(cfg, "reward.weights")
+    if found and weights is not None:
+        if not isinstance(weights, Mapping):
+            raise ConfigError(f"reward.weights must be a mapping of reward names to numbers, got {weights!r}")
+        for name, w in weights.items():
+            _check_value(f"reward.weights.{name}", w, "num")
+    if not isinstance(cfg["lora"]["target_modules"], (str, list)):
+        raise ConfigError(f"lora.target_modules must be 'all-linear' or a list of module names, got "
+                          f"{cfg['lora']['target_modules']!r}")
+
+
+def _simple_kind(hint: Any) -> tuple[str | None, bool]:
+    """(``int``/``num``/``bool``, None allowed) for a TRL field annotated with those types only, else (None, _)."""
+    import types
+    import typing
+
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    none_ok = type(None) in args
+    rest = {a for a in args if a is not type(None)}
+    if rest == {int}:
+        return "int", none_ok
+    if rest in ({float}, {int, float}):
+        return "num", none_ok
+    if rest == {bool}:
+        return "bool", none_ok
+    return None, none_ok
+
+
+def validate_trainer_values(trainer: Mapping[str, Any], cls: type) -> None:
+    """Types of the ``trainer`` values from the TRL dataclass's annotations (``max_steps=abc`` is an error),
+    positive rates, steps and batch sizes, and ``num_generations`` dividing the generation batch."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for k, v in trainer.items():
+        kind, none_ok = _simple_kind(hints.get(k))
+        if kind is not None:
+            _check_value(f"trainer.{k}", v, kind, none_ok=none_ok)
+    for k in POSITIVE:
+        if trainer.get(k) is not None:
+            _check_value(f"trainer.{k}", trainer[k], "num", 0, inclusive=False)
+    for k in NON_NEGATIVE:
+        if trainer.get(k) is not None:
+            _check_value(f"trainer.{k}", trainer[k], "num", 0)
+    steps = trainer.get("max_steps")
+    if steps is not None and steps != -1 and steps <= 0:
+        raise ConfigError(f"trainer.max_steps must be > 0 (or -1: train for num_train_epochs), got {steps!r}")
+    ratio = trainer.get("warmup_ratio")
+    if ratio is not None and not (_kind_ok(ratio, "num") and 0 <= ratio < 1):
+        raise ConfigError(f"trainer.warmup_ratio must be a number in [0, 1), got {ratio!r}")
+    if any(f.name == "num_generations" for f in dataclasses.fields(cls)):  # GRPOConfig
+        _check_generation_batch(trainer, cls)
+
+
+def _check_generation_batch(trainer: Mapping[str, Any], cls: type) -> None:
+    """The generation batch (per-device batch x processes x steps per generation, unless given) must be a
+    multiple of ``num_generations``: each prompt's group of completions has to fit in one batch."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    g = trainer.get("num_generations", defaults.get("num_generations"))
+    if not isinstance(g, int) or g < 1:
+        return
+    if g < 2:
+        raise ConfigError(f"trainer.num_generations must be >= 2 (GRPO compares completions within a group), got {g}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    batch = trainer.get("generation_batch_size")
+    if batch is None:
+        per_device = trainer.get("per_device_train_batch_size", defaults.get("per_device_train_batch_size"))
+        steps = trainer.get("steps_per_generation") or trainer.get("gradient_accumulation_steps",
+                                                                    defaults.get("gradient_accumulation_steps"))
+        batch = per_device * world * steps
+        what = (f"per_device_train_batch_size ({per_device}) x processes ({world}) x steps_per_generation "
+                f"({steps}) = {batch}")
+    else:
+        what = f"generation_batch_size ({batch})"
+    if batch % g:
+        raise ConfigError(f"trainer.num_generations ({g}) must divide the generation batch: {what}; change "
+                          f"per_device_train_batch_size, gradient_accumulation_steps or num_generations")
+
+
 def _validate_crpo(cfg: Mapping[str, Any]) -> None:
+    from clinical_r1.monitors import check_thresholds
+
+    check_thresholds(cfg["monitors"])
     from clinical_r1.rewards import REWARDS, get_preset
 
     r = cfg["reward"]
@@ -303,6 +463,40 @@ def _validate_sft(cfg: Mapping[str, Any]) -> None:
     es = cfg["early_stopping"]
     if es["patience"] is not None and int(es["patience"]) < 1:
         raise ConfigError(f"early_stopping.patience must be >= 1 or null (off), got {es['patience']!r}")
+
+
+def input_paths(cfg: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(key, path, kind) for every data path the recipe reads; kind is ``file`` or ``split`` (a folder with
+    ``manifest.json``)."""
+    d = cfg["data"]
+    out = []
+    if cfg["stage"] == "crpo":
+        if d.get("path"):
+            out.append(("data.path", d["path"], "split" if d["name"] == "split" else "file"))
+    else:
+        out += [(f"data.{k}", d[k], "file") for k in ("traces", "questions", "dev_traces") if d.get(k)]
+    return out  # model.name and model.init_adapter: models.check_model / check_adapter say what is wrong
+
+
+def check_paths(cfg: Mapping[str, Any], missing_ok: bool = False) -> list[str]:
+    """Raise :class:`ConfigError` naming the key and path of an input that is the wrong kind (a folder given
+    as a data file) or, unless ``missing_ok``, missing. Returns the missing ones (``check-config`` warns:
+    a recipe may name the output of an earlier stage)."""
+    missing = []
+    for key, raw, kind in input_paths(cfg):
+        p = Path(str(raw)).expanduser()
+        if not p.exists():
+            if not missing_ok:
+                raise ConfigError(f"{key}: {p} does not exist")
+            missing.append(f"{key}: {p} does not exist (yet)")
+            continue
+        if kind == "file" and not p.is_file():
+            raise ConfigError(f"{key}: {p} is a folder; give a data file (.jsonl, .json or .parquet)")
+        if kind != "file" and not p.is_dir():
+            raise ConfigError(f"{key}: {p} is a file; give a folder")
+        if kind == "split" and not (p / "manifest.json").is_file():
+            raise ConfigError(f"{key}: {p} has no manifest.json (not a folder written by `python -m clinical_r1 split`)")
+    return missing
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -352,3 +546,17 @@ def reward_preset(cfg: Mapping[str, Any]):
     if r["weights"]:
         p = Preset(p.name, {**p.weights, **{k: float(v) for k, v in r["weights"].items()}}, p.prompt, p.summary)
     return p
+
+
+def recipe_warnings(cfg: Mapping[str, Any]) -> list[str]:
+    """Settings that are valid but probably not what a reproduction wants; ``check-config`` prints them and
+    a CRPO run logs them. Today: a KL term (``beta > 0``) whose form is left to TRL's default, which since
+    TRL 1.15 multiplies the KL by the importance ratio (``use_bias_correction_kl=True``); the paper and the
+    authors' verl run use the plain k3 KL (``use_bias_correction_kl: false``)."""
+    out = []
+    t = cfg.get("trainer") or {}
+    if cfg.get("stage") == "crpo" and float(t.get("beta") or 0) > 0 and "use_bias_correction_kl" not in t:
+        out.append(f"trainer.beta={t['beta']} with trainer.use_bias_correction_kl left to TRL's default (True: "
+                   "the KL is multiplied by the importance ratio); set it explicitly: false for the paper's "
+                   "plain k3 KL (verl low_var_kl), true for the DeepSeek-V3.2 unbiased estimator")
+    return out

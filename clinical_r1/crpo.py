@@ -10,7 +10,9 @@ reward functions and their weights: ``reward_funcs=preset.functions()``,
 ``reward_weights=preset.weight_list()``. Prompts are conversational, ``build_messages(item, preset.prompt)``.
 TRL logs every reward component (``rewards/<name>/mean``, zero-weight diagnostics included: format and
 cross-reference rates), the total (``reward``), ``kl``, and completion lengths; :class:`runs.MetricsLogger`
-writes them to ``metrics.jsonl``. Checkpoints every ``trainer.save_steps``; ``resume: true`` continues
+writes them to ``metrics.jsonl``, with, every step, each weighted reward's share of the advantage
+(``advantage_share/<name>``, ``reward_varies/<name>``) and the reward-hacking monitors (``monitor/*``, alarms
+in ``metrics.json``; see ``clinical_r1.monitors``). Checkpoints every ``trainer.save_steps``; ``resume: true`` continues
 from the last one with the same data order (TRL's seeded sampler + ``resume_from_checkpoint``).
 
 The policy may start from the cold-start SFT adapter (``model.init_adapter``), merged into the base
@@ -24,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from clinical_r1.config import ConfigError, load_config, reward_preset, trainer_args
+from clinical_r1.config import ConfigError, check_paths, load_config, model_backend, recipe_warnings, reward_preset, trainer_args
 from clinical_r1.parsing import LETTERS
 from clinical_r1.prompts import build_messages
 
@@ -120,12 +122,17 @@ def prompt_limit(cfg: Mapping[str, Any], args: Any, ref: str) -> int:
 
 def run_crpo(config: Mapping[str, Any] | str | os.PathLike, overrides: Any = None, train_dataset: Any = None) -> Path:
     """Run CRPO/GRPO from a recipe; returns the run folder. ``train_dataset`` replaces the recipe's data."""
-    from clinical_r1 import models, runs
+    from clinical_r1 import models
+
+    models.import_unsloth_first(model_backend(config, overrides))  # before runs/load_config import transformers/TRL
+    from clinical_r1 import runs
 
     cfg = load_config(config, overrides, stage="crpo")
-    models.import_unsloth_first(cfg["model"]["backend"])
+    check_paths(cfg)  # every input exists and is the right kind, before anything is loaded or written
     preset = reward_preset(cfg)
     args = trainer_args(cfg)  # TRL's own checks (batch vs num_generations, ...) before anything heavy
+    for warning in recipe_warnings(cfg):
+        log.warning(warning)
     ref = models.check_model(cfg["model"]["name"])
     if cfg["model"]["init_adapter"]:
         models.check_adapter(cfg["model"]["init_adapter"])
@@ -135,23 +142,27 @@ def run_crpo(config: Mapping[str, Any] | str | os.PathLike, overrides: Any = Non
     ds = add_prompts(ds, preset.prompt)
     longest = check_prompt_lengths(ds, tok, prompt_limit(cfg, args, ref))
 
-    run = runs.prepare_run_dir(cfg)
-    runs.write_run_info(run, cfg, model_ref=ref, n_train=len(ds), longest_prompt_tokens=longest,
-                        reward_preset={"name": preset.name, "weights": preset.weights, "prompt": preset.prompt})
-    model, tok = models.load_policy(cfg["model"], cfg["lora"], seed=cfg["seed"],
-                                    gradient_checkpointing=bool(args.gradient_checkpointing),
-                                    use_vllm=bool(getattr(args, "use_vllm", False)))
-    tok.padding_side = "left"
-    trainer = build_grpo_trainer(args, model, tok, ds, preset, run)
-    out = runs.train_and_save(trainer, tok, run, cfg, preset=preset.name, reward_weights=preset.weights)
+    with runs.claim_run(cfg) as run:  # locked; marked failed if anything below raises
+        runs.write_run_info(run, cfg, model_ref=ref, n_train=len(ds), longest_prompt_tokens=longest,
+                            reward_preset={"name": preset.name, "weights": preset.weights, "prompt": preset.prompt})
+        model, tok = models.load_policy(cfg["model"], cfg["lora"], seed=cfg["seed"],
+                                        gradient_checkpointing=bool(args.gradient_checkpointing),
+                                        use_vllm=bool(getattr(args, "use_vllm", False)))
+        tok.padding_side = "left"
+        trainer = build_grpo_trainer(args, model, tok, ds, preset, run, monitors=cfg["monitors"])
+        out = runs.train_and_save(trainer, tok, run, cfg, preset=preset.name, reward_weights=preset.weights)
     log.info("CRPO done: %s (%d steps)", run, out["global_step"])
     return run
 
 
-def build_grpo_trainer(args: Any, model: Any, tok: Any, ds: Any, preset: Any, run: Path):
-    """TRL ``GRPOTrainer`` with the preset's reward functions (weights are in ``args.reward_weights``)."""
+def build_grpo_trainer(args: Any, model: Any, tok: Any, ds: Any, preset: Any, run: Path,
+                       monitors: Mapping[str, Any] | None = None):
+    """TRL ``GRPOTrainer`` with the preset's reward functions (weights are in ``args.reward_weights``), tapped by
+    :class:`monitors.StepMonitor` (advantage shares and per-step monitors through TRL's ``log_metric``);
+    ``monitors``: the recipe's alarm thresholds (``runs.MetricsLogger`` raises the alarms)."""
     from trl import GRPOTrainer
 
+    from clinical_r1.monitors import StepMonitor
     from clinical_r1.runs import MetricsLogger
 
     if list(args.reward_weights) != preset.weight_list():
@@ -159,9 +170,9 @@ def build_grpo_trainer(args: Any, model: Any, tok: Any, ds: Any, preset: Any, ru
                           f"{preset.weight_list()}")
     return GRPOTrainer(
         model=model,
-        reward_funcs=preset.functions(),
+        reward_funcs=StepMonitor.for_trainer(args, preset).wrap(preset.functions()),
         args=args,
         train_dataset=ds,
         processing_class=tok,
-        callbacks=[MetricsLogger(run)],
+        callbacks=[MetricsLogger(run, monitors)],
     )

@@ -424,7 +424,11 @@ def load_paper_reference(path: str | os.PathLike | None = None) -> dict[str, Any
 # ---------------------------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 with the metrics logged (and written with ``--out``); 2 for a user error (a missing or malformed
+    file, an evaluation set with no valid row)."""
+    from clinical_r1.cli import add_verbose, run_cli, setup_logging
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("generations", help="generations JSONL written by clinical_r1.generate")
     ap.add_argument("--compare", default=None, help="a second generations file: paired comparison instead")
@@ -436,10 +440,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--n-boot", type=int, default=N_BOOT)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--allow-missing", action="store_true", help="count missing samples as invalid answers")
+    add_verbose(ap)
     a = ap.parse_args(argv)
+    setup_logging(a.verbose)
+    return run_cli(lambda: _evaluate_files(a), verbose=a.verbose)
+
+
+def _evaluate_files(a: Any) -> dict[str, Any]:
     from clinical_r1.data import load_benchmark, write_json
 
     ds = load_benchmark(a.benchmark, path=a.data, split=a.split, limit=a.limit)
+    if len(ds) == 0:
+        raise EvaluationError(f"{a.data or a.benchmark}: the evaluation set has no valid row; nothing to score")
     if a.compare:
         res = compare(a.generations, a.compare, ds, n_boot=a.n_boot, seed=a.seed, dataset_name=a.benchmark,
                       allow_missing=a.allow_missing)
@@ -453,5 +465,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    main()
+    raise SystemExit(main())

@@ -8,7 +8,8 @@
         --data ../shared/benchmarks/medqa_usmle4_test_sample.jsonl --out results/run/medqa.jsonl --prompt crpo
 
 The model may be a loaded ``transformers``/``peft`` model (generated with ``transformers``, left padding,
-batched ``generate``), a ``vllm.LLM``, or a path to a base model, merged model, CRPO checkpoint or LoRA
+batched ``generate``), a ``vllm.LLM``, an engine from :func:`open_engine` (one engine for several datasets, as
+``study.evaluate_methods`` does), or a path to a base model, merged model, CRPO checkpoint or LoRA
 adapter folder. A path is generated with vLLM when vLLM is installed and CUDA is available, and otherwise
 loaded with :func:`load_for_inference` and generated with ``transformers``. Either way a trained adapter is
 rebuilt as the policy its trainer held, cold-start adapter included (``clinical_r1_policy.json``, see
@@ -39,6 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from clinical_r1.locks import exclusive
 from clinical_r1.prompts import PROMPT_KINDS, build_messages
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,7 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any] | None:
     if not m.exists():
         return None
     try:
-        return json.loads(m.read_text(encoding="utf-8"))
+        return json.loads(m.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as e:
         raise GenerationError(f"{m}: invalid JSON ({e.msg} at line {e.lineno})") from e
 
@@ -92,7 +94,7 @@ def _parse_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
     """
     data = path.read_bytes()
     records: list[dict[str, Any]] = []
-    pos, lineno = 0, 0
+    pos, lineno = (3 if data.startswith(b"\xef\xbb\xbf") else 0), 0  # skip a UTF-8 byte-order mark
     while pos < len(data):
         lineno += 1
         nl = data.find(b"\n", pos)
@@ -226,8 +228,9 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, model: Any, tokenizer: Any):
+    def __init__(self, model: Any, tokenizer: Any, label: str | None = None):
         self.model, self.tokenizer = model, tokenizer
+        self.label = label or _model_label(model)
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         if eos is None:
             eos = tokenizer.eos_token_id
@@ -266,6 +269,11 @@ class TransformersBackend:
         results = [self._decode(row, dec.max_new_tokens) for row in gen]
         return [results[i * dec.n : (i + 1) * dec.n] for i in range(len(prompts))]
 
+    def close(self) -> None:
+        """Drop the model (and its GPU memory) before the next one is loaded."""
+        self.model = None
+        _free_cuda()
+
     def _decode(self, row: list[int], max_new_tokens: int) -> tuple[str, int, str]:
         stop = next((j for j, t in enumerate(row) if t in self.eos_ids), None)
         if stop is not None:
@@ -279,8 +287,9 @@ class VLLMBackend:
 
     name = "vllm"
 
-    def __init__(self, llm: Any, lora_path: str | None = None):
+    def __init__(self, llm: Any, lora_path: str | None = None, label: str | None = None):
         self.llm = llm
+        self.label = label or _model_label(llm)
         self.lora_request = None
         if lora_path is not None:
             from vllm.lora.request import LoRARequest
@@ -290,16 +299,39 @@ class VLLMBackend:
     @classmethod
     def from_path(cls, path: str | os.PathLike, seed: int = 0, **llm_kwargs: Any) -> "VLLMBackend":
         """A vLLM engine for a model folder; a trained adapter folder is served as a LoRA on its base (with any
-        merged cold-start adapter merged in, see ``models.serving_folders``)."""
+        merged cold-start adapter merged in, see ``models.serving_folders``), never merged into it: an adapter
+        trained on a 4-bit base (the T4 recipes) runs as a LoRA on the full-precision base.
+
+        ``dtype`` defaults to bf16 on a GPU with bf16 and fp16 otherwise (``models.bf16_supported``; vLLM refuses
+        a bf16 checkpoint's own dtype on a T4); ``max_lora_rank`` is the adapter's rank rounded up to a value
+        vLLM accepts (``models.vllm_lora_rank``).
+        """
         from vllm import LLM
 
-        from clinical_r1.models import check_adapter, serving_folders, vllm_lora_rank
+        from clinical_r1.models import check_adapter, half_dtype_name, serving_folders, vllm_lora_rank
 
         model_dir, lora = serving_folders(path)
+        llm_kwargs.setdefault("dtype", half_dtype_name())
         if lora is None:
-            return cls(LLM(model=model_dir, seed=seed, **llm_kwargs))
+            return cls(LLM(model=model_dir, seed=seed, **llm_kwargs), label=str(path))
         rank = vllm_lora_rank(int(check_adapter(lora).get("r", 16)))
-        return cls(LLM(model=model_dir, seed=seed, enable_lora=True, max_lora_rank=rank, **llm_kwargs), lora_path=lora)
+        return cls(LLM(model=model_dir, seed=seed, enable_lora=True, max_lora_rank=rank, **llm_kwargs), lora_path=lora,
+                   label=str(path))
+
+    def close(self) -> None:
+        """Shut the engine down and hand its GPU memory back, so the next method's engine fits."""
+        engine = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if hasattr(engine, "shutdown"):
+            engine.shutdown()  # vLLM V1 runs the engine core in a child process
+        self.llm = None
+        try:
+            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+        except ImportError:
+            pass
+        else:
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        _free_cuda()
 
     def run(self, prompts: Sequence[str], ids: Sequence[str], dec: Decoding) -> list[list[tuple[str, int, str]]]:
         from vllm import SamplingParams
@@ -315,19 +347,49 @@ def _backend(model: Any, tokenizer: Any, backend: str, seed: int) -> tuple[Any, 
     """Pick the backend for ``model``; returns (backend, tokenizer)."""
     if backend not in ("auto", "vllm", "transformers"):
         raise ValueError(f"unknown backend {backend!r}; choose auto, vllm or transformers")
+    if isinstance(model, (VLLMBackend, TransformersBackend)):  # an engine from open_engine
+        if backend not in ("auto", model.name):
+            raise ValueError(f"backend={backend!r} but the engine given is {model.name!r}")
+        return model, tokenizer or _engine_tokenizer(model)
     if type(model).__module__.startswith("vllm"):
         return VLLMBackend(model), tokenizer or model.get_tokenizer()
     if isinstance(model, (str, os.PathLike)):
-        if backend == "vllm" or (backend == "auto" and vllm_available()):
-            vb = VLLMBackend.from_path(_resolve_path(model), seed=seed)
-            return vb, tokenizer or vb.llm.get_tokenizer()
-        loaded, loaded_tok = load_for_inference(model)
-        return TransformersBackend(loaded, tokenizer or loaded_tok), tokenizer or loaded_tok
+        engine = open_engine(model, backend=backend, seed=seed)
+        return engine, tokenizer or _engine_tokenizer(engine)
     if backend == "vllm":
         raise ValueError("backend='vllm' needs a model path or a vllm.LLM, not an in-memory model")
     if tokenizer is None:
         raise ValueError("an in-memory model needs its tokenizer")
     return TransformersBackend(model, tokenizer), tokenizer
+
+
+def open_engine(model: str | os.PathLike, backend: str = "auto", seed: int = 0, **llm_kwargs: Any) -> Any:
+    """A generation engine for a model path, to pass to :func:`generate` as ``model`` for several datasets.
+
+    vLLM (:class:`VLLMBackend`, a trained adapter as ``LoRARequest``) when ``backend`` is ``vllm``, or ``auto``
+    with vLLM installed and CUDA available; else :class:`TransformersBackend` on :func:`load_for_inference`.
+    Call ``engine.close()`` before opening the next one.
+    """
+    if backend not in ("auto", "vllm", "transformers"):
+        raise ValueError(f"unknown backend {backend!r}; choose auto, vllm or transformers")
+    if backend == "vllm" or (backend == "auto" and vllm_available()):
+        return VLLMBackend.from_path(_resolve_path(model), seed=seed, **llm_kwargs)
+    loaded, tok = load_for_inference(model)
+    return TransformersBackend(loaded, tok, label=str(model))
+
+
+def _engine_tokenizer(engine: Any) -> Any:
+    return engine.llm.get_tokenizer() if isinstance(engine, VLLMBackend) else engine.tokenizer
+
+
+def _free_cuda() -> None:
+    import gc
+
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _resolve_path(model: str | os.PathLike) -> str:
@@ -353,6 +415,8 @@ def load_for_inference(model: str | os.PathLike) -> tuple[Any, Any]:
 def _model_label(model: Any) -> str:
     if isinstance(model, (str, os.PathLike)):
         return str(model)
+    if isinstance(getattr(model, "label", None), str):
+        return model.label
     for obj in (model, getattr(model, "config", None)):
         name = getattr(obj, "name_or_path", None) or getattr(obj, "_name_or_path", None)
         if name:
@@ -392,23 +456,28 @@ def generate(model: Any, tokenizer: Any, dataset: Iterable[Mapping[str, Any]], o
     model_label = model_name or _model_label(model)
     dataset_label = dataset_name or getattr(getattr(dataset, "info", None), "dataset_name", None)
     meta = {"model": model_label, "dataset": dataset_label, "prompt_kind": prompt_kind, **asdict(dec)}
-    _check_meta(out, meta)
-    done = _repair_tail(out)
-    todo = [(r, [s for s in range(n) if (str(r["id"]), s) not in done]) for r in items]
-    todo = [(r, missing) for r, missing in todo if missing]
-    n_pending = sum(len(m) for _, m in todo)
-    if not todo:
-        log.info("%s: all %d questions x %d samples already generated", out, len(items), n)
-        if read_meta(out) is None:
-            _write_meta(out, {**meta, "backend": None})
+    with exclusive(out, "generations file"):  # one writer per output: a second run fails at once, naming the pid
+        _check_meta(out, meta)
+        done = _repair_tail(out)
+        todo = [(r, [s for s in range(n) if (str(r["id"]), s) not in done]) for r in items]
+        todo = [(r, missing) for r, missing in todo if missing]
+        n_pending = sum(len(m) for _, m in todo)
+        if not todo:
+            log.info("%s: all %d questions x %d samples already generated", out, len(items), n)
+            if read_meta(out) is None:
+                _write_meta(out, {**meta, "backend": None})
+            return out
+        engine, tokenizer = _backend(model, tokenizer, backend, dec.seed)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _write_meta(out, {**meta, "backend": engine.name})
+        log.info("%s: generating %d answers (%d questions) with %s", out, n_pending, len(todo), engine.name)
+        try:
+            _run(engine, tokenizer, todo, out, dec, {"dataset": dataset_label, "model": model_label,
+                                                     "prompt_kind": prompt_kind}, batch_size, n_pending, progress)
+        finally:
+            if isinstance(model, (str, os.PathLike)):  # an engine opened here for a path is closed here
+                engine.close()
         return out
-    engine, tokenizer = _backend(model, tokenizer, backend, dec.seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _write_meta(out, {**meta, "backend": engine.name})
-    log.info("%s: generating %d answers (%d questions) with %s", out, n_pending, len(todo), engine.name)
-    _run(engine, tokenizer, todo, out, dec, {"dataset": dataset_label, "model": model_label, "prompt_kind": prompt_kind},
-         batch_size, n_pending, progress)
-    return out
 
 
 def _run(engine: Any, tokenizer: Any, todo: list[tuple[Mapping[str, Any], list[int]]], out: Path, dec: Decoding,
@@ -438,12 +507,15 @@ def _run(engine: Any, tokenizer: Any, todo: list[tuple[Mapping[str, Any], list[i
 # ---------------------------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 with every answer written; 1 when none was; 2 for a user error (a bad file, an output in use)."""
+    from clinical_r1.cli import add_verbose, run_cli, setup_logging
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="model, merged model, CRPO checkpoint or LoRA adapter folder")
     ap.add_argument("--benchmark", required=True, help="medqa, medmcqa, medxpertqa, pubmedqa, jsonl or sample")
     ap.add_argument("--data", default=None, help="local benchmark file (default: the hub copy)")
-    ap.add_argument("--split", default="test")
+    ap.add_argument("--split", default=None, help="hub split (default: the evaluation split, e.g. MedMCQA validation)")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--out", required=True)
     ap.add_argument("--prompt", default="crpo", choices=PROMPT_KINDS)
@@ -455,15 +527,28 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backend", default="auto", choices=("auto", "vllm", "transformers"))
     ap.add_argument("--model-name", default=None)
+    add_verbose(ap)
     a = ap.parse_args(argv)
+    setup_logging(a.verbose)
+    return run_cli(lambda: _generate_file(a), verbose=a.verbose)
+
+
+def _generate_file(a: argparse.Namespace) -> Path:
+    from clinical_r1.cli import JobFailed
     from clinical_r1.data import load_benchmark
 
     ds = load_benchmark(a.benchmark, path=a.data, split=a.split, limit=a.limit)
-    return generate(a.model, None, ds, a.out, prompt_kind=a.prompt, n=a.n, temperature=a.temperature,
-                    max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, seed=a.seed, dataset_name=a.benchmark,
-                    model_name=a.model_name, top_p=a.top_p, backend=a.backend)
+    if len(ds) == 0:
+        raise JobFailed(f"{a.data or a.benchmark}: no questions to answer; no generation written to {a.out}")
+    out = generate(a.model, None, ds, a.out, prompt_kind=a.prompt, n=a.n, temperature=a.temperature,
+                   max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, seed=a.seed, dataset_name=a.benchmark,
+                   model_name=a.model_name, top_p=a.top_p, backend=a.backend)
+    written = len(read_generations(out))
+    if written == 0:
+        raise JobFailed(f"no generation written to {out}")
+    log.info("%s: %d answers (%d questions x %d samples)", out, written, len(ds), a.n)
+    return out
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    main()
+    raise SystemExit(main())

@@ -619,10 +619,10 @@ def agreement_with_reference(records: Sequence[Mapping[str, Any]], reference: Ma
     return pd.DataFrame(rows, columns=["metric", "n", "spearman", "spearman_p"])
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    import yaml
-
-    from clinical_r1.data import read_jsonl, write_jsonl
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 when every request was answered; 1 when all failed (or some did: the last line says how many
+    and where); 2 for a user error (a missing file, a bad config, an output in use)."""
+    from clinical_r1.cli import add_verbose, run_cli, setup_logging
 
     ap = argparse.ArgumentParser(description="Judge generated responses with the eight LLM-as-judge metrics.")
     ap.add_argument("--generations", required=True, help="JSONL from clinical_r1.generate (id, text, model, sample)")
@@ -635,22 +635,41 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--temperature", type=float, default=None)
     ap.add_argument("--mode", choices=JUDGE_MODES, default=None,
                     help="generate or constrained (default: the config's judge_mode; constrained for a local judge)")
+    add_verbose(ap)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per HTTP request otherwise
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    config = yaml.safe_load(Path(args.config).read_text())
+    setup_logging(args.verbose)
+    return run_cli(lambda: _judge_files(args), verbose=args.verbose)
+
+
+def _judge_files(args: argparse.Namespace) -> None:
+    import yaml
+
+    from clinical_r1.cli import JobFailed
+    from clinical_r1.data import read_jsonl, write_jsonl
+    from clinical_r1.locks import exclusive
+
+    config = yaml.safe_load(Path(args.config).read_text(encoding="utf-8-sig"))
     metrics = args.metrics if args.metrics in METRIC_GROUPS else args.metrics.split(",")
     rows = attach_items(read_jsonl(args.generations), read_jsonl(args.items))
-    records = judge_responses(rows, metrics, config, args.cache, k=args.k, temperature=args.temperature,
-                              mode=args.mode)
-    write_jsonl(records, args.out)
-    table = summarise(records)
-    tmp = f"{args.out}.summary.csv.tmp"
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, f"{args.out}.summary.csv")
+    with exclusive(args.out, "judge output"):  # one writer per output file
+        records = judge_responses(rows, metrics, config, args.cache, k=args.k, temperature=args.temperature,
+                                  mode=args.mode)
+        write_jsonl(records, args.out)
+        table = summarise(records)
+        tmp = f"{args.out}.summary.csv.tmp"
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, f"{args.out}.summary.csv")
     log.info("judge summary:\n%s", table.to_string(index=False))
+    failed = [r for r in records if r["status"] == "api_failure"]
+    where = f"records with status api_failure in {args.out}"
+    if records and len(failed) == len(records):
+        raise JobFailed(f"all {len(records)} judge requests failed ({where}; first error: {failed[0]['error']})")
+    if failed:
+        log.warning("%d of %d judge requests failed (%s); rerun to retry them (answers are cached)", len(failed),
+                    len(records), where)
+    else:
+        log.info("judged %d response-metric pairs into %s", len(records), args.out)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

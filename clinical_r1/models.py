@@ -211,9 +211,57 @@ def resolve_model(name: str | None) -> str:
     return name
 
 
+def hub_model(name: str, timeout: float | None = None) -> str:
+    """A hub id checked within ``timeout`` seconds (``$CLINICAL_R1_HUB_TIMEOUT``, default 10), so a model
+    name never hangs a run: the id when the hub knows it; the cached snapshot folder when the hub cannot be
+    reached but the model is in the local cache; the id as is under ``HF_HUB_OFFLINE`` when cached.
+    Otherwise :class:`ModelError`, saying how to download it or point at a local folder."""
+    import threading
+
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    timeout = float(timeout if timeout is not None else os.environ.get("CLINICAL_R1_HUB_TIMEOUT") or 10)
+    cached = try_to_load_from_cache(name, "config.json")
+    cached_dir = str(Path(cached).parent) if isinstance(cached, str) else None
+    how = (f"download it where the hub is reachable (`hf download {name}`, then copy the cache or set HF_HOME), "
+           f"or set model.name to a local model folder")
+    offline = str(os.environ.get("HF_HUB_OFFLINE", "")).lower() in ("1", "true", "yes", "on") or constants.HF_HUB_OFFLINE
+    if offline:
+        if cached_dir is None:
+            raise ModelError(f"model {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; {how}")
+        return name
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    answer: dict[str, Any] = {}
+
+    def probe() -> None:
+        try:
+            answer["info"] = HfApi(endpoint=endpoint).model_info(name, timeout=timeout)
+        except Exception as e:  # connection, DNS, HTTP: each is a reason, reported below
+            answer["error"] = e
+
+    t = threading.Thread(target=probe, name="hub-probe", daemon=True)  # daemon: a hung DNS lookup cannot hold us
+    t.start()
+    t.join(timeout + 1)
+    if "info" in answer:
+        return name
+    err = answer.get("error")
+    if isinstance(err, RepositoryNotFoundError) and cached_dir is None:
+        raise ModelError(f"model {name!r}: {endpoint} has no such model, or it is private or gated (log in with "
+                         f"`hf auth login` or set HF_TOKEN); check the name, or set model.name to a local folder")
+    why = "no answer within %gs" % timeout if err is None else f"{type(err).__name__}: {str(err)[:200]}"
+    if cached_dir is not None:
+        log.warning("model %s: the hub (%s) is unreachable (%s); using the cached copy %s", name, endpoint, why, cached_dir)
+        return cached_dir
+    raise ModelError(f"model {name!r} is not in the local cache and the hub {endpoint} is unreachable ({why}); {how}")
+
+
 def check_model(name: str | None) -> str:
-    """Resolve ``name`` and read its ``config.json`` only (cheap): a clear error before weights load."""
+    """Resolve ``name`` and read its ``config.json`` only (cheap): a clear error before weights load. A hub
+    id is checked first within a bounded wait (:func:`hub_model`)."""
     ref = resolve_model(name)
+    if ref == name and not Path(ref).expanduser().exists():  # a hub id, not a folder
+        ref = hub_model(ref)
     from transformers import AutoConfig
 
     try:
@@ -289,8 +337,30 @@ def flush_denormals() -> None:
     torch.set_flush_denormal(True)
 
 
+BF16_MIN_CAPABILITY = (8, 0)  # Ampere (A100, RTX 30xx) and newer compute in bf16; a T4 (7.5) does not
+
+
+def bf16_supported(device: int = 0) -> bool:
+    """True when CUDA ``device`` computes in bf16 natively: compute capability >= 8.0.
+
+    The one precision check of the project (``dtype: auto``, the benchmarks, ``run_info``). Not
+    ``torch.cuda.is_bf16_supported()``: on a T4 that returns True (bf16 is emulated, slowly) unless Unsloth
+    was imported first, so the answer would depend on import order.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    return tuple(torch.cuda.get_device_capability(device)) >= BF16_MIN_CAPABILITY
+
+
+def half_dtype_name() -> str:
+    """``bfloat16`` on a GPU with bf16 (:func:`bf16_supported`), else ``float16``: the 16-bit type to train in."""
+    return "bfloat16" if bf16_supported() else "float16"
+
+
 def torch_dtype(name: str = "auto"):
-    """``auto``: bf16 on a GPU that has it, fp16 on one that does not (T4), fp32 on CPU."""
+    """``auto``: bf16 on a GPU that has it (:func:`bf16_supported`), fp16 on one that does not (T4), fp32 on CPU."""
     import torch
 
     if name not in DTYPES:
@@ -298,7 +368,7 @@ def torch_dtype(name: str = "auto"):
     if name == "auto":
         if not torch.cuda.is_available():
             return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return getattr(torch, half_dtype_name())
     return getattr(torch, name)
 
 
@@ -408,7 +478,7 @@ def _load_unsloth(ref: str, spec: Mapping[str, Any], before: Sequence[str], lora
         raise ModelError(f"Unsloth loads a continued adapter with its base in one go, but {init_adapter} sits on "
                          f"merged adapters {list(before)}; use init_adapter_mode: merge or backend: transformers")
 
-    dtype = None if spec.get("dtype", "auto") == "auto" else torch_dtype(spec["dtype"])
+    dtype = torch_dtype(spec.get("dtype", "auto"))  # explicit, so Unsloth and transformers agree (bf16_supported)
     kwargs: dict[str, Any] = {
         "model_name": ref,
         "max_seq_length": int(spec.get("max_seq_length", 4096)),

@@ -69,6 +69,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from clinical_r1.redact import redact
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +127,7 @@ def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     if not path.exists():
         raise PipelineError(f"{what} file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except yaml.YAMLError as e:
         raise PipelineError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
@@ -157,10 +159,23 @@ def _unknown(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
 _SECRET_WORDS = {"secret", "secrets", "password", "passwd", "passphrase", "credential", "credentials",
                  "apikey", "auth", "bearer", "cookie"}
 _KEY_QUALIFIERS = {"api", "access", "secret", "private", "auth", "client"}  # "<qualifier>_key" names a credential
-_SECRET_VALUE = re.compile(
-    r"(?:^|[^A-Za-z0-9])(?:sk-[A-Za-z0-9_-]{16,}|sk_(?:live|test)_[A-Za-z0-9]{16,}|hf_[A-Za-z0-9]{20,}"
-    r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}"
-    r"|AIza[0-9A-Za-z_-]{30,}|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.)|^Bearer\s+\S+")
+# Token shapes refused anywhere in a parameter value: (rule, pattern). Messages name the rule, never the value.
+_SECRET_VALUES = [
+    ("URL userinfo (user:password@host)", re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://[^/\s@'\"]+@")),
+    ("OpenAI-style key (sk-...)", re.compile(r"(?:^|[^A-Za-z0-9])sk-[A-Za-z0-9_-]{10,}")),
+    ("Stripe-style key (sk_live_/sk_test_...)", re.compile(r"sk_(?:live|test)_[A-Za-z0-9]{10,}")),
+    ("Hugging Face token (hf_...)", re.compile(r"(?:^|[^A-Za-z0-9])hf_[A-Za-z0-9]{10,}")),
+    ("GitHub token", re.compile(r"gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}")),
+    ("Slack token", re.compile(r"xox[abprs]-[A-Za-z0-9-]{10,}")),
+    ("AWS access key id", re.compile(r"AKIA[0-9A-Z]{16}")),
+    ("Google API key", re.compile(r"AIza[0-9A-Za-z_-]{30,}")),
+    ("JSON web token", re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.")),
+    ("bearer token", re.compile(r"(?i)\bbearer\s+\S+")),
+]
+# Values under these keys are sent to an endpoint as is; only plain words, numbers and booleans may go there.
+_PASS_THROUGH_KEYS = {"extra_body", "headers", "extra_headers", "default_headers", "http_headers", "default_query"}
+_PLAIN_WORD = re.compile(r"^[A-Za-z][A-Za-z_ -]{0,39}$")
+_BASE64_OR_HEX = re.compile(r"^(?=.*\d)(?=.*[A-Za-z])[A-Za-z0-9+/]{20,}={0,2}$")  # 20+ chars: a key, not a name
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
@@ -177,30 +192,68 @@ def _secret_key(key: str) -> bool:
 
 
 def _names_env_var(key: str, value: Any) -> bool:
-    """``api_key_env: DEEPSEEK_API_KEY`` names a variable; it holds no secret."""
-    return _words(key)[-1:] in (["env"], ["var"]) and (value is None or (isinstance(value, str) and bool(_ENV_NAME.match(value))))
+    """``api_key_env: DEEPSEEK_API_KEY`` names a variable; it holds no secret (unless the "name" is a key)."""
+    if _words(key)[-1:] not in (["env"], ["var"]):
+        return False
+    return value is None or (isinstance(value, str) and bool(_ENV_NAME.match(value)) and not _BASE64_OR_HEX.match(value))
 
 
-def check_secrets(params: Any, where: str, _path: str = "") -> None:
+def secret_rule(value: str, pass_through: bool = False) -> str | None:
+    """The rule a string value breaks, or None: a token shape anywhere, and under ``extra_body``/``headers``
+    (``pass_through``) anything but a plain word."""
+    for rule, pattern in _SECRET_VALUES:
+        if pattern.search(value):
+            return rule
+    if pass_through and not _PLAIN_WORD.match(value):
+        return "a value under extra_body/headers that is not a plain word (it is sent to the endpoint as is)"
+    return None
+
+
+def check_secrets(params: Any, where: str, _path: str = "", _pass_through: bool = False) -> None:
     """Raise :class:`SecretParameterError` for a key that names a credential or a value shaped like one.
 
-    Walks nested mappings and lists. The message names the key, never the value.
+    Walks nested mappings and lists. The message names the key and the rule that matched, never the value.
+    Rules: a credential-named key (``api_key``, ``hf_token``, ``password``...) unless it names an environment
+    variable (``api_key_env: DEEPSEEK_API_KEY``; a 20+ character base64/hex "name" is a key), URL userinfo,
+    token shapes (``sk-``, ``hf_``, ``Bearer``, ...), and any value under ``extra_body``/``headers`` that
+    is not a plain word, number or boolean.
     """
     if isinstance(params, Mapping):
         for k, v in params.items():
             path = f"{_path}.{k}" if _path else str(k)
             if _secret_key(str(k)) and not _names_env_var(str(k), v):
+                rule = ("20+ character base64/hex value in a credential-named field"
+                        if isinstance(v, str) and _BASE64_OR_HEX.match(v) else "credential-named key")
                 raise SecretParameterError(
-                    f"{where}: parameter {path!r} looks like a credential; parameters are written to executed "
-                    f"notebooks and status files, so keys come from environment variables only — pass the "
-                    f"variable's name instead (e.g. '{k}_env: DEEPSEEK_API_KEY')")
-            check_secrets(v, where, path)
+                    f"{where}: parameter {path!r} looks like a credential (rule: {rule}); parameters are written to "
+                    f"executed notebooks and status files, so keys come from environment variables only — pass the "
+                    f"variable's name instead (e.g. '{k if _words(str(k))[-1:] == ['env'] else f'{k}_env'}: "
+                    f"DEEPSEEK_API_KEY')")
+            check_secrets(v, where, path, _pass_through or str(k).lower() in _PASS_THROUGH_KEYS)
     elif isinstance(params, (list, tuple)):
         for i, v in enumerate(params):
-            check_secrets(v, where, f"{_path}[{i}]")
-    elif isinstance(params, str) and _SECRET_VALUE.search(params):
-        raise SecretParameterError(f"{where}: the value of {_path or 'a parameter'!r} looks like an API key or token; "
-                                   f"set it in an environment variable and pass the variable's name")
+            check_secrets(v, where, f"{_path}[{i}]", _pass_through)
+    elif isinstance(params, str):
+        rule = secret_rule(params, _pass_through)
+        if rule:
+            raise SecretParameterError(f"{where}: the value of {_path or 'a parameter'!r} looks like an API key or "
+                                       f"token (rule: {rule}); set it in an environment variable and pass the "
+                                       f"variable's name")
+
+
+def _register_named_secrets(params: Any) -> None:
+    """The values of the environment variables that parameters name (``api_key_env: X``) are redacted from
+    everything this run writes."""
+    from clinical_r1.redact import register_env
+
+    if isinstance(params, Mapping):
+        for k, v in params.items():
+            if isinstance(v, str) and _words(str(k))[-1:] in (["env"], ["var"]) and _ENV_NAME.match(v):
+                register_env(v)
+            _register_named_secrets(v)
+    elif isinstance(params, (list, tuple)):
+        for v in params:
+            _register_named_secrets(v)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -390,7 +443,7 @@ def read_status(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as e:
         raise PipelineError(f"{path}: status file is not valid JSON ({e}); delete it to start over") from None
 
@@ -427,40 +480,63 @@ def _first_lines(src: str, n: int = 3) -> str:
 
 def run_stages(plans: Sequence[StagePlan], status_path: Path, header: Mapping[str, Any], force: bool = False,
                kernel: str = KERNEL, progress: bool = True, timeout: float | None = None) -> dict[str, Any]:
-    """Execute ``plans`` in order, recording each stage in ``status_path``; skip stages already done with the same
-    parameters and notebook (unless ``force``); after one stage runs, every later one runs. Returns the status."""
-    status = read_status(status_path)
-    status.update(header)
-    status.setdefault("created", _now())
-    stages = status.setdefault("stages", {})
-    ran = False
-    for i, plan in enumerate(plans, start=1):
-        sha = _sha256(plan.notebook)
-        prev = stages.get(plan.name, {})
-        reason = _rerun_reason(prev, plan, sha, force, ran)
-        if reason is None:
-            log.info("[%d/%d] %s: done already (%.1f s); skipped", i, len(plans), plan.name, prev.get("duration_s", 0))
-            continue
-        log.info("[%d/%d] %s: running (%s)", i, len(plans), plan.name, reason)
-        entry = {"status": "running", "notebook": _rel(plan.notebook), "notebook_sha256": sha,
-                 "executed": _rel(plan.executed), "parameters": plan.parameters, "started": _now(),
-                 "finished": None, "duration_s": None, "error": None}
-        stages[plan.name] = entry
-        _save_status(status, status_path)
-        start = time.monotonic()
-        try:
-            execute_notebook(plan, kernel=kernel, progress=progress, timeout=timeout)
-        except StageError as e:
-            entry.update(status="failed", finished=_now(), duration_s=round(time.monotonic() - start, 2), error=str(e))
+    """Execute ``plans`` in order, recording each stage in ``status_path``; returns the status.
+
+    The run folder is owned by one process at a time (:mod:`clinical_r1.locks`: a second pipeline on it fails
+    at once, naming the holder's pid); the status is read, and every change written, under that lock. A stage
+    is skipped only when it is done with the same parameters and notebook and every file it wrote still exists
+    with the content it had (``outputs``: path -> hash; unless ``force``). After one stage runs, every later
+    one runs. Error messages and executed notebooks are redacted (:mod:`clinical_r1.redact`)."""
+    from clinical_r1.locks import exclusive
+
+    out_dir = status_path.parent
+    for plan in plans:
+        _register_named_secrets(plan.parameters)
+    with exclusive(out_dir, "pipeline run folder"):
+        status = read_status(status_path)
+        status.update(header)
+        status.setdefault("created", _now())
+        stages = status.setdefault("stages", {})
+        ran = False
+        for i, plan in enumerate(plans, start=1):
+            sha = _sha256(plan.notebook)
+            prev = stages.get(plan.name, {})
+            reason = _rerun_reason(prev, plan, sha, force, ran, out_dir)
+            if reason is None:
+                log.info("[%d/%d] %s: done already (%.1f s); skipped", i, len(plans), plan.name,
+                         prev.get("duration_s", 0))
+                continue
+            log.info("[%d/%d] %s: running (%s)", i, len(plans), plan.name, reason)
+            entry = {"status": "running", "notebook": _rel(plan.notebook), "notebook_sha256": sha,
+                     "executed": _rel(plan.executed), "parameters": plan.parameters, "started": _now(),
+                     "finished": None, "duration_s": None, "error": None, "outputs": {}}
+            stages[plan.name] = entry
             _save_status(status, status_path)
-            raise
-        entry.update(status="done", finished=_now(), duration_s=round(time.monotonic() - start, 2))
-        _save_status(status, status_path)
-        ran = True
-    return status
+            before = _listing(out_dir)
+            start = time.monotonic()
+            try:
+                execute_notebook(plan, kernel=kernel, progress=progress, timeout=timeout)
+            except StageError as e:
+                message = redact(str(e))
+                _scrub(plan.executed)
+                entry.update(status="failed", finished=_now(), duration_s=round(time.monotonic() - start, 2),
+                             error=message)
+                _save_status(status, status_path)
+                raise StageError(message) from None
+            _scrub(plan.executed)
+            outputs = _outputs(out_dir, before)
+            for other in stages.values():  # a file belongs to the last stage that wrote it
+                for rel in outputs:
+                    other.get("outputs", {}).pop(rel, None)
+            entry.update(status="done", finished=_now(), duration_s=round(time.monotonic() - start, 2),
+                         outputs=outputs)
+            _save_status(status, status_path)
+            ran = True
+        return status
 
 
-def _rerun_reason(prev: Mapping[str, Any], plan: StagePlan, sha: str, force: bool, upstream_ran: bool) -> str | None:
+def _rerun_reason(prev: Mapping[str, Any], plan: StagePlan, sha: str, force: bool, upstream_ran: bool,
+                  out_dir: Path) -> str | None:
     if force:
         return "--force"
     if prev.get("status") != "done":
@@ -471,7 +547,57 @@ def _rerun_reason(prev: Mapping[str, Any], plan: StagePlan, sha: str, force: boo
         return "parameters changed"
     if prev.get("notebook_sha256") != sha:
         return "notebook changed"
+    if "outputs" not in prev:
+        return "no record of its outputs (run by an older version)"
+    for rel, digest in prev["outputs"].items():
+        f = out_dir / rel
+        if not f.is_file():
+            return f"its output {rel} is missing"
+        if _digest(f) != digest:
+            return f"its output {rel} changed since it ran"
     return None
+
+
+_HASH_LIMIT = 64 << 20  # files above this (model weights, checkpoints) are recorded by size and mtime
+
+
+def _digest(path: Path) -> str:
+    st = path.stat()
+    if st.st_size > _HASH_LIMIT:
+        return f"stat:{st.st_size}:{st.st_mtime_ns}"
+    from clinical_r1.data import file_sha256
+
+    return f"sha256:{file_sha256(path)}"
+
+
+def _listing(out_dir: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``out_dir`` (hidden ones and the status files aside) -> (size, mtime)."""
+    found = {}
+    for root, dirs, files in os.walk(out_dir):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if name.startswith(".") or (root == str(out_dir) and name in (STATUS_FILE, DONE_FILE)):
+                continue
+            p = Path(root) / name
+            try:
+                st = p.stat()
+            except OSError:  # removed while we looked
+                continue
+            found[p.relative_to(out_dir).as_posix()] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def _outputs(out_dir: Path, before: Mapping[str, tuple[int, int]]) -> dict[str, str]:
+    """The files a stage created or changed (new or different size/mtime since ``before``), with hashes."""
+    after = _listing(out_dir)
+    return {rel: _digest(out_dir / rel) for rel, st in sorted(after.items()) if before.get(rel) != st}
+
+
+def _scrub(executed: Path) -> None:
+    from clinical_r1.redact import redact_file
+
+    if executed.is_file() and redact_file(executed):
+        log.warning("%s: removed credentials from the executed notebook", executed)
 
 
 def _save_status(status: dict[str, Any], path: Path) -> None:
@@ -508,11 +634,13 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike | None
         return {"recipe": r.name, "out": str(out_dir), "plan": [p.__dict__ for p in plans]}
     header = {"kind": "recipe", "recipe": r.name, "recipe_file": _rel(r.path), "recipe_sha256": _sha256(r.path),
               "out": str(out_dir), **_git()}
-    status = run_stages(plans, out_dir / STATUS_FILE, header, force=force, kernel=kernel, progress=progress,
-                        timeout=timeout)
+    from clinical_r1.locks import exclusive
     from clinical_r1.summary import write_summary
 
-    write_summary(out_dir)  # summary.json + summary.md: every number of the study, read from its files
+    with exclusive(out_dir, "pipeline run folder"):  # the stages and the summary: one writer
+        status = run_stages(plans, out_dir / STATUS_FILE, header, force=force, kernel=kernel, progress=progress,
+                            timeout=timeout)
+        write_summary(out_dir)  # summary.json + summary.md: every number of the study, read from its files
     return status
 
 
@@ -786,26 +914,34 @@ def run_grid(path: str | os.PathLike = GRID_FILE, out: str | os.PathLike | None 
         if not have_notebooks:
             log.warning("notebooks %s not found under %s: parameters not checked", list(grid.notebooks), notebooks_dir)
         return report
+    from clinical_r1.locks import exclusive
+
     failures = []
     for i, (run, plans) in enumerate(todo, start=1):
         log.info("run %d/%d: %s (%s)", i, len(todo), run.run_id, ", ".join(f"{k}={v}" for k, v in run.overrides.items()))
         run_dir = out_dir / run.run_id
-        (run_dir / DONE_FILE).unlink(missing_ok=True)
-        start = time.monotonic()
-        header = {"kind": "grid-run", "grid": grid.name, "grid_file": _rel(grid.path), "run_id": run.run_id,
-                  "out": str(run_dir), **_git()}
-        try:
-            run_stages(plans, run_dir / STATUS_FILE, header, force=force, kernel=kernel, progress=progress,
-                       timeout=timeout)
-        except StageError as e:
-            _set(report, run.run_id, "failed")
-            if not keep_going:
-                raise StageError(f"grid run {run.run_id}: {e}") from None
-            failures.append(f"{run.run_id}: {e}")
-            continue
-        record = {**_done_record(run, plans), "finished": _now(), "duration_s": round(time.monotonic() - start, 2),
-                  **_git()}
-        _write_json(record, run_dir / DONE_FILE)  # last: marks the run finished
+        with exclusive(run_dir, "grid run folder"):
+            done_path = run_dir / DONE_FILE
+            if done_path.exists() and not force and not _stale(read_status(done_path), _done_record(run, plans)):
+                log.info("%s: finished by another process meanwhile; skipped", run.run_id)  # re-read under the lock
+                _set(report, run.run_id, "done")
+                continue
+            done_path.unlink(missing_ok=True)
+            start = time.monotonic()
+            header = {"kind": "grid-run", "grid": grid.name, "grid_file": _rel(grid.path), "run_id": run.run_id,
+                      "out": str(run_dir), **_git()}
+            try:
+                run_stages(plans, run_dir / STATUS_FILE, header, force=force, kernel=kernel, progress=progress,
+                           timeout=timeout)
+            except StageError as e:
+                _set(report, run.run_id, "failed")
+                if not keep_going:
+                    raise StageError(f"grid run {run.run_id}: {e}") from None
+                failures.append(f"{run.run_id}: {e}")
+                continue
+            record = {**_done_record(run, plans), "finished": _now(),
+                      "duration_s": round(time.monotonic() - start, 2), **_git()}
+            _write_json(record, done_path)  # last: marks the run finished
         _set(report, run.run_id, "done")
     gather(out_dir)
     if failures:
@@ -935,33 +1071,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--notebooks", default=str(NOTEBOOKS_DIR), help="folder of the numbered notebooks")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per cell (default: none)")
     ap.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks for user errors")
     a = ap.parse_args(argv)
-    progress = not a.no_progress
-    try:
-        if a.gather:
-            df = gather(a.gather)
-            sys.stdout.write(f"{len(df)} rows -> {Path(a.gather) / SUMMARY_FILE}\n")
-        elif a.grid:
-            seeds = [int(s) for s in _csv(a.seeds)] if a.seeds else None
-            report = run_grid(a.grid, out=a.out, recipe=a.base_recipe, seeds=seeds, variants=_csv(a.variants),
-                              groups=_csv(a.groups), force=a.force, dry_run=a.dry_run, keep_going=a.keep_going,
-                              notebooks_dir=a.notebooks, progress=progress, timeout=a.timeout,
-                              recipe_out=a.recipe_out)
-            sys.stdout.write("\n".join(f"{r['run_id']:<44}{r['status']:<9}{r['groups']}" for r in report) + "\n")
-        else:
-            status = run_recipe(a.recipe, out=a.out, only=_csv(a.only), force=a.force, dry_run=a.dry_run,
-                                notebooks_dir=a.notebooks, progress=progress, timeout=a.timeout)
-            if not a.dry_run:
-                from clinical_r1.summary import SUMMARY_MD
+    from clinical_r1.cli import run_cli
 
-                sys.stdout.write(summary_table(status["out"]) + "\n\n")
-                sys.stdout.write((Path(status["out"]) / SUMMARY_MD).read_text(encoding="utf-8"))
-    except PipelineError as e:
-        log.error("%s", e)
-        return 1
-    return 0
+    return run_cli(lambda: _main(a), verbose=a.verbose)  # 0 done; 1 a stage failed; 2 a bad recipe, grid or folder
+
+
+def _main(a: argparse.Namespace) -> None:
+    progress = not a.no_progress
+    if a.gather:
+        df = gather(a.gather)
+        sys.stdout.write(f"{len(df)} rows -> {Path(a.gather) / SUMMARY_FILE}\n")
+    elif a.grid:
+        seeds = [int(s) for s in _csv(a.seeds)] if a.seeds else None
+        report = run_grid(a.grid, out=a.out, recipe=a.base_recipe, seeds=seeds, variants=_csv(a.variants),
+                          groups=_csv(a.groups), force=a.force, dry_run=a.dry_run, keep_going=a.keep_going,
+                          notebooks_dir=a.notebooks, progress=progress, timeout=a.timeout,
+                          recipe_out=a.recipe_out)
+        sys.stdout.write("\n".join(f"{r['run_id']:<44}{r['status']:<9}{r['groups']}" for r in report) + "\n")
+    else:
+        status = run_recipe(a.recipe, out=a.out, only=_csv(a.only), force=a.force, dry_run=a.dry_run,
+                            notebooks_dir=a.notebooks, progress=progress, timeout=a.timeout)
+        if not a.dry_run:
+            from clinical_r1.summary import SUMMARY_MD
+
+            sys.stdout.write(summary_table(status["out"]) + "\n\n")
+            sys.stdout.write((Path(status["out"]) / SUMMARY_MD).read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from clinical_r1.cli import setup_logging
+
+    setup_logging("-v" in sys.argv[1:] or "--verbose" in sys.argv[1:])
     raise SystemExit(main())

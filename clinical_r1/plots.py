@@ -70,7 +70,9 @@ BENCHMARK_NAMES = {"medqa": "MedQA", "medmcqa": "MedMCQA", "medxpertqa": "MedXpe
                    "sample": "bundled sample"}
 LOWER_IS_BETTER = ("halluc",)  # metric names containing one of these are marked "lower is better"
 TRAINING_EXTRA = ("reward", "kl", "completions/mean_length")  # panels after the reward components
+K_STAND_IN = "rewards/cross_reference/mean"  # the k trade-off's judge-free faithfulness axis
 METRIC_LABELS = {
+    K_STAND_IN: "cross-reference rate at the end of training (judge-free)",
     "reward": "total reward",
     "kl": "KL to reference",
     "completions/mean_length": "completion length (tokens)",
@@ -676,6 +678,140 @@ def plot_sft_loss(df: pd.DataFrame, runs: Sequence[str] | None = None) -> Figure
 
 
 # ---------------------------------------------------------------------------------------------------
+# Inside a multi-objective run: advantage shares and reward-hacking monitors (clinical_r1.monitors)
+# ---------------------------------------------------------------------------------------------------
+
+
+def share_runs(df: pd.DataFrame) -> list[str]:
+    """Runs that logged ``advantage_share/<reward>`` (GRPO/CRPO runs with the step monitor)."""
+    return _ordered(df.loc[df["metric"].str.startswith("advantage_share/"), "run"])
+
+
+def plot_advantage_shares(df: pd.DataFrame, runs: Sequence[str] | None = None, ncols: int = 2) -> Figure:
+    """Which reward drives the advantage: per run, each weighted reward's share of the advantage variance
+    (``advantage_share/<r>``, mean over prompt groups of Cov(part, A) / Var(A)) stacked over steps (a stepped
+    area: one block per step). Shares sum to
+    1; a reward that pulls against the total has a negative share, stacked below 0. A step with no varying group
+    logs no shares and shows as a gap. ``df``: ``run, step, metric, value`` (:func:`load_training_log`)."""
+    _require(df, ("run", "step", "metric", "value"), "plot_advantage_shares")
+    runs = list(runs) if runs is not None else share_runs(df)
+    if not runs:
+        raise PlotDataError("plot_advantage_shares: no run logged advantage_share/<reward>")
+    names = list(dict.fromkeys(m.split("/", 1)[1] for m in df["metric"] if m.startswith("advantage_share/")))
+    colors = dict(zip(names, _palette(len(names))))
+    hatches = dict(zip(names, METHOD_HATCHES))
+    cols = min(ncols, len(runs))
+    nrows = math.ceil(len(runs) / cols)
+    legend_h = _legend_height(len(names), 4)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.2 * nrows + legend_h), squeeze=False)
+    for ax, run in zip(axes.ravel(), runs):
+        d = df[(df["run"] == run) & df["metric"].str.startswith("advantage_share/")]
+        wide = d.pivot_table(index="step", columns="metric", values="value", aggfunc="mean")
+        steps = np.arange(int(df.loc[df["run"] == run, "step"].min()), int(df.loc[df["run"] == run, "step"].max()) + 1)
+        wide = wide.reindex(steps)
+        gaps = wide.isna().all(axis=1).to_numpy()
+        pos_base, neg_base = np.zeros(len(steps)), np.zeros(len(steps))
+        for name in names:
+            v = wide.get(f"advantage_share/{name}", pd.Series(np.nan, index=steps)).fillna(0.0).to_numpy()
+            v = np.where(gaps, np.nan, v)  # a step without shares is a gap, not a zero
+            for part, base in ((np.clip(v, 0, None), pos_base), (np.clip(v, None, 0), neg_base)):
+                if not np.nan_to_num(part).any():
+                    continue
+                ok = ~np.isnan(part)  # a stepped stacked area: one full-width block per step
+                ax.bar(steps[ok], part[ok], bottom=base[ok], width=1.0, color=colors[name], hatch=hatches[name],
+                       edgecolor="white", linewidth=0.4)
+                base[:] = base + part
+        ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
+        ax.axhline(0.0, color="0.4", linewidth=0.6)
+        for x in steps[gaps]:
+            ax.axvspan(x - 0.5, x + 0.5, color="0.92", zorder=0)
+        ax.set_xlim(steps[0] - 0.5, steps[-1] + 0.5)
+        ax.set_ylabel("share of advantage variance")
+        ax.set_title(str(run), fontsize=9)
+        _step_axis(ax)
+    for ax in axes.ravel()[len(runs):]:
+        ax.set_visible(False)
+    handles = [Patch(facecolor=colors[n], hatch=hatches[n], edgecolor="white", label=n) for n in names]
+    handles.append(Patch(facecolor="0.92", label="no varying group"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle("Which reward drives the advantage (shares sum to 1)")
+    fig.tight_layout(rect=(0, legend_h / fig.get_figheight(), 1, 1))
+    return fig
+
+
+def monitor_metrics(df: pd.DataFrame) -> list[str]:
+    """The ``monitor/*`` metrics logged, in :data:`clinical_r1.monitors.MONITORS` order."""
+    from clinical_r1.monitors import MONITORS, PREFIX
+
+    present = set(df["metric"])
+    return [PREFIX + m for m in MONITORS if PREFIX + m in present]
+
+
+def load_alarm_thresholds(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A run's alarm thresholds: ``metrics.json`` (``alarm_thresholds``), else its ``config.yaml`` ``monitors``."""
+    import yaml
+
+    d = Path(run_dir)
+    if (d / "metrics.json").is_file():
+        t = _read_json(d / "metrics.json").get("alarm_thresholds")
+        if t:
+            return dict(t)
+    if (d / "config.yaml").is_file():
+        return dict((yaml.safe_load((d / "config.yaml").read_text()) or {}).get("monitors") or {})
+    return {}
+
+
+def plot_monitors(df: pd.DataFrame, thresholds: Mapping[str, Any] | None = None, ncols: int = 4) -> Figure:
+    """The reward-hacking monitors per step, one panel each (one line per run), the recipe's threshold as a
+    dashed red line and every step above it as a red cross (an upward crossing is an alarm in ``metrics.json``).
+    ``df``: ``run, step, metric, value``; ``thresholds``: monitor name -> value (:func:`load_alarm_thresholds`)."""
+    from clinical_r1.monitors import PREFIX
+
+    _require(df, ("run", "step", "metric", "value"), "plot_monitors")
+    names = monitor_metrics(df)
+    if not names:
+        raise PlotDataError("plot_monitors: no monitor/<name> metrics logged")
+    thresholds = dict(thresholds or {})
+    runs = _ordered(df.loc[df["metric"].isin(names), "run"])
+    colors = dict(zip(runs, _palette(len(runs))))
+    cols = min(ncols, len(names))
+    nrows = math.ceil(len(names) / cols)
+    legend_h = _legend_height(len(runs) + 1, 3)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 2.6 * nrows + legend_h), squeeze=False)
+    for ax, metric in zip(axes.ravel(), names):
+        t = thresholds.get(metric[len(PREFIX):])
+        for i, run in enumerate(runs):
+            d = df[(df["run"] == run) & (df["metric"] == metric)].sort_values("step")
+            if d.empty:
+                continue
+            ax.plot(d["step"], d["value"], color=colors[run], **_run_style(i))
+            if t is not None:
+                hot = d[d["value"] > t]
+                ax.scatter(hot["step"], hot["value"], marker="x", s=60, color="tab:red", zorder=4)
+        if t is not None:
+            ax.axhline(t, color="tab:red", linestyle="--", linewidth=1)
+        ax.set_title(metric[len(PREFIX):].replace("_", " "), fontsize=9)
+        _step_axis(ax)
+    for ax in axes.ravel()[len(names):]:
+        ax.set_visible(False)
+    handles = [Line2D([], [], color=colors[r], label=str(r), **_run_style(i)) for i, r in enumerate(runs)]
+    handles.append(Line2D([], [], color="tab:red", linestyle="--", marker="x", label="threshold / above it"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle("Reward-hacking monitors (definitions: clinical_r1.monitors.MONITORS)")
+    fig.tight_layout(rect=(0, legend_h / fig.get_figheight(), 1, 1))
+    return fig
+
+
+def pareto_front(x: Sequence[float], y: Sequence[float], x_lower_is_better: bool = False) -> np.ndarray:
+    """Boolean mask of the points no other point beats on both axes (higher y, and higher x unless
+    ``x_lower_is_better``): the Pareto-optimal choices."""
+    xs = -np.asarray(x, float) if x_lower_is_better else np.asarray(x, float)
+    ys = np.asarray(y, float)
+    return np.array([not any((xs[j] >= xs[i]) and (ys[j] >= ys[i]) and ((xs[j] > xs[i]) or (ys[j] > ys[i]))
+                             for j in range(len(xs))) for i in range(len(xs))])
+
+
+# ---------------------------------------------------------------------------------------------------
 # The k trade-off
 # ---------------------------------------------------------------------------------------------------
 
@@ -683,7 +819,8 @@ def plot_sft_loss(df: pd.DataFrame, runs: Sequence[str] | None = None) -> Figure
 def plot_k_tradeoff(df: pd.DataFrame, x: str, y: str = "accuracy", k: str = "k",
                     lower_is_better: Iterable[str] = ()) -> Figure:
     """Accuracy against a faithfulness metric, one point per accuracy weight k (mean over seeds, error
-    bars ±1 standard deviation when a k has several runs), joined in k order and annotated ``k=…``.
+    bars ±1 standard deviation when a k has several runs), joined in k order and annotated ``k=…``; the
+    Pareto-optimal k (no other k has both higher accuracy and better faithfulness) are ringed in red.
 
     ``df``: one row per run with columns ``k``, ``x`` and ``y`` (e.g. a pivot of the ablation summary).
     """
@@ -702,6 +839,10 @@ def plot_k_tradeoff(df: pd.DataFrame, x: str, y: str = "accuracy", k: str = "k",
                    edgecolor="black", zorder=3)
         label = f"k={kv:g}" if isinstance(kv, (int, float, np.number)) else f"k={kv}"
         ax.annotate(label, (row["xm"], row["ym"]), xytext=(6, 5), textcoords="offset points", fontsize=8)
+    front = pareto_front(g["xm"], g["ym"], is_lower_better(x, lower_is_better))
+    ax.scatter(g["xm"][front], g["ym"][front], s=190, facecolors="none", edgecolors="tab:red", linewidths=1.5,
+               zorder=4, label="Pareto-optimal k")
+    ax.legend(loc="best", fontsize=7, frameon=False)
     xl = pretty_metric(x)
     if is_lower_better(x, lower_is_better) and "lower is better" not in xl:
         xl += " (lower is better)"
@@ -1083,7 +1224,9 @@ def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
     Figures: ``accuracy``, ``cognitive_behaviours``, ``faithfulness``, ``format_by_method`` (format
     compliance, cross-reference rate, valid answers), ``training_curves``, ``crpo_rewards`` (reward components
-    and ``frac_reward_zero_std`` of every RL run), ``sft_loss``, ``response_length``, ``k_tradeoff``.
+    and ``frac_reward_zero_std`` of every RL run), ``advantage_shares`` (which reward drives the advantage, per
+    RL run), ``monitors`` (reward-hacking monitors with the recipe's thresholds), ``sft_loss``,
+    ``response_length``, ``k_tradeoff`` (Pareto-optimal k ringed).
 
     Inputs: the evaluation, text-metric, judge, training and generation files under ``results_dir`` (a recipe
     run), and optionally the grid's ``summary.csv`` (``ablation_summary``): its ``comparison_group`` variants
@@ -1158,6 +1301,12 @@ def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
         rl = pd.concat([rl, grid_training_logs(grid_dir, comparison_group)], ignore_index=True)
     if not rl.empty and reward_components(rl):
         emit("crpo_rewards", plot_crpo_rewards(rl))
+    if not rl.empty and share_runs(rl):
+        emit("advantage_shares", plot_advantage_shares(rl))
+    if not rl.empty and monitor_metrics(rl):
+        first = next((p.parent for p in _files(Path(results_dir), "**/metrics.json")
+                      if load_alarm_thresholds(p.parent)), None)
+        emit("monitors", plot_monitors(rl, load_alarm_thresholds(first) if first else None))
     if not logs.empty and sft_runs(logs):
         emit("sft_loss", plot_sft_loss(logs))
     lengths = collect_lengths(results_dir)
@@ -1168,7 +1317,7 @@ def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
         if wide is not None:
             emit("k_tradeoff", plot_k_tradeoff(wide, x=wide.attrs["x"]))
     skipped = {"accuracy", "cognitive_behaviours", "faithfulness", "format_by_method", "training_curves",
-               "crpo_rewards", "sft_loss", "response_length", "k_tradeoff"} - set(written)
+               "crpo_rewards", "advantage_shares", "monitors", "sft_loss", "response_length", "k_tradeoff"} - set(written)
     if skipped:
         log.info("no inputs for: %s", ", ".join(sorted(skipped)))
     return written
@@ -1226,7 +1375,8 @@ def from_summary(summary: pd.DataFrame, table: str = "accuracy", group: str | No
 def k_table(summary: pd.DataFrame, x: str | None = None, group: str = "k", benchmark: str | None = None) -> pd.DataFrame | None:
     """From the ablation summary (:func:`clinical_r1.pipeline.gather`), the runs of the ``group`` group as one
     row per run: ``run_id, k, accuracy, <x>`` (accuracy averaged over benchmarks unless ``benchmark``).
-    ``x`` defaults to the first faithfulness metric present; None when the summary has no such runs."""
+    ``x`` defaults to the first faithfulness metric present, else (no judge ran) the judge-free stand-in
+    :data:`K_STAND_IN`, the run's final training cross-reference rate; None when the summary has no such runs."""
     if "groups" not in summary.columns:
         raise PlotDataError("ablation summary lacks the column 'groups'")
     d = summary[_in_group(summary["groups"], group)]
@@ -1240,6 +1390,8 @@ def k_table(summary: pd.DataFrame, x: str | None = None, group: str = "k", bench
     if x is None and "table" in d.columns:
         faith = d[d["table"] == "faithfulness"]
         x = faith["metric"].iloc[0] if not faith.empty else None
+    if x is None and K_STAND_IN in set(d["metric"]):
+        x = K_STAND_IN
     if x is None or d.empty:
         return None
     wide = d[d["metric"].isin(["accuracy", x])].pivot_table(index=["run_id", "k"], columns="metric", values="value",

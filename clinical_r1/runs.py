@@ -21,6 +21,7 @@ cannot (it names the plain base even when a cold-start adapter was merged into i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -32,7 +33,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from transformers import TrainerCallback
 
@@ -73,6 +74,29 @@ def prepare_run_dir(cfg: Mapping[str, Any]) -> Path:
     return d
 
 
+@contextlib.contextmanager
+def claim_run(cfg: Mapping[str, Any]) -> Iterator[Path]:
+    """Own the run folder for the block: an OS lock (a second run of the same folder fails at once, naming
+    the holder's pid; see :mod:`clinical_r1.locks`), then :func:`prepare_run_dir`. An exception inside marks
+    ``run_info.json`` ``status: failed`` with the error before it propagates; success marks ``finished``."""
+    from clinical_r1.locks import exclusive
+    from clinical_r1.redact import redact
+
+    if not is_main_process():
+        yield prepare_run_dir(cfg)
+        return
+    with exclusive(run_dir(cfg), "run folder"):
+        d = prepare_run_dir(cfg)
+        try:
+            yield d
+        except BaseException as e:
+            update_run_info(d, status="failed", failed=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                            error=redact(f"{type(e).__name__}: {e}")[:2000])
+            log.error("run %s failed; run_info.json marks it failed (resume: true continues it)", d)
+            raise
+        update_run_info(d, status="finished")
+
+
 def last_checkpoint(d: str | os.PathLike) -> str | None:
     """The newest complete ``checkpoint-N`` folder (with ``trainer_state.json``, which the Trainer writes
     last), so a run killed while saving resumes from the checkpoint before."""
@@ -110,20 +134,26 @@ def device_info() -> dict[str, Any]:
 
     info: dict[str, Any] = {"cuda": torch.cuda.is_available(), "cpu_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
-        info.update(gpu=torch.cuda.get_device_name(0), bf16=torch.cuda.is_bf16_supported())
+        from clinical_r1.models import bf16_supported
+
+        major, minor = torch.cuda.get_device_capability(0)
+        info.update(gpu=torch.cuda.get_device_name(0), capability=f"{major}.{minor}", bf16=bf16_supported(0),
+                    cuda_version=torch.version.cuda)
     return info
 
 
 def write_run_info(d: Path, cfg: Mapping[str, Any], **extra: Any) -> Path:
     """``config.yaml`` and ``run_info.json`` (main process only); on resume the earlier info is kept
     under ``previous``."""
+    from clinical_r1.redact import redact
+
     p = d / "run_info.json"
     if not is_main_process():
         return p
     write_yaml(dict(cfg), d / "config.yaml")
     info = {
         "run_name": cfg["run_name"], "stage": cfg["stage"], "seed": cfg["seed"],
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv, "host": platform.node(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": [redact(a) for a in sys.argv], "host": platform.node(),
         "git": git_commit(), "versions": library_versions(), "device": device_info(), **extra,
     }
     if cfg["resume"] and p.is_file():
@@ -150,11 +180,16 @@ class MetricsLogger(TrainerCallback):
     """Append every TRL log event to ``metrics.jsonl`` (one line, flushed), with plain-name aliases.
 
     On resume, lines logged after the checkpoint's step (the lost tail of a crashed run) are
-    removed first, so the file always describes one consistent trajectory.
+    removed first, so the file always describes one consistent trajectory. With ``monitors`` (a recipe's
+    alarm thresholds) each line also gets the windowed reward-hacking monitors, and a threshold crossing
+    logs a warning (:class:`clinical_r1.monitors.AlarmWatch`).
     """
 
-    def __init__(self, d: str | os.PathLike):
+    def __init__(self, d: str | os.PathLike, monitors: Mapping[str, Any] | None = None):
+        from clinical_r1.monitors import AlarmWatch
+
         self.path = Path(d) / "metrics.jsonl"
+        self.alarms = AlarmWatch(monitors) if monitors is not None else None
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero and state.global_step > 0 and self.path.is_file():
@@ -163,6 +198,8 @@ class MetricsLogger(TrainerCallback):
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
             os.replace(tmp, self.path)
             log.info("resumed at step %d: kept %d earlier metric lines", state.global_step, len(rows))
+            if self.alarms is not None:
+                self.alarms.reset(rows)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero:
@@ -174,6 +211,8 @@ class MetricsLogger(TrainerCallback):
                 if k in logs:
                     row[alias] = _clean(logs[k])
                     break
+        if self.alarms is not None:
+            self.alarms.observe(row)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
@@ -184,9 +223,9 @@ def read_metrics(d: str | os.PathLike) -> list[dict[str, Any]]:
     return read_jsonl(p) if p.is_file() else []
 
 
-def finalize_metrics(d: Path, summary: Mapping[str, Any]) -> dict[str, Any]:
-    """Write ``metrics.csv`` (all log lines) and ``metrics.json`` (summary + last value of each metric);
-    main process only."""
+def finalize_metrics(d: Path, summary: Mapping[str, Any], monitors: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``metrics.csv`` (all log lines) and ``metrics.json`` (summary + last value of each metric, and with
+    ``monitors``, the alarm thresholds, every threshold crossing under ``alarms``); main process only."""
     if not is_main_process():
         return {}
     rows = read_metrics(d)
@@ -194,6 +233,11 @@ def finalize_metrics(d: Path, summary: Mapping[str, Any]) -> dict[str, Any]:
     for r in rows:
         last.update({k: v for k, v in r.items() if k not in ("time",)})
     out = {"summary": dict(summary), "last": last, "n_log_lines": len(rows)}
+    if monitors is not None:
+        from clinical_r1.monitors import crossings
+
+        out["alarms"] = crossings(rows, monitors)
+        out["alarm_thresholds"] = dict(monitors)
     if rows:
         import pandas as pd
 
@@ -242,7 +286,7 @@ def train_and_save(trainer: Any, tok: Any, run: Path, cfg: Mapping[str, Any], **
     result = {**out.metrics, "global_step": out.global_step, "train_seconds": time.time() - t0,
               "adapter": str(adapter), "resumed_from": resume,
               **{k: (v(trainer) if callable(v) else v) for k, v in summary.items()}}
-    finalize_metrics(run, result)
+    finalize_metrics(run, result, cfg.get("monitors"))
     update_run_info(run, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     return result
 

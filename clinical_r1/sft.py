@@ -20,7 +20,7 @@ import random
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from clinical_r1.config import load_config, trainer_args
+from clinical_r1.config import check_paths, load_config, model_backend, trainer_args
 from clinical_r1.prompts import build_messages, crpo_target, grpo_target
 
 log = logging.getLogger(__name__)
@@ -153,10 +153,13 @@ def drop_too_long(rows: list[dict[str, Any]], tok: Any, max_length: int | None, 
 
 def run_sft(config: Mapping[str, Any] | str | os.PathLike, overrides: Any = None) -> Path:
     """Run cold-start SFT from a recipe; returns the run folder (``adapter/`` holds the best LoRA)."""
-    from clinical_r1 import models, runs
+    from clinical_r1 import models
+
+    models.import_unsloth_first(model_backend(config, overrides))  # before runs/load_config import transformers/TRL
+    from clinical_r1 import runs
 
     cfg = load_config(config, overrides, stage="sft")
-    models.import_unsloth_first(cfg["model"]["backend"])
+    check_paths(cfg)  # every input exists and is the right kind, before anything is loaded or written
     args = trainer_args(cfg)  # TRL's own checks, before any model or data is loaded
     ref = models.check_model(cfg["model"]["name"])
     tok = models.load_tokenizer(ref, padding_side="right")
@@ -175,14 +178,14 @@ def run_sft(config: Mapping[str, Any] | str | os.PathLike, overrides: Any = None
     train_rows = drop_too_long(train_rows, tok, args.max_length, "train traces")
     dev_rows = drop_too_long(dev_rows, tok, args.max_length, "dev traces")
 
-    run = runs.prepare_run_dir(cfg)
-    runs.write_run_info(run, cfg, model_ref=ref, n_train=len(train_rows), n_dev=len(dev_rows))
-    model, tok = models.load_policy(cfg["model"], cfg["lora"], seed=cfg["seed"],
-                                    gradient_checkpointing=bool(args.gradient_checkpointing))
-    tok.padding_side = "right"
-    trainer = build_sft_trainer(cfg, args, model, tok, train_rows, dev_rows, run)
-    runs.train_and_save(trainer, tok, run, cfg, best_checkpoint=lambda t: t.state.best_model_checkpoint,
-                        best_metric=lambda t: t.state.best_metric)
+    with runs.claim_run(cfg) as run:  # locked; marked failed if anything below raises
+        runs.write_run_info(run, cfg, model_ref=ref, n_train=len(train_rows), n_dev=len(dev_rows))
+        model, tok = models.load_policy(cfg["model"], cfg["lora"], seed=cfg["seed"],
+                                        gradient_checkpointing=bool(args.gradient_checkpointing))
+        tok.padding_side = "right"
+        trainer = build_sft_trainer(cfg, args, model, tok, train_rows, dev_rows, run)
+        runs.train_and_save(trainer, tok, run, cfg, best_checkpoint=lambda t: t.state.best_model_checkpoint,
+                            best_metric=lambda t: t.state.best_metric)
     log.info("SFT done: %s (best %s = %s)", run, args.metric_for_best_model, trainer.state.best_metric)
     return run
 

@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from clinical_r1.data import (SplitSizes, file_sha256, load_benchmark, load_split, make_splits, read_jsonl,
-                              sample_traces_path, to_records, write_json, write_jsonl)
+from clinical_r1.data import (EVAL_SPLITS, DataError, SplitSizes, file_sha256, load_benchmark, load_split, make_splits, read_jsonl,
+                              sample_traces_path, to_records, write_json, write_jsonl, write_split_set)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ def prepare_data(out_dir: str | os.PathLike, train_benchmark: str = "medqa", tra
 
     ``eval_benchmarks`` maps a loader name to a local file (``None``: the hub copy). With ``eval_optional``
     a missing local file is skipped with a note (the offline demo); otherwise it is an error. Evaluation
-    rows that fail validation are skipped and reported (real benchmarks hold a few duplicate options).
+    rows that cannot be scored are skipped and reported; odd but answerable rows (real benchmarks hold a
+    few duplicate options) are kept, as in the published denominators, and listed as ``flagged_rows``.
     A ``test`` split size > 0 adds the held-out part of the training benchmark as the evaluation set
     named after it (the demo's in-domain set).
     """
@@ -53,33 +54,44 @@ def prepare_data(out_dir: str | os.PathLike, train_benchmark: str = "medqa", tra
             log.warning("evaluation set %s: %s not found; skipped (eval_optional)", name, path)
             reports[name] = {"skipped": f"{path} not found"}
             continue
-        ds, report = load_benchmark(name, path=path, split="test", strict=False)
+        ds, report = load_benchmark(name, path=path, split=EVAL_SPLITS.get(name, "test"), strict=False)
         evals[name] = ds
         reports[name] = {"source": report.source, "total": report.total, "kept": report.kept,
-                         "skipped": report.skipped}
-    manifest = make_splits(train, out, SplitSizes(**(split_sizes or {})), seed=seed, eval_sets=evals,
-                           allow_overlap=allow_overlap)
-    if manifest["sizes"]["test"]:
-        evals = {train_benchmark: load_split(out, "test"), **evals}
-        reports[train_benchmark] = {"source": str(out / "test.jsonl"), "total": manifest["sizes"]["test"]}
-    eval_files = {}
+                         "skipped": report.skipped, "flagged": report.flagged}
     for name, ds in evals.items():
-        rows = to_records(ds)[: eval_limit] if eval_limit else to_records(ds)
-        path = write_jsonl(rows, out / EVAL_DIR / f"{name}.jsonl")
-        eval_files[name] = {"path": f"{EVAL_DIR}/{path.name}", "count": len(rows), "sha256": file_sha256(path),
-                            **{k: v for k, v in reports[name].items() if k != "skipped"},
-                            "skipped_rows": reports[name].get("skipped", [])}
-    manifest["eval"] = eval_files
-    manifest["eval_skipped"] = {n: r["skipped"] for n, r in reports.items() if isinstance(r.get("skipped"), str)}
-    manifest["train"] = {"benchmark": train_benchmark, "path": train_path}
-    write_json(manifest, out / "manifest.json")
-    return manifest
+        if len(ds) == 0:  # an evaluation set with no valid row is an error, not an empty file and a warning
+            bad = reports[name]["skipped"][:3]
+            raise DataError(f"evaluation set {name} ({reports[name]['source']}): no valid row; "
+                            f"{len(reports[name]['skipped'])} skipped, e.g. {bad}")
+
+    def fill(tmp: Path) -> dict[str, Any]:  # the split, the evaluation sets and the manifest: one set
+        nonlocal evals
+        manifest = make_splits(train, tmp, SplitSizes(**(split_sizes or {})), seed=seed, eval_sets=evals,
+                               allow_overlap=allow_overlap)
+        if manifest["sizes"]["test"]:
+            evals = {train_benchmark: load_split(tmp, "test"), **evals}
+            reports[train_benchmark] = {"source": str(out / "test.jsonl"), "total": manifest["sizes"]["test"]}
+        eval_files = {}
+        for name, ds in evals.items():
+            rows = to_records(ds)[: eval_limit] if eval_limit else to_records(ds)
+            path = write_jsonl(rows, tmp / EVAL_DIR / f"{name}.jsonl")
+            eval_files[name] = {"path": f"{EVAL_DIR}/{path.name}", "count": len(rows), "sha256": file_sha256(path),
+                                **{k: v for k, v in reports[name].items() if k not in ("skipped", "flagged")},
+                                "skipped_rows": reports[name].get("skipped", []),
+                                "flagged_rows": reports[name].get("flagged", [])}
+        manifest["eval"] = eval_files
+        manifest["eval_skipped"] = {n: r["skipped"] for n, r in reports.items() if isinstance(r.get("skipped"), str)}
+        manifest["train"] = {"benchmark": train_benchmark, "path": train_path}
+        write_json(manifest, tmp / "manifest.json")
+        return manifest
+
+    return write_split_set(out, fill)
 
 
 def eval_sets(splits_dir: str | os.PathLike) -> dict[str, Any]:
     """The evaluation sets written by :func:`prepare_data`, by benchmark name."""
     d = Path(splits_dir)
-    manifest = json.loads((d / "manifest.json").read_text())
+    manifest = json.loads((d / "manifest.json").read_text(encoding="utf-8-sig"))
     return {name: load_benchmark("jsonl", path=d / info["path"]) for name, info in manifest.get("eval", {}).items()}
 
 
@@ -182,7 +194,7 @@ def evaluate_methods(methods: Mapping[str, Mapping[str, Any]], splits_dir: str |
     generation files are reused (resumable), so rerunning only rescoring is cheap.
     """
     from clinical_r1.evaluate import evaluate
-    from clinical_r1.generate import generate, load_for_inference
+    from clinical_r1.generate import generate, open_engine
     from clinical_r1.metrics import summarize
 
     sets = eval_sets(splits_dir)
@@ -197,10 +209,10 @@ def evaluate_methods(methods: Mapping[str, Mapping[str, Any]], splits_dir: str |
         if only and not mine:
             raise ValueError(f"method {method!r}: none of its benchmarks {list(only)} is an evaluation set "
                              f"({sorted(sets)})")
-        model, tok = load_for_inference(model_ref)
+        engine = open_engine(model_ref, seed=seed)  # vLLM when installed on CUDA (the path builds its engine)
         for bench, ds in mine.items():
             gen = Path(out_dir) / method / f"{bench}.jsonl"
-            generate(model, tok, ds, gen, prompt_kind=kind, n=n_samples, temperature=temperature,
+            generate(engine, None, ds, gen, prompt_kind=kind, n=n_samples, temperature=temperature,
                      max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, dataset_name=bench,
                      model_name=model_ref)
             res = evaluate(gen, ds, out_path=gen.with_suffix(".metrics.json"), n_boot=n_boot, seed=seed,
@@ -213,7 +225,7 @@ def evaluate_methods(methods: Mapping[str, Mapping[str, Any]], splits_dir: str |
                          "ci_high": (o.get("accuracy_ci") or [None, None])[1], "valid_ratio": o.get("valid_ratio"),
                          "format_compliance": text["format_compliance"]["mean"],
                          "cross_reference": text["cross_reference"]["mean"], "mean_tokens": text["n_tokens"]["mean"]})
-        del model
+        engine.close()
     return rows
 
 

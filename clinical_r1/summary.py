@@ -10,7 +10,8 @@ The pipeline writes it after every recipe run (and prints the markdown). It hold
 - ``sft``: steps, first/last train loss, best dev loss;
 - ``rl``: per RL run (the recipe's own and the grid's 2x2 arms): steps, mean ``frac_reward_zero_std``, the steps
   with a non-zero loss, and the mean total reward of the first and last thirds of training with a 95% bootstrap
-  CI of their difference (resampling steps; a flat or falling curve is reported as it is);
+  CI of their difference (resampling steps; a flat or falling curve is reported as it is); the mean share of the
+  advantage of each weighted reward and how often it varied in a group, and the reward-hacking alarms;
 - ``evaluation``: per method and benchmark, accuracy (%) with its 95% CI, valid ratio, format compliance in
   the method's own answer format and in the crpo format, cross-reference rate and mean length in tokens;
 - ``judge``: judged records and the share that parsed, per method;
@@ -112,7 +113,23 @@ def rl_summary(run: Path, n_boot: int = 2000) -> dict[str, Any] | None:
         "components_last_third": {c: float(np.mean([r.get(f"rewards/{c}/mean", np.nan) for r in rows[-third:]]))
                                   for c in components},
         "mean_completion_length": _finite(rows[-1].get("completions/mean_length")),
+        **inside_summary(run, rows),
     }
+
+
+def inside_summary(run: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Which reward drove the advantage and what the monitors saw (``clinical_r1.monitors``): the mean over steps
+    of each ``advantage_share/<r>`` and ``reward_varies/<r>``, and the alarms in ``metrics.json`` (None when the
+    run logged no monitors)."""
+    def means(prefix: str) -> dict[str, float]:
+        names = list(dict.fromkeys(k[len(prefix):] for r in rows for k in r if k.startswith(prefix)))
+        vals = {n: [v for r in rows if (v := _finite(r.get(prefix + n))) is not None] for n in names}
+        return {n: float(np.mean(v)) for n, v in vals.items() if v}
+
+    metrics = run / "metrics.json"
+    alarms = _read_json(metrics).get("alarms") if metrics.is_file() else None
+    return {"advantage_share_mean": means("advantage_share/"), "reward_varies_mean": means("reward_varies/"),
+            "alarms": alarms}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -282,6 +299,10 @@ def to_markdown(s: Mapping[str, Any]) -> str:
                      f"{_fmt(r['frac_reward_zero_std_mean'])}, non-zero loss at {r['steps_with_nonzero_loss']} steps; "
                      f"mean reward first third {r['reward_first_third']:.2f}, last third {r['reward_last_third']:.2f} "
                      f"(difference {r['reward_diff']:+.2f}, 95% CI [{lo:+.2f}, {hi:+.2f}])")
+        if r.get("advantage_share_mean"):
+            lines.append("  mean advantage share: " + ", ".join(f"{k} {v:.2f}" for k, v in r["advantage_share_mean"].items())
+                         + "; alarms: " + (", ".join(f"{a['monitor']} at step {a['step']}" for a in r["alarms"])
+                                           if r.get("alarms") else "none" if r.get("alarms") == [] else "-"))
     if s["rl"]:
         lines.append("")
     if s["evaluation"]:

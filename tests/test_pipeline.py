@@ -331,4 +331,4 @@ def test_cli_dry_run_lists_the_project_grid(capsys: pytest.CaptureFixture[str]) 
     assert pipeline.main(["--grid", str(GRID), "--dry-run", "--seeds", "0", "--groups", "2x2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and all("pending" in ln or "done" in ln for ln in lines)
-    assert pipeline.main(["--recipe", "no-such-recipe"]) == 1
+    assert pipeline.main(["--recipe", "no-such-recipe"]) == 2  # a user error: one line, exit 2

@@ -517,3 +517,64 @@ def test_text_metrics_loader_refuses_other_files(tmp_path: Path) -> None:
     (tmp_path / "m" / "medqa.textmetrics.json").write_text(json.dumps({"format_compliance": 0.5}))
     with pytest.raises(plots.PlotDataError, match=r"m/medqa.textmetrics.json: not a text-metrics result"):
         plots.collect_text_metrics(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inside a multi-objective run (clinical_r1.monitors): advantage shares, monitors, the Pareto-optimal k
+# ---------------------------------------------------------------------------------------------------
+
+
+def write_monitored_run(d: Path) -> None:
+    """The lines runs.MetricsLogger writes for a CRPO run with the step monitor; step 3 had no varying group."""
+    d.mkdir(parents=True)
+    rows = []
+    for s in (1, 2, 3, 4):
+        r = {"step": s, "reward": 1.0 * s, "rewards/accuracy/mean": 0.1 * s, "monitor/truncation_rate": 0.1 * s,
+             "monitor/repetition": 0.02, "reward_varies/accuracy": 0.5}
+        if s != 3:
+            r.update({"advantage_share/accuracy": 0.9, "advantage_share/clinical_reasoning": 0.2,
+                      "advantage_share/consistency": -0.1})
+        rows.append(r)
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "metrics.json").write_text(json.dumps({"alarm_thresholds": {"truncation_rate": 0.25, "repetition": 0.2},
+                                                "alarms": [{"monitor": "truncation_rate", "step": 3}]}))
+
+
+def test_advantage_shares_stack_to_one_and_monitors_mark_their_thresholds(tmp_path: Path) -> None:
+    write_monitored_run(tmp_path / "run")
+    df = plots.load_training_log(tmp_path / "run")
+    fig = plots.plot_advantage_shares(df)
+    ax = fig.axes[0]
+    blocks = [(b.get_x() + b.get_width() / 2, b.get_y(), b.get_y() + b.get_height()) for b in ax.patches
+              if b.get_height() != 0 and b.get_zorder() > 0]  # the gaps are zorder-0 spans
+    assert sorted({round(x) for x, _, _ in blocks}) == [1, 2, 4]  # step 3 had no varying group: a gap
+    assert max(max(lo, hi) for _, lo, hi in blocks) == pytest.approx(1.1)  # 0.9 + 0.2 above 0 ...
+    assert min(min(lo, hi) for _, lo, hi in blocks) == pytest.approx(-0.1)  # ... -0.1 below: together 1
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["accuracy", "clinical_reasoning", "consistency",
+                                                                  "no varying group"]
+    check_saved(fig, tmp_path, "advantage_shares")
+    fig = plots.plot_monitors(df, plots.load_alarm_thresholds(tmp_path / "run"))
+    trunc = next(a for a in fig.axes if a.get_title() == "truncation rate")
+    crosses = [o for c in trunc.collections for o in c.get_offsets()]
+    assert [tuple(np.round(o, 6)) for o in crosses] == [(3, 0.3), (4, 0.4)]  # the steps above 0.25
+    assert any(ln.get_ydata()[0] == 0.25 for ln in trunc.get_lines())  # the threshold line
+    check_saved(fig, tmp_path, "monitors")
+    written = plots.make_all(tmp_path, tmp_path / "figures", paper_reference=REF)
+    assert {"advantage_shares", "monitors"} <= set(written)
+
+
+def test_pareto_front_and_the_judge_free_k_axis() -> None:
+    assert plots.pareto_front([1, 2, 3, 2], [3, 2, 1, 1]).tolist() == [True, True, True, False]
+    assert plots.pareto_front([1, 2, 3], [1, 2, 3], x_lower_is_better=True).tolist() == [True, True, True]
+    assert plots.pareto_front([1, 2, 3], [3, 2, 1], x_lower_is_better=True).tolist() == [True, False, False]
+    summary = pd.DataFrame([
+        {"run_id": f"k{k}", "variant": f"k{k}", "groups": "k", "k": k, "table": t, "benchmark": b, "metric": m,
+         "value": v}
+        for k, acc, xref in ((1, 40.0, 0.9), (5, 50.0, 0.8), (10, 45.0, 0.5))
+        for t, b, m, v in (("accuracy", "medqa", "accuracy", acc), ("training", "train", plots.K_STAND_IN, xref))])
+    wide = plots.k_table(summary)
+    assert wide.attrs["x"] == plots.K_STAND_IN
+    fig = plots.plot_k_tradeoff(wide, x=wide.attrs["x"])
+    ringed = fig.axes[0].collections[-1].get_offsets()
+    assert sorted(map(tuple, np.round(ringed, 6))) == [(0.8, 50.0), (0.9, 40.0)]  # k=10 is dominated by k=5
+    assert "judge-free" in fig.axes[0].get_xlabel()

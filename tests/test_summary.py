@@ -100,3 +100,22 @@ def test_bootstrap_difference_interval():
     assert 1.5 < lo < 2.0 < hi < 2.5
     lo, hi = bootstrap_diff([1.0, 3.0, 2.0], [2.0, 1.0, 3.0])
     assert lo < 0 < hi
+
+
+def test_each_rl_run_reports_its_mean_advantage_shares_and_alarms(study):
+    run = study / "cold_start_crpo"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for i, r in enumerate(rows):
+        r.update({"advantage_share/accuracy": 0.8 + 0.1 * (i % 2), "reward_varies/accuracy": 0.5})
+        if i != 4:  # a step with no varying group logs no share
+            r["advantage_share/clinical_reasoning"] = 0.2 - 0.1 * (i % 2)
+    write_jsonl(rows, run / "metrics.jsonl")
+    write_json({"alarms": [{"monitor": "truncation_rate", "step": 3, "value": 0.4, "threshold": 0.3}]},
+               run / "metrics.json")
+    s = write_summary(study)
+    up, down = s["rl"]["cold_start_crpo"], s["rl"]["cold_start_grpo"]
+    assert up["advantage_share_mean"] == pytest.approx({"accuracy": (5 * 0.8 + 4 * 0.9) / 9,
+                                                        "clinical_reasoning": (4 * 0.2 + 4 * 0.1) / 8})
+    assert up["reward_varies_mean"] == {"accuracy": 0.5} and up["alarms"][0]["step"] == 3
+    assert down["advantage_share_mean"] == {} and down["alarms"] is None  # a run from before the monitors
+    assert "alarms: truncation_rate at step 3" in (study / SUMMARY_MD).read_text()

@@ -114,7 +114,8 @@ def test_paper_recipes_match_the_authors_reference():
     t = rl["trainer"]
     assert (t["learning_rate"], t["lr_scheduler_type"], t["num_generations"]) == (1e-6, "constant", 5)
     assert (t["beta"], t["epsilon"], t["temperature"], t["max_completion_length"]) == (0.001, 0.2, 0.6, 4096)
-    assert t["per_device_train_batch_size"] * t["gradient_accumulation_steps"] // t["num_generations"] == 512
+    assert t["per_device_train_batch_size"] * t["steps_per_generation"] // t["num_generations"] == 512  # per rollout
+    assert t["per_device_train_batch_size"] * t["gradient_accumulation_steps"] // t["num_generations"] == 16  # per update
     assert t["num_train_epochs"] == 20 and rl["reward"]["preset"] == "crpo"
     assert t["multi_objective_aggregation"] == "sum_then_normalize"
     t4 = C.load_config(REPO / "configs/t4_16gb_crpo.yaml")
@@ -156,9 +157,8 @@ def test_bad_recipes_fail_at_load(tmp_path, override, message):
 
 
 def test_group_size_must_divide_the_generation_batch(tmp_path):
-    cfg = demo("crpo", tmp_path, **{"trainer.per_device_train_batch_size": 3, "trainer.num_generations": 2})
-    with pytest.raises(ConfigError, match="divisible by num_generations"):
-        C.trainer_args(cfg)
+    with pytest.raises(ConfigError, match=r"num_generations \(2\) must divide the generation batch.* = 3"):
+        demo("crpo", tmp_path, **{"trainer.per_device_train_batch_size": 3, "trainer.num_generations": 2})
 
 
 def test_sft_recipe_checks(tmp_path):
