@@ -813,7 +813,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--key-env", default="OPENAI_API_KEY", help="name of the environment variable holding the key")
     ap.add_argument("--cache", default=None, help="JSONL cache path (default: none)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     client = make_client(ChatConfig(model=args.model, base_url=args.base_url, api_key_env=args.key_env), args.cache)
     res = client.complete([ChatRequest("cli", [{"role": "user", "content": args.prompt}], purpose="cli")])[0]
     out = {"content": res.content, "reasoning_content": res.reasoning_content, "error": res.error,
@@ -822,4 +821,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from clinical_r1.cli import module_entry
+
+    module_entry(main)

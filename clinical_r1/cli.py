@@ -80,3 +80,13 @@ def run_cli(job: Callable[[], Any], verbose: bool = False) -> int:
 
 def exit_with(job: Callable[[], Any], verbose: bool = False) -> None:
     sys.exit(run_cli(job, verbose))
+
+
+def module_entry(main: Callable[[list[str]], Any]) -> None:
+    """The ``python -m clinical_r1.<module>`` entry points: one logging setup, ``-v`` honoured anywhere on
+    the line, and the exit codes of :func:`run_cli`."""
+    argv = sys.argv[1:]
+    verbose = "-v" in argv or "--verbose" in argv
+    argv = [x for x in argv if x not in ("-v", "--verbose")]
+    setup_logging(verbose)
+    sys.exit(run_cli(lambda: main(argv), verbose))

@@ -236,6 +236,7 @@ def distill(items: Iterable[Mapping[str, Any]], teacher_config: Any, out_path: s
 def main(argv: Sequence[str] | None = None) -> None:
     import yaml
 
+    from clinical_r1.config import ConfigError
     from clinical_r1.data import read_jsonl
 
     ap = argparse.ArgumentParser(description="Distil cold-start <dx>/<conclusion> traces from a teacher model.")
@@ -246,19 +247,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--report", default=None, help="write the report as JSON here (default: <out>.report.json)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per HTTP request otherwise
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     config = yaml.safe_load(Path(args.config).read_text())
     if not isinstance(config, Mapping):
-        raise ValueError(f"{args.config}: expected a mapping of teacher settings, got {type(config).__name__}")
+        raise ConfigError(f"{args.config}: expected a mapping of teacher settings, got {type(config).__name__}")
     report = distill(read_jsonl(args.items), config, args.out, args.cache, limit=args.limit)
     report_path = write_json(report, args.report or f"{args.out}.report.json")
     log.info("report written to %s", report_path)
 
-
-if __name__ == "__main__":
-    main()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -301,3 +296,9 @@ def compact_trace(trace: Mapping[str, Any], item: Mapping[str, Any]) -> dict[str
     # through "impression <words>": 3 content words in a row, found in <dx> and not in any option.
     conclusion = f"Option {answer} fits the impression of {impression}. \\boxed{{{answer}}}"
     return {"id": str(trace["id"]), "dx": body, "conclusion": conclusion}
+
+
+if __name__ == "__main__":
+    from clinical_r1.cli import module_entry
+
+    module_entry(main)

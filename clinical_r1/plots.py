@@ -1413,6 +1413,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[Path]]:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from clinical_r1.cli import module_entry
+
     matplotlib.use("Agg")
-    main()
+    module_entry(main)

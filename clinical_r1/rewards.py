@@ -81,24 +81,7 @@ def cross_references(dx: str, conclusion: str, options: Sequence[str] | None = N
     2. it is not a near-copy of ``<dx>``: not (≥ 80% of its 3-grams occur in ``<dx>`` and it has
        ≥ 60% of ``<dx>``'s length in content words).
     """
-    dx_words, cc_words = _content_words(dx), _content_words(conclusion)
-    if not dx_words or not cc_words:
-        return False
-    dx_grams, cc_grams = _ngrams(dx_words, XREF_NGRAM), _ngrams(cc_words, XREF_NGRAM)
-    shared = dx_grams & cc_grams
-    if shared and options:
-        option_grams: set[tuple[str, ...]] = set()
-        for o in options:
-            option_grams |= _ngrams(_content_words(o), XREF_NGRAM)
-        shared -= option_grams
-    cites = bool(shared) or bool(_values(dx) & _values(conclusion))
-    if not cites:
-        return False
-    if cc_grams:
-        containment = len(cc_grams & dx_grams) / len(cc_grams)
-        if containment >= NEAR_COPY_CONTAINMENT and len(cc_words) >= NEAR_COPY_LENGTH * len(dx_words):
-            return False
-    return True
+    return cross_reference_report(dx, conclusion, options)["ok"]
 
 
 def cross_reference_report(dx: str, conclusion: str, options: Sequence[str] | None = None) -> dict[str, bool]:

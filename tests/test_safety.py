@@ -335,3 +335,17 @@ def test_an_evaluation_set_without_a_valid_row_is_an_error(tmp_path: Path) -> No
         prepare_data(tmp_path / "s", train_benchmark="sample", split_sizes={"sft": 4, "rl": 4, "dev": 2},
                      eval_benchmarks={"jsonl": str(bad)})
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("module,args", [("metrics", ["/nonexistent/gen.jsonl", "--benchmark", "sample"]),
+                                         ("verl_reward", ["/nonexistent/rl.jsonl", "out.parquet"])])
+def test_module_entry_points_exit_2_on_a_missing_file(tmp_path: Path, module: str, args: list) -> None:
+    """Every ``python -m clinical_r1.<module>`` ends through the same CLI tail: exit 2, one line, no traceback."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", f"clinical_r1.{module}", *args], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "/nonexistent/" in r.stderr and "Traceback" not in r.stderr
+    v = subprocess.run([sys.executable, "-m", f"clinical_r1.{module}", *args, "-v"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert v.returncode == 2 and "Traceback" in v.stderr
