@@ -683,8 +683,9 @@ def plot_sft_loss(df: pd.DataFrame, runs: Sequence[str] | None = None) -> Figure
 
 
 def share_runs(df: pd.DataFrame) -> list[str]:
-    """Runs that logged ``advantage_share/<reward>`` (GRPO/CRPO runs with the step monitor)."""
-    return _ordered(df.loc[df["metric"].str.startswith("advantage_share/"), "run"])
+    """Runs with the step monitor (GRPO/CRPO): they log ``reward_varies/<reward>`` every step, and
+    ``advantage_share/<reward>`` on the steps where some group varied."""
+    return _ordered(df.loc[df["metric"].str.startswith(("advantage_share/", "reward_varies/")), "run"])
 
 
 def plot_advantage_shares(df: pd.DataFrame, runs: Sequence[str] | None = None, ncols: int = 2) -> Figure:
@@ -696,8 +697,9 @@ def plot_advantage_shares(df: pd.DataFrame, runs: Sequence[str] | None = None, n
     _require(df, ("run", "step", "metric", "value"), "plot_advantage_shares")
     runs = list(runs) if runs is not None else share_runs(df)
     if not runs:
-        raise PlotDataError("plot_advantage_shares: no run logged advantage_share/<reward>")
-    names = list(dict.fromkeys(m.split("/", 1)[1] for m in df["metric"] if m.startswith("advantage_share/")))
+        raise PlotDataError("plot_advantage_shares: no run logged advantage_share/<reward> or reward_varies/<reward>")
+    names = list(dict.fromkeys(m.split("/", 1)[1] for m in df["metric"]
+                               if m.startswith(("advantage_share/", "reward_varies/"))))
     colors = dict(zip(names, _palette(len(names))))
     hatches = dict(zip(names, METHOD_HATCHES))
     cols = min(ncols, len(runs))

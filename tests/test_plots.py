@@ -578,3 +578,14 @@ def test_pareto_front_and_the_judge_free_k_axis() -> None:
     ringed = fig.axes[0].collections[-1].get_offsets()
     assert sorted(map(tuple, np.round(ringed, 6))) == [(0.8, 50.0), (0.9, 40.0)]  # k=10 is dominated by k=5
     assert "judge-free" in fig.axes[0].get_xlabel()
+
+
+def test_a_run_without_any_varying_group_is_drawn_as_gaps() -> None:
+    """A step monitor that never saw a varying group still gets its panel: all grey, no learning signal."""
+    df = pd.DataFrame([{"run": "flat", "step": s, "metric": f"reward_varies/{r}", "value": 0.0}
+                       for s in (1, 2) for r in ("accuracy", "consistency")])
+    fig = plots.plot_advantage_shares(df)
+    ax = fig.axes[0]
+    assert not [p for p in ax.patches if p.get_zorder() > 0 and p.get_height() != 0]
+    assert len([p for p in ax.patches if p.get_zorder() == 0]) == 2  # two grey steps
+    assert fig.legends[0].get_texts()[-1].get_text() == "no varying group"
