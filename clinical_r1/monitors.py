@@ -172,6 +172,9 @@ class StepMonitor:
         lengths = [len(x) for x in ids] if ids is not None else [len(completion_text(c).split()) for c in completions]
         table = np.asarray(table, np.float32).T.astype(float)  # TRL holds rewards as float32
         rewards, lengths = _gather(table, np.asarray(lengths, float))
+        if len(rewards) % self.num_generations:  # an evaluation batch with another group size: not a training step
+            log.debug("step monitor: %d completions are not groups of %d; skipped", len(rewards), self.num_generations)
+            return
         for name, value in self.metrics(rewards, lengths, completions, kwargs.get("options")).items():
             log_metric(name, value)
 

@@ -973,9 +973,11 @@ SUMMARY_COLUMNS = ["run_id", "variant", "seed", "groups", "table", "benchmark", 
 def gather(results_dir: str | os.PathLike | None = None, write: bool = True):
     """One tidy table of every finished run (``done.json``) under ``results_dir``: ``run_id, variant, seed,
     groups`` (``;``-joined), one column per overridden setting (``k``, ``preset``, ...; the run's effective
-    value), then ``table`` (accuracy | cognitive_behaviours | faithfulness | training), ``benchmark``
-    (``train`` for training rows), ``metric, value, ci_low, ci_high``. Accuracy rows are percent; training
-    rows are the last logged value of each reward component, total reward, KL and completion length.
+    value), then ``table`` (accuracy | cognitive_behaviours | faithfulness | training | advantage | alarms),
+    ``benchmark`` (``train`` for training rows), ``metric, value, ci_low, ci_high``. Accuracy rows are
+    percent; training rows are the last logged value of each reward component, total reward, KL and completion
+    length; advantage rows the mean over steps of each ``advantage_share/<r>`` and ``reward_varies/<r>``; alarm
+    rows the number of threshold crossings per monitor, with their steps in ``benchmark``.
     Written atomically to ``<results_dir>/summary.csv`` when ``write``."""
     import pandas as pd
 
@@ -1028,6 +1030,29 @@ def _run_rows(run_dir: Path, rid: str, plots: Any) -> list[dict[str, Any]]:
             last = logs[logs["metric"] == metric].sort_values("step").iloc[-1]
             rows.append({"table": "training", "benchmark": "train", "metric": metric, "value": last["value"],
                          "ci_low": None, "ci_high": None})
+    rows += _inside_rows(run_dir)
+    return rows
+
+
+def _inside_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """Each RL run's mean advantage shares and reward-varies rates over its steps (table ``advantage``) and its
+    monitor alarms (table ``alarms``: crossings per monitor, the steps in ``benchmark``), as in the study summary."""
+    from clinical_r1.data import read_jsonl
+    from clinical_r1.summary import inside_summary
+
+    rows: list[dict[str, Any]] = []
+    for metrics in sorted(run_dir.glob("**/metrics.jsonl")):
+        inside = inside_summary(metrics.parent, read_jsonl(metrics))
+        for kind in ("advantage_share", "reward_varies"):
+            for name, value in inside[f"{kind}_mean"].items():
+                rows.append({"table": "advantage", "benchmark": "train", "metric": f"{kind}/{name}", "value": value,
+                             "ci_low": None, "ci_high": None})
+        steps: dict[str, list[int]] = {}
+        for alarm in inside["alarms"] or []:
+            steps.setdefault(alarm["monitor"], []).append(int(alarm["step"]))
+        for monitor, at in steps.items():
+            rows.append({"table": "alarms", "benchmark": "steps " + ",".join(map(str, at)), "metric": monitor,
+                         "value": len(at), "ci_low": None, "ci_high": None})
     return rows
 
 

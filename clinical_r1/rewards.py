@@ -220,7 +220,7 @@ def _tokens(text: str) -> _Tokens:
     if text.isascii():  # the common case: one byte per character, no script without spaces
         cps = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
     else:
-        cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
     cls = _char_classes(cps)
     ws = (cls & _WS) != 0
     # a token starts at a non-space after a space; in scripts without spaces every character starts one,
@@ -440,7 +440,7 @@ def r1_format_of(t: str) -> float:
 
 def r1_english_of(t: str) -> float:
     """Share of characters in ``R1_ENGLISH``; 0 for the empty string."""
-    cps = np.frombuffer(t.encode("utf-32-le"), dtype=np.uint32)
+    cps = np.frombuffer(t.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
     return float(_R1_TABLE[np.minimum(cps, 128)].mean()) if len(cps) else 0.0
 
 

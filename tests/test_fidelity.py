@@ -33,6 +33,7 @@ AUTHORS = {
     "num_train_epochs": 20,  # trainer.total_epochs
     "scale_rewards": "group",  # GRPO advantage divided by the group std
     "loss_type": "bnpo",  # masked_mean over each micro-batch: a token mean, not a sequence mean
+    "vllm_importance_sampling_correction": False,  # verl corrects no vLLM-vs-trainer log-prob mismatch
 }
 PROMPTS_PER_ROLLOUT = 512  # data.train_batch_size
 PROMPTS_PER_UPDATE = 16  # actor.ppo_mini_batch_size

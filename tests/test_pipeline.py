@@ -332,3 +332,22 @@ def test_cli_dry_run_lists_the_project_grid(capsys: pytest.CaptureFixture[str]) 
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and all("pending" in ln or "done" in ln for ln in lines)
     assert pipeline.main(["--recipe", "no-such-recipe"]) == 2  # a user error: one line, exit 2
+
+
+def test_grid_summary_rows_carry_advantage_shares_and_alarms(tmp_path: Path) -> None:
+    """Each grid run's summary rows gain its mean advantage shares and its monitor alarms (issue 13)."""
+    from clinical_r1.pipeline import _inside_rows
+
+    train = tmp_path / "run" / "train"
+    train.mkdir(parents=True)
+    rows = [{"step": s, "reward": 1.0, "advantage_share/accuracy": a, "advantage_share/format": 1 - a,
+             "reward_varies/accuracy": 0.5} for s, a in ((1, 0.6), (2, 1.0))]
+    (train / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (train / "metrics.json").write_text(json.dumps({"alarms": [{"monitor": "box_outside_rate", "step": 2},
+                                                               {"monitor": "box_outside_rate", "step": 5}]}))
+    got = {(r["table"], r["metric"]): r for r in _inside_rows(tmp_path / "run")}
+    assert got[("advantage", "advantage_share/accuracy")]["value"] == pytest.approx(0.8)
+    assert got[("advantage", "advantage_share/format")]["value"] == pytest.approx(0.2)
+    assert got[("advantage", "reward_varies/accuracy")]["value"] == pytest.approx(0.5)
+    alarm = got[("alarms", "box_outside_rate")]
+    assert alarm["value"] == 2 and alarm["benchmark"] == "steps 2,5"

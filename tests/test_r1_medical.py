@@ -73,6 +73,7 @@ CASES = [
     ("draft \\boxed{C} ## Final Response\n<think>r</think><answer>So \\boxed{B}</answer>", "B",
      {"accuracy": 1, "format": 1.5}),
     ("", "B", {"accuracy": 0, "format": 0, "english": 0, "total": 0}),
+    ("<think>r\ud800</think><answer>So \\boxed{B}</answer>", "B", {"accuracy": 1, "format": 1.5}),  # a lone surrogate
 ]
 
 
