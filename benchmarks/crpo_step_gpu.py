@@ -10,7 +10,8 @@ CUDA only (it exits with a message otherwise, except ``--smoke``). Variants, eac
 
 - ``trl``: plain TRL ``GRPOTrainer``, generation with transformers ``generate`` (model.backend transformers);
 - ``unsloth``: Unsloth's patched model and trainer (model.backend unsloth), its own generation;
-- ``vllm``: plain TRL with vLLM colocated in the training process (``use_vllm: true, vllm_mode: colocate``);
+- ``vllm``: plain TRL with vLLM colocated in the training process (``use_vllm: true, vllm_mode: colocate``;
+  always a 16-bit base: TRL merges the LoRA into the base weights to sync vLLM, which fails on 4-bit ones);
 - ``unsloth-vllm``: Unsloth with its vLLM engine (``fast_inference``; ``use_vllm: true``).
 
 Every (variant, G) runs in its own subprocess (Unsloth patches transformers/TRL on import, and a colocated
@@ -159,8 +160,10 @@ def bench_recipe(spec: dict[str, Any]) -> dict[str, Any]:
         over["trainer.max_completion_length"] = spec["max_completion_length"]
     if use_vllm:
         over["model.gpu_memory_utilization"] = spec["vllm_memory"]  # Unsloth's engine
-    if v == "vllm":
-        over.update({"trainer.vllm_mode": "colocate", "trainer.vllm_gpu_memory_utilization": spec["vllm_memory"]})
+    if v == "vllm":  # 16-bit base even with --load-in-4bit or the T4 recipe: TRL syncs vLLM by merging the LoRA
+        # adapter into the base weights, which breaks on bitsandbytes 4-bit ones (config validation refuses it)
+        over.update({"trainer.vllm_mode": "colocate", "trainer.vllm_gpu_memory_utilization": spec["vllm_memory"],
+                     "model.load_in_4bit": False})
     if smoke:  # CPU: fp32, no quantisation, tiny completions
         over.update({"model.load_in_4bit": False, "trainer.gradient_checkpointing": False,
                      "trainer.max_completion_length": 16, "trainer.dataloader_num_workers": 0})
@@ -354,7 +357,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-completion-length", type=int, default=None,
                     help="default 1024 for the built-in recipe, the recipe's own with --config")
     ap.add_argument("--max-prompt-length", type=int, default=1024)
-    ap.add_argument("--load-in-4bit", action="store_true", help="QLoRA (bitsandbytes) for every variant")
+    ap.add_argument("--load-in-4bit", action="store_true", help="QLoRA (bitsandbytes) for every variant but vllm")
     ap.add_argument("--vllm-memory", type=float, default=0.35, help="GPU share for a colocated vLLM engine")
     ap.add_argument("--config", default=None, help="a project CRPO recipe to time instead of the built-in one")
     ap.add_argument("--work-dir", default=None, help="policy cache and run folders (default: a temp folder)")

@@ -12,7 +12,8 @@ step runs the project's own command line in a subprocess, with a time limit take
    sample traces;
 2. ``crpo-<variant>``: 2 CRPO steps of ``configs/t4_16gb_crpo.yaml`` (continuing that adapter, G = 4,
    256-token completions) for each generation variant: ``transformers`` (plain TRL ``generate``),
-   ``unsloth``, ``vllm`` (TRL with vLLM colocated) and ``unsloth-vllm`` (Unsloth's ``fast_inference``);
+   ``unsloth``, ``vllm`` (TRL with vLLM colocated; a 16-bit base, since TRL cannot sync a 4-bit one) and
+   ``unsloth-vllm`` (Unsloth's ``fast_inference``);
 3. ``eval-vllm``: 16 bundled questions answered with vLLM by the first CRPO adapter that passed (a
    ``LoRARequest`` on the base, never merged into 4-bit weights), then scored (``clinical_r1.evaluate``); the
    questions were also training data, so the accuracy is a plumbing check, not a result;
@@ -48,8 +49,11 @@ CRPO_RECIPE = "configs/t4_16gb_crpo.yaml"
 VARIANTS: dict[str, dict[str, Any]] = {
     "transformers": {"model.backend": "transformers", "trainer.use_vllm": False},
     "unsloth": {"model.backend": "unsloth", "trainer.use_vllm": False},
-    "vllm": {"model.backend": "transformers", "trainer.use_vllm": True, "trainer.vllm_mode": "colocate",
-             "trainer.vllm_gpu_memory_utilization": 0.3, "trainer.vllm_max_model_length": 1024},
+    # 16-bit base: TRL syncs the policy to its vLLM engine by merging the LoRA adapter into the base weights,
+    # which breaks on bitsandbytes 4-bit weights (the T4 recipe's load_in_4bit; config validation refuses it).
+    "vllm": {"model.backend": "transformers", "model.load_in_4bit": False, "trainer.use_vllm": True,
+             "trainer.vllm_mode": "colocate", "trainer.vllm_gpu_memory_utilization": 0.3,
+             "trainer.vllm_max_model_length": 1024},
     "unsloth-vllm": {"model.backend": "unsloth", "trainer.use_vllm": True, "model.gpu_memory_utilization": 0.3},
 }
 EVAL_QUESTIONS = 16

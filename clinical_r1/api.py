@@ -818,6 +818,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = {"content": res.content, "reasoning_content": res.reasoning_content, "error": res.error,
            "summary": client.summary()}
     print(json.dumps(out, indent=2, ensure_ascii=False))  # the CLI's output, not logging
+    if res.error:
+        from clinical_r1.cli import JobFailed
+
+        raise JobFailed(f"the request failed: {res.error}")
 
 
 if __name__ == "__main__":

@@ -426,6 +426,8 @@ def _validate_crpo(cfg: Mapping[str, Any]) -> None:
     from clinical_r1.rewards import REWARDS, get_preset
 
     r = cfg["reward"]
+    if r["k"] is not None and not r["k"] > 0:
+        raise ConfigError(f"reward.k must be > 0 (the accuracy weight), got {r['k']!r}")
     try:
         get_preset(r["preset"], r["k"])
     except KeyError as e:
@@ -434,6 +436,12 @@ def _validate_crpo(cfg: Mapping[str, Any]) -> None:
         if name not in REWARDS:
             raise ConfigError(f"reward.weights: unknown reward {name!r}; known rewards: {sorted(REWARDS)}")
     t = cfg["trainer"]
+    if cfg["model"].get("backend") == "transformers" and cfg["model"].get("load_in_4bit") and t.get("use_vllm"):
+        # TRL syncs the policy to vLLM by merging the LoRA adapter into the base weights, which fails on
+        # bitsandbytes 4-bit weights; Unsloth's engine (model.backend: unsloth) handles 4-bit itself.
+        raise ConfigError("model.backend=transformers with model.load_in_4bit=true and trainer.use_vllm=true is not "
+                          "supported (TRL merges the LoRA adapter into 4-bit weights to sync vLLM): set "
+                          "model.load_in_4bit=false, trainer.use_vllm=false, or model.backend=unsloth")
     if "multi_objective_aggregation" in t:
         _choice(t["multi_objective_aggregation"], AGGREGATIONS, "trainer.multi_objective_aggregation")
     if "scale_rewards" in t and not isinstance(t["scale_rewards"], bool):

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
@@ -591,6 +592,14 @@ class SplitSizes:
     test: int = 0  # held-out test slice; 0 for MedQA (it has its own test set), >0 for the bundled demo data
 
 
+def _link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """A hard link where the filesystem has them, else a copy (a Google Drive mount on Colab has none)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def make_splits(train, out_dir: str | os.PathLike, sizes: SplitSizes | Mapping[str, int] = SplitSizes(),
                 seed: int = 42, eval_sets: Mapping[str, Any] | None = None, allow_overlap: bool = False,
                 dedupe: bool = True) -> dict[str, Any]:
@@ -661,7 +670,6 @@ def write_split_set(out_dir: str | os.PathLike, fill: Callable[[Path], Any]) -> 
     which then replaces ``out_dir`` (a crash leaves the old set or the new one, never a mix). Other files in
     ``out_dir`` (traces, the teacher's paid cache) are carried over by hard link. One writer at a time
     (:mod:`clinical_r1.locks`). Returns what ``fill`` returns."""
-    import shutil
 
     from clinical_r1.locks import exclusive
 
@@ -679,9 +687,9 @@ def write_split_set(out_dir: str | os.PathLike, fill: Callable[[Path], Any]) -> 
                 if entry.name in SPLIT_SET or (tmp / entry.name).exists():
                     continue
                 if entry.is_dir():
-                    shutil.copytree(entry, tmp / entry.name, copy_function=os.link)
+                    shutil.copytree(entry, tmp / entry.name, copy_function=_link_or_copy)
                 else:
-                    os.link(entry, tmp / entry.name)
+                    _link_or_copy(entry, tmp / entry.name)
             os.chmod(tmp, 0o755)  # mkdtemp makes it private
             if out.exists():
                 old = out.with_name(f".{out.name}.old-{os.getpid()}")

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from clinical_r1.api import ChatClient, ChatRequest, make_client
-from clinical_r1.data import write_json, write_jsonl
+from clinical_r1.data import DataError, write_json, write_jsonl
 from clinical_r1.parsing import LETTERS, box_letter, find_boxes, is_correct, parse
 from clinical_r1.prompts import PROMPT_KINDS, build_messages, crpo_target
 
@@ -161,13 +161,13 @@ def validate_item(item: Mapping[str, Any], row: int) -> None:
     """A clear error naming the row and field for an item the teacher cannot be asked about."""
     for f in ("id", "question", "options", "answer"):
         if f not in item or item[f] is None:
-            raise ValueError(f"item row {row}: missing field {f!r}")
+            raise DataError(f"item row {row}: missing field {f!r}")
     opts = item["options"]
     if not isinstance(opts, (list, tuple)) or len(opts) < 2 or not all(isinstance(o, str) and o.strip() for o in opts):
-        raise ValueError(f"item row {row} (id {item['id']!r}): options must be a list of >= 2 non-empty strings")
+        raise DataError(f"item row {row} (id {item['id']!r}): options must be a list of >= 2 non-empty strings")
     ans = str(item["answer"]).strip().upper()
     if len(ans) != 1 or ans not in LETTERS[: len(opts)]:
-        raise ValueError(f"item row {row} (id {item['id']!r}): answer {item['answer']!r} is not one of the "
+        raise DataError(f"item row {row} (id {item['id']!r}): answer {item['answer']!r} is not one of the "
                          f"option letters {LETTERS[: len(opts)]}")
 
 
@@ -194,10 +194,10 @@ def distill(items: Iterable[Mapping[str, Any]], teacher_config: Any, out_path: s
     if limit is not None:
         rows = rows[:limit]
     seen: set[str] = set()
-    for i, it in enumerate(rows):
+    for i, it in enumerate(rows, start=1):  # rows numbered as the file's lines
         validate_item(it, i)
         if str(it["id"]) in seen:
-            raise ValueError(f"item row {i}: duplicate id {it['id']!r} (ids key the teacher cache)")
+            raise DataError(f"item row {i}: duplicate id {it['id']!r} (ids key the teacher cache)")
         seen.add(str(it["id"]))
     reqs = [ChatRequest(str(it["id"]), teacher_messages(it, kind, client.model), purpose=f"{PROMPT_VERSION}/{kind}")
             for it in rows]
@@ -236,8 +236,10 @@ def distill(items: Iterable[Mapping[str, Any]], teacher_config: Any, out_path: s
 def main(argv: Sequence[str] | None = None) -> None:
     import yaml
 
+    from clinical_r1.cli import JobFailed
     from clinical_r1.config import ConfigError
     from clinical_r1.data import read_jsonl
+    from clinical_r1.locks import exclusive
 
     ap = argparse.ArgumentParser(description="Distil cold-start <dx>/<conclusion> traces from a teacher model.")
     ap.add_argument("--items", required=True, help="JSONL of records (id, question, options, answer, source)")
@@ -250,9 +252,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = yaml.safe_load(Path(args.config).read_text())
     if not isinstance(config, Mapping):
         raise ConfigError(f"{args.config}: expected a mapping of teacher settings, got {type(config).__name__}")
-    report = distill(read_jsonl(args.items), config, args.out, args.cache, limit=args.limit)
-    report_path = write_json(report, args.report or f"{args.out}.report.json")
+    with exclusive(args.out, "distilled traces"), exclusive(args.cache, "teacher cache"):  # one writer each
+        report = distill(read_jsonl(args.items), config, args.out, args.cache, limit=args.limit)
+        report_path = write_json(report, args.report or f"{args.out}.report.json")
     log.info("report written to %s", report_path)
+    failed = report["dropped"].get("api_failure", 0)
+    where = f"dropped_ids.api_failure in {report_path}"
+    if report["n_items"] and failed == report["n_items"]:
+        raise JobFailed(f"all {failed} teacher requests failed ({where})")
+    if failed:
+        log.warning("%d of %d teacher requests failed (%s); rerun to retry them (answers are cached)", failed,
+                    report["n_items"], where)
 
 
 

@@ -346,10 +346,10 @@ class VLLMBackend:
 def _backend(model: Any, tokenizer: Any, backend: str, seed: int) -> tuple[Any, Any]:
     """Pick the backend for ``model``; returns (backend, tokenizer)."""
     if backend not in ("auto", "vllm", "transformers"):
-        raise ValueError(f"unknown backend {backend!r}; choose auto, vllm or transformers")
+        raise GenerationError(f"unknown backend {backend!r}; choose auto, vllm or transformers")
     if isinstance(model, (VLLMBackend, TransformersBackend)):  # an engine from open_engine
         if backend not in ("auto", model.name):
-            raise ValueError(f"backend={backend!r} but the engine given is {model.name!r}")
+            raise GenerationError(f"backend={backend!r} but the engine given is {model.name!r}")
         return model, tokenizer or _engine_tokenizer(model)
     if type(model).__module__.startswith("vllm"):
         return VLLMBackend(model), tokenizer or model.get_tokenizer()
@@ -357,9 +357,9 @@ def _backend(model: Any, tokenizer: Any, backend: str, seed: int) -> tuple[Any, 
         engine = open_engine(model, backend=backend, seed=seed)
         return engine, tokenizer or _engine_tokenizer(engine)
     if backend == "vllm":
-        raise ValueError("backend='vllm' needs a model path or a vllm.LLM, not an in-memory model")
+        raise GenerationError("backend='vllm' needs a model path or a vllm.LLM, not an in-memory model")
     if tokenizer is None:
-        raise ValueError("an in-memory model needs its tokenizer")
+        raise GenerationError("an in-memory model needs its tokenizer")
     return TransformersBackend(model, tokenizer), tokenizer
 
 
@@ -371,7 +371,7 @@ def open_engine(model: str | os.PathLike, backend: str = "auto", seed: int = 0, 
     Call ``engine.close()`` before opening the next one.
     """
     if backend not in ("auto", "vllm", "transformers"):
-        raise ValueError(f"unknown backend {backend!r}; choose auto, vllm or transformers")
+        raise GenerationError(f"unknown backend {backend!r}; choose auto, vllm or transformers")
     if backend == "vllm" or (backend == "auto" and vllm_available()):
         return VLLMBackend.from_path(_resolve_path(model), seed=seed, **llm_kwargs)
     loaded, tok = load_for_inference(model)
@@ -440,18 +440,18 @@ def generate(model: Any, tokenizer: Any, dataset: Iterable[Mapping[str, Any]], o
     unchanged. ``n > 1`` needs ``temperature > 0`` (greedy samples would be identical copies).
     """
     if prompt_kind not in PROMPT_KINDS:
-        raise ValueError(f"unknown prompt kind {prompt_kind!r}; choose one of {list(PROMPT_KINDS)}")
+        raise GenerationError(f"unknown prompt kind {prompt_kind!r}; choose one of {list(PROMPT_KINDS)}")
     if n < 1 or batch_size < 1 or max_new_tokens < 1:
-        raise ValueError(f"n={n}, batch_size={batch_size} and max_new_tokens={max_new_tokens} must be >= 1")
+        raise GenerationError(f"n={n}, batch_size={batch_size} and max_new_tokens={max_new_tokens} must be >= 1")
     if n > 1 and temperature <= 0:
-        raise ValueError(f"n={n} samples with temperature={temperature} would be identical; set temperature > 0")
+        raise GenerationError(f"n={n} samples with temperature={temperature} would be identical; set temperature > 0")
     dec = Decoding(temperature=float(temperature), top_p=float(top_p), max_new_tokens=int(max_new_tokens), n=int(n),
                    seed=int(seed))
     items = list(dataset)
     ids = [str(r["id"]) for r in items]
     if len(set(ids)) != len(ids):
         dup = sorted(i for i, c in Counter(ids).items() if c > 1)[:5]
-        raise ValueError(f"dataset has duplicate ids, e.g. {dup}")
+        raise GenerationError(f"dataset has duplicate ids, e.g. {dup}")
     out = Path(out_path)
     model_label = model_name or _model_label(model)
     dataset_label = dataset_name or getattr(getattr(dataset, "info", None), "dataset_name", None)

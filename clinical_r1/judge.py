@@ -620,8 +620,8 @@ def agreement_with_reference(records: Sequence[Mapping[str, Any]], reference: Ma
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit 0 when every request was answered; 1 when all failed (or some did: the last line says how many
-    and where); 2 for a user error (a missing file, a bad config, an output in use)."""
+    """Exit 0 when every request was answered, or some failed (the last line says how many and where); 1 when
+    all failed; 2 for a user error (a missing file, a bad config, an output or cache in use)."""
     from clinical_r1.cli import add_verbose, run_cli, setup_logging
 
     ap = argparse.ArgumentParser(description="Judge generated responses with the eight LLM-as-judge metrics.")
@@ -651,7 +651,7 @@ def _judge_files(args: argparse.Namespace) -> None:
     config = yaml.safe_load(Path(args.config).read_text(encoding="utf-8-sig"))
     metrics = args.metrics if args.metrics in METRIC_GROUPS else args.metrics.split(",")
     rows = attach_items(read_jsonl(args.generations), read_jsonl(args.items))
-    with exclusive(args.out, "judge output"):  # one writer per output file
+    with exclusive(args.out, "judge output"), exclusive(args.cache, "judge cache"):  # one writer per file
         records = judge_responses(rows, metrics, config, args.cache, k=args.k, temperature=args.temperature,
                                   mode=args.mode)
         write_jsonl(records, args.out)

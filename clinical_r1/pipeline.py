@@ -78,6 +78,7 @@ NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 RECIPES_DIR = REPO_ROOT / "configs" / "recipes"
 GRID_FILE = REPO_ROOT / "configs" / "ablations.yaml"
 KERNEL = "python3"  # the venv's ipykernel kernelspec
+NO_BOOTSTRAP = "CLINICAL_R1_NO_BOOTSTRAP"  # set for the kernels we start: the notebooks' first cell then does nothing
 STATUS_FILE = "pipeline.json"
 DONE_FILE = "done.json"
 SUMMARY_FILE = "summary.csv"
@@ -459,6 +460,10 @@ def execute_notebook(plan: StagePlan, kernel: str = KERNEL, progress: bool = Tru
     plan.executed.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     kw: dict[str, Any] = {"execution_timeout": timeout} if timeout is not None else {}
+    # Kernels inherit this process's environment, Kaggle's KAGGLE_KERNEL_RUN_TYPE included: without this the
+    # notebooks' first (Colab/Kaggle bootstrap) cell would clone, pip install and chdir in every stage.
+    saved = os.environ.get(NO_BOOTSTRAP)
+    os.environ[NO_BOOTSTRAP] = "1"
     try:
         pm.execute_notebook(str(plan.notebook), str(plan.executed), parameters=plan.parameters, kernel_name=kernel,
                             cwd=str(plan.notebook.parent), progress_bar=progress, log_output=False, **kw)
@@ -470,6 +475,11 @@ def execute_notebook(plan: StagePlan, kernel: str = KERNEL, progress: bool = Tru
     except Exception as e:  # kernel died, timeout, missing kernel: papermill raises several types
         raise StageError(f"stage {plan.name} failed: {plan.notebook} could not be executed: {type(e).__name__}: {e}"
                          f"\n  executed notebook (partial): {plan.executed}") from e
+    finally:
+        if saved is None:
+            os.environ.pop(NO_BOOTSTRAP, None)
+        else:
+            os.environ[NO_BOOTSTRAP] = saved
     return time.monotonic() - start
 
 
@@ -518,12 +528,17 @@ def run_stages(plans: Sequence[StagePlan], status_path: Path, header: Mapping[st
                 execute_notebook(plan, kernel=kernel, progress=progress, timeout=timeout)
             except StageError as e:
                 message = redact(str(e))
-                _scrub(plan.executed)
                 entry.update(status="failed", finished=_now(), duration_s=round(time.monotonic() - start, 2),
                              error=message)
                 _save_status(status, status_path)
                 raise StageError(message) from None
-            _scrub(plan.executed)
+            except BaseException as e:  # Ctrl-C, a kill (SystemExit): not left "running"; re-raised
+                entry.update(status="interrupted", finished=_now(),
+                             duration_s=round(time.monotonic() - start, 2), error=redact(type(e).__name__))
+                _save_status(status, status_path)
+                raise
+            finally:  # the executed notebook is redacted however the stage ended
+                _scrub(plan.executed)
             outputs = _outputs(out_dir, before)
             for other in stages.values():  # a file belongs to the last stage that wrote it
                 for rel in outputs:

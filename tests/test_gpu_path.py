@@ -46,6 +46,22 @@ def test_bootstrap_does_nothing_outside_colab_and_kaggle(tmp_path, monkeypatch):
     assert Path.cwd() == tmp_path and list(tmp_path.iterdir()) == [] and "repo_url" not in ns
 
 
+def test_bootstrap_does_nothing_in_kernels_the_pipeline_starts_on_kaggle(tmp_path, monkeypatch):
+    from clinical_r1.pipeline import NO_BOOTSTRAP
+
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")  # papermill's kernels inherit it on Kaggle
+    monkeypatch.setenv("CLINICAL_R1_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi: a bootstrap that runs stops at once
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(NO_BOOTSTRAP, raising=False)
+    with pytest.raises(RuntimeError, match="No CUDA GPU is visible"):  # without the pipeline's variable it runs
+        exec(compile(BOOTSTRAP, "bootstrap", "exec"), {})
+    monkeypatch.setenv(NO_BOOTSTRAP, "1")  # what clinical_r1.pipeline sets for the kernels it starts
+    ns: dict = {}
+    exec(compile(BOOTSTRAP, "bootstrap", "exec"), ns)
+    assert Path.cwd() == tmp_path and list(tmp_path.iterdir()) == [] and "repo_url" not in ns
+
+
 DRIVER = textwrap.dedent("""
     import json, os, sys, types
     mode, cell = sys.argv[1], open(sys.argv[2]).read()

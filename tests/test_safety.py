@@ -243,6 +243,36 @@ def test_planted_secrets_reach_no_file_the_pipeline_writes(tmp_path: Path, monke
     assert "api.example.org" in str(err.value)  # redacted, not dropped
 
 
+def test_an_interrupted_stage_is_scrubbed_and_marked_interrupted(tmp_path: Path, monkeypatch) -> None:
+    import nbformat
+    import papermill
+
+    key = "sk-Pl4ntedKey0123456789"
+    monkeypatch.setenv("PLANTED_API_KEY", key)
+    monkeypatch.delenv("CLINICAL_R1_NO_BOOTSTRAP", raising=False)
+    nbs = tmp_path / "notebooks"
+    make_notebook(nbs / "01_stop.ipynb", 'out_dir = ""\napi_key_env = ""', "print('never run')")
+    seen = {}
+
+    def ctrl_c(_input, output, **_kw):  # the kernel printed the key, then Ctrl-C
+        seen["no_bootstrap"] = os.environ.get("CLINICAL_R1_NO_BOOTSTRAP")  # what a started kernel would inherit
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+            "print(k)", outputs=[nbformat.v4.new_output("stream", name="stdout", text=f"key {key}\n")])])
+        nbformat.write(nb, output)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(papermill, "execute_notebook", ctrl_c)
+    recipe = write_recipe(tmp_path, "stop", {"01": {"api_key_env": "PLANTED_API_KEY"}}, common={"out_dir": "{out}"})
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe, notebooks_dir=nbs, progress=False)
+    assert seen["no_bootstrap"] == "1" and "CLINICAL_R1_NO_BOOTSTRAP" not in os.environ  # set for kernels only
+    executed = list((tmp_path / "results").rglob("*.ipynb"))
+    status = next((tmp_path / "results").rglob("pipeline.json"))
+    assert len(executed) == 1 and "Pl4ntedKey" not in executed[0].read_text() and "key " in executed[0].read_text()
+    entry = json.loads(status.read_text())["stages"]["01_stop"]
+    assert entry["status"] == "interrupted" and entry["finished"] and "KeyboardInterrupt" in entry["error"]
+
+
 def test_api_error_and_judge_cli_redact_url_userinfo(tmp_path: Path, monkeypatch, caplog) -> None:
     from clinical_r1 import judge
 
@@ -349,3 +379,34 @@ def test_module_entry_points_exit_2_on_a_missing_file(tmp_path: Path, module: st
     v = subprocess.run([sys.executable, "-m", f"clinical_r1.{module}", *args, "-v"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)
     assert v.returncode == 2 and "Traceback" in v.stderr
+
+
+def test_distill_cli_fails_loudly(tmp_path: Path, monkeypatch, caplog) -> None:
+    """distill: all requests failed -> exit 1 naming where; an item without an answer -> exit 2, one line."""
+    from clinical_r1 import distill
+    from clinical_r1.cli import run_cli
+
+    monkeypatch.setenv("PLANTED_KEY_ENV", "k")
+    items = tmp_path / "items.jsonl"
+    items.write_text(json.dumps({"id": "q1", "question": "Q1?", "options": ["a", "b"], "answer": "A"}) + "\n")
+    caplog.set_level(logging.INFO)
+    with FakeOpenAIServer(faults=lambda prompt, attempt: "400", api_key="k") as srv:
+        cfg = tmp_path / "teacher.yaml"
+        cfg.write_text(yaml.safe_dump({"model": "t", "base_url": srv.base_url, "api_key_env": "PLANTED_KEY_ENV",
+                                       "max_retries": 0}))
+        args = ["--items", str(items), "--config", str(cfg), "--out", str(tmp_path / "traces.jsonl"),
+                "--cache", str(tmp_path / "cache.jsonl")]
+        assert run_cli(lambda: distill.main(args)) == 1
+        assert "all 1 teacher requests failed" in caplog.records[-1].getMessage()
+        items.write_text(json.dumps({"id": "q1", "question": "Q1?", "options": ["a", "b"]}) + "\n")
+        assert run_cli(lambda: distill.main(args)) == 2
+        assert "item row 1: missing field 'answer'" in caplog.records[-1].getMessage()
+
+
+def test_generate_bad_settings_are_user_errors() -> None:
+    from clinical_r1.cli import run_cli
+    from clinical_r1.generate import GenerationError, generate
+
+    with pytest.raises(GenerationError, match="would be identical"):
+        generate(object(), None, [], "x.jsonl", n=2, temperature=0.0)
+    assert run_cli(lambda: generate(object(), None, [], "x.jsonl", n=2, temperature=0.0)) == 2

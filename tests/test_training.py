@@ -156,6 +156,14 @@ def test_bad_recipes_fail_at_load(tmp_path, override, message):
         demo("crpo", tmp_path, **override)
 
 
+def test_trl_vllm_with_a_4bit_transformers_policy_is_refused(tmp_path):
+    bad = {"model.backend": "transformers", "model.load_in_4bit": True, "trainer.use_vllm": True}
+    with pytest.raises(ConfigError, match=r"model.backend=transformers.*model.load_in_4bit=true.*trainer.use_vllm"):
+        demo("crpo", tmp_path, **bad)
+    for ok in ({"model.load_in_4bit": False}, {"trainer.use_vllm": False}, {"model.backend": "unsloth"}):
+        demo("crpo", tmp_path, **{**bad, **ok})  # any one of them off: accepted at load
+
+
 def test_group_size_must_divide_the_generation_batch(tmp_path):
     with pytest.raises(ConfigError, match=r"num_generations \(2\) must divide the generation batch.* = 3"):
         demo("crpo", tmp_path, **{"trainer.per_device_train_batch_size": 3, "trainer.num_generations": 2})
