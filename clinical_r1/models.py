@@ -256,12 +256,19 @@ def hub_model(name: str, timeout: float | None = None) -> str:
     raise ModelError(f"model {name!r} is not in the local cache and the hub {endpoint} is unreachable ({why}); {how}")
 
 
-def check_model(name: str | None) -> str:
-    """Resolve ``name`` and read its ``config.json`` only (cheap): a clear error before weights load. A hub
-    id is checked first within a bounded wait (:func:`hub_model`)."""
+def resolve_bounded(name: str | None) -> str:
+    """:func:`resolve_model`, with a hub id checked within a bounded wait (:func:`hub_model`): a folder, or a
+    hub id the hub knows (or its cached snapshot folder when the hub cannot be reached)."""
     ref = resolve_model(name)
     if ref == name and not Path(ref).expanduser().exists():  # a hub id, not a folder
         ref = hub_model(ref)
+    return ref
+
+
+def check_model(name: str | None) -> str:
+    """Resolve ``name`` and read its ``config.json`` only (cheap): a clear error before weights load. A hub
+    id is checked first within a bounded wait (:func:`hub_model`)."""
+    ref = resolve_bounded(name)
     from transformers import AutoConfig
 
     try:
@@ -730,10 +737,10 @@ def serving_folders(path: str | os.PathLike, dtype: str | None = None,
     """
     p = Path(path)
     if not (p / "adapter_config.json").is_file():
-        return resolve_model(str(path)), None
+        return resolve_bounded(str(path)), None  # a hub id: never an unbounded wait on the hub in vLLM
     stack = policy_stack(p)
     if not stack.merged:
-        return resolve_model(stack.base), str(p)
+        return resolve_bounded(stack.base), str(p)
     return str(merged_base(stack, dtype=dtype, cache=cache)), str(p)
 
 

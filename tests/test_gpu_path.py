@@ -321,6 +321,16 @@ def test_benchmark_variants_share_batch_shape_optimiser_and_dtype(bench, tmp_pat
         assert paper["trainer"][k] == raw[k], k  # the recipe's own shape and optimiser
 
 
+def test_benchmark_vllm_variant_keeps_a_16bit_base(bench, tmp_path):
+    """TRL's colocated vLLM cannot take a 4-bit transformers policy (config validation refuses it)."""
+    from clinical_r1.config import load_config
+
+    for spec in ({"config": str(REPO / "configs/t4_16gb_crpo.yaml")}, {"load_in_4bit": True}):
+        recipes = {v: bench.bench_recipe(_spec(tmp_path, variant=v, smoke=False, **spec)) for v in ("trl", "vllm")}
+        assert recipes["trl"]["model"]["load_in_4bit"] is True and recipes["vllm"]["model"]["load_in_4bit"] is False
+        load_config(recipes["vllm"], stage="crpo")
+
+
 def test_benchmark_fills_the_papers_generation_batch(bench, tmp_path):
     from clinical_r1.config import load_config, trainer_args
     from clinical_r1.data import load_benchmark

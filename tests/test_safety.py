@@ -155,6 +155,24 @@ def test_a_hub_id_against_a_silent_hub_fails_within_seconds(tmp_path: Path, sile
     assert elapsed < 60, elapsed  # imports + 3 s bound (was 250 s and counting)
 
 
+def test_vllm_serving_folders_bound_the_wait_on_a_silent_hub(monkeypatch, tmp_path: Path,
+                                                              silent_endpoint: str) -> None:
+    from huggingface_hub import constants
+
+    from clinical_r1 import models
+
+    monkeypatch.setenv("HF_ENDPOINT", silent_endpoint)
+    monkeypatch.setenv("CLINICAL_R1_HUB_TIMEOUT", "2")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    t0 = time.monotonic()
+    with pytest.raises(models.ModelError, match="nonexistent/model-xyz.*hub .* is unreachable"):
+        models.serving_folders("nonexistent/model-xyz")  # what vLLM evaluation is given for a base model
+    assert time.monotonic() - t0 < 10
+
+
 def test_offline_uncached_hub_id_fails_at_once(monkeypatch, tmp_path: Path) -> None:
     from clinical_r1 import models
 
