@@ -29,6 +29,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -41,7 +42,7 @@ from collections import Counter
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from clinical_r1.redact import redact, register_secret
 
@@ -256,6 +257,23 @@ class ResponseCache:
             self._entries[key] = rec
         log.info("cache %s: %d answers loaded", self.path, len(self._entries))
 
+    @contextlib.contextmanager
+    def claimed(self) -> Iterator[None]:
+        """Hold the cache file for a batch of requests (:mod:`clinical_r1.locks`: another process using it fails
+        at once, naming its pid) and re-read what earlier writers appended, so no answer is paid for twice."""
+        if self.path is None:
+            yield
+            return
+        from clinical_r1.locks import exclusive
+
+        with exclusive(self.path, "API cache"):
+            with self._lock:
+                self._entries.clear()
+                self.n_corrupt, self._needs_newline = 0, False
+                if self.path.exists():
+                    self._load()
+            yield
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -320,11 +338,6 @@ class Backend(Protocol):
 
     def send(self, messages: Sequence[Mapping[str, str]], *, temperature: float | None,
              max_tokens: int | None, seed: int) -> Answer: ...
-
-
-def _redact(text: str, secret: str | None) -> str:
-    """``text`` without ``secret``, URL userinfo or anything token-shaped (:func:`clinical_r1.redact.redact`)."""
-    return redact(text, secret)
 
 
 def _retry_after(response: Any) -> float | None:
@@ -399,7 +412,7 @@ class OpenAIBackend:
         except oa.APIConnectionError as e:
             raise TransientError("connection", self._msg(e)) from None
         except (oa.AuthenticationError, oa.PermissionDeniedError, oa.NotFoundError) as e:
-            raise FatalAPIError(_redact(
+            raise FatalAPIError(redact(
                 f"HTTP {e.status_code} from {self.config.base_url or 'the OpenAI API'} for model {self.name!r}: "
                 f"{self._msg(e)} (check the key in ${self.config.api_key_env}, the base_url and the model name)",
                 self._key)) from None
@@ -410,7 +423,7 @@ class OpenAIBackend:
         return parse_chat_body(text)
 
     def _msg(self, e: Exception) -> str:
-        return _redact(str(e), self._key)[:300]
+        return redact(str(e), self._key)[:300]
 
 
 class LocalBackend:
@@ -644,9 +657,14 @@ class ChatClient:
     # --- running ---------------------------------------------------------------------------------
     def complete(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         """Answers for ``requests``, in order. Cache hits are not sent; identical requests are sent once.
+        The cache file is held for the call (one writer; see :meth:`ResponseCache.claimed`).
 
         A :class:`FatalAPIError` stops the run (answers already received stay cached) and is re-raised.
         """
+        with self.cache.claimed():
+            return self._complete(requests)
+
+    def _complete(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         t0 = time.monotonic()
         keys = [self.key(r) for r in requests]
         results: dict[CacheKey, ChatResult] = {}

@@ -106,6 +106,20 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = N_BOOT, confidence: floa
     return float(lo), float(hi)
 
 
+def spearman(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Spearman's (rho, p) from scipy (ties get mean ranks); NaN for fewer than 3 pairs or a constant side."""
+    import warnings
+
+    from scipy.stats import spearmanr
+
+    if len(a) < 3 or len(set(a)) < 2 or len(set(b)) < 2:
+        return float("nan"), float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = spearmanr(a, b)
+    return float(res.statistic), float(res.pvalue)
+
+
 def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> dict[str, Any]:
     """Exact McNemar test of paired binary outcomes: a two-sided binomial test on the discordant pairs.
 

@@ -49,12 +49,12 @@ import logging
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from clinical_r1.api import JUDGE_MODES, ChatClient, ChatRequest, make_client, sha256
+from clinical_r1.evaluate import spearman
 from clinical_r1.parsing import LETTERS, completion_text
 from clinical_r1.prompts import format_options
 
@@ -554,18 +554,6 @@ def cohen_kappa(a: Sequence[bool], b: Sequence[bool]) -> float:
     return float("nan") if pe == 1 else (po - pe) / (1 - pe)
 
 
-def spearman(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """(rho, p) from scipy; NaN for fewer than 3 pairs or a constant side (rank correlation undefined)."""
-    from scipy.stats import spearmanr
-
-    if len(a) < 3 or len(set(a)) < 2 or len(set(b)) < 2:
-        return float("nan"), float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = spearmanr(a, b)
-    return float(res.statistic), float(res.pvalue)
-
-
 def _ok_values(records: Iterable[Mapping[str, Any]]) -> dict[tuple, float]:
     return {(r["id"], r["model"], r.get("sample", 0), r["metric"]): float(r["value"])
             for r in records if r["status"] == "ok" and r["value"] is not None and not math.isnan(r["value"])}
@@ -651,7 +639,7 @@ def _judge_files(args: argparse.Namespace) -> None:
     config = yaml.safe_load(Path(args.config).read_text(encoding="utf-8-sig"))
     metrics = args.metrics if args.metrics in METRIC_GROUPS else args.metrics.split(",")
     rows = attach_items(read_jsonl(args.generations), read_jsonl(args.items))
-    with exclusive(args.out, "judge output"), exclusive(args.cache, "judge cache"):  # one writer per file
+    with exclusive(args.out, "judge output"):  # one writer per output file (the cache locks itself: api)
         records = judge_responses(rows, metrics, config, args.cache, k=args.k, temperature=args.temperature,
                                   mode=args.mode)
         write_jsonl(records, args.out)

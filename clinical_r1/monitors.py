@@ -104,13 +104,11 @@ def completion_monitors(completions: Sequence[Any], fmt: str, options: Sequence[
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Spearman's rank correlation (ties get mean ranks); None when either side is constant."""
-    from scipy.stats import rankdata
+    """Spearman's rho (:func:`clinical_r1.evaluate.spearman`); None when it is undefined (a constant side)."""
+    from clinical_r1.evaluate import spearman as rho_p
 
-    a, b = rankdata(np.asarray(x, float)), rankdata(np.asarray(y, float))
-    if len(a) < 3 or a.std() == 0 or b.std() == 0:
-        return None
-    return float(np.corrcoef(a, b)[0, 1])
+    rho = rho_p([float(v) for v in x], [float(v) for v in y])[0]
+    return None if math.isnan(rho) else rho
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -258,3 +258,31 @@ def test_local_backend_tiny_model_greedy_and_cached(tmp_path):
     backend = LocalBackend(model, tok, name="tiny-llama", max_new_tokens=8)
     cached = make_client(backend, tmp_path / "c.jsonl").complete(reqs)
     assert all(r.cached for r in cached) and [r.content for r in cached] == [r.content for r in first]
+
+
+def test_two_clients_on_one_cache_never_pay_twice_and_a_held_cache_is_refused(tmp_path, key):
+    """The cache file is claimed per batch and re-read: a client opened before another one answered reuses
+    those answers (one request per item in all); while another process holds the cache, a call fails at once."""
+    from clinical_r1.locks import OutputBusyError
+
+    cache = tmp_path / "cache.jsonl"
+    with FakeOpenAIServer(api_key=key) as srv:
+        early = make_client(config(srv), cache)  # loaded an empty cache
+        make_client(config(srv), cache).complete(requests_for(3))
+        assert srv.total_requests == 3
+        assert [r.content for r in early.complete(requests_for(3))] and srv.total_requests == 3
+        holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+            import time
+            from clinical_r1.locks import exclusive
+            with exclusive({str(cache)!r}):
+                print("held", flush=True)
+                time.sleep(30)
+        """)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            with pytest.raises(OutputBusyError, match=f"pid {holder.pid}"):
+                early.complete(requests_for(4))
+        finally:
+            holder.kill()
+            holder.wait()
+        assert srv.total_requests == 3
