@@ -1,14 +1,13 @@
 """Shared by the benchmark scripts: the environment record, the results file, latency summaries, a table.
 
 Every script writes ``benchmarks/results/<name>-<YYYY-MM-DD>.json`` (atomically: a temporary file, then
-``os.replace``) holding ``environment()`` (machine, CPU count, library versions, date, git commit) and its
+``os.replace``) holding ``environment()`` (date, CPU, load, command, and the package's provenance record) and its
 measurements, and prints a short table. Scripts run as ``python benchmarks/<script>.py`` from the repo root.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.metadata as _md
 import json
 import os
 import platform
@@ -22,17 +21,6 @@ import numpy as np
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
-LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "numpy", "vllm", "unsloth",
-             "unsloth_zoo", "bitsandbytes", "triton", "deepspeed", "clinical-r1")
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return _md.version(dist)
-    except _md.PackageNotFoundError:
-        return None
-
-
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -41,14 +29,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def git_info() -> dict[str, Any]:
-    """The checkout's commit and whether tracked files differ from it (``None`` outside a git checkout)."""
-    from clinical_r1.provenance import git_commit
-
-    g = git_commit(REPO_ROOT)
-    return {"git_commit": g["commit"], "git_dirty": g["dirty"]}
 
 
 def gpu_info() -> dict[str, Any] | None:
@@ -82,22 +62,22 @@ def _nvml_driver() -> str | None:
 
 
 def environment(with_gpu: bool = False) -> dict[str, Any]:
-    """Machine, CPU count, library versions, date and git commit: what makes a number reproducible."""
+    """Date, CPU, load and command, plus :func:`clinical_r1.files.provenance` (commit, dirty, versions, device):
+    what makes a number reproducible."""
+    from clinical_r1.files import provenance
+
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
     env = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "arch": platform.machine(), "cpu": _cpu_model(),
-                    "python": platform.python_version()},
-        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(), "cpu": _cpu_model(),
         "cpu_usable": usable,
         "torch_threads": _torch_threads(),
         "load_average_1_5_15min": _load_average(),  # other work on the machine slows CPU timings
-        "versions": {lib: _version(lib) for lib in LIBRARIES},
-        **git_info(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "provenance": provenance(REPO_ROOT),
     }
     if with_gpu:
         env["gpu"] = gpu_info()
@@ -123,7 +103,7 @@ def result_path(name: str, date: str | None = None, results_dir: Path = RESULTS_
 
 def write_result(name: str, payload: Mapping[str, Any], results_dir: Path | None = None) -> Path:
     """Write ``payload`` to ``<results_dir>/<name>-<date>.json`` atomically; returns the path."""
-    from clinical_r1.data import write_json
+    from clinical_r1.files import write_json
 
     return write_json(payload, result_path(name, results_dir=Path(results_dir) if results_dir else RESULTS_DIR))
 

@@ -101,9 +101,9 @@ def chatml_tokenizer(texts: Iterable[str], vocab_size: int = 8192, pad_to: int |
 
 def _corpus() -> list[str]:
     """Prompt-like text for the tokenizer: the prompt instructions and the bundled sample questions."""
-    from clinical_r1.prompts import SYSTEM_PROMPTS
+    from clinical_r1.formats import FORMATS
 
-    texts = list(SYSTEM_PROMPTS.values())
+    texts = [f.instructions for f in FORMATS.values()]
     try:
         from clinical_r1.data import load_sample
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -44,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
+from clinical_r1.errors import ClinicalR1Error
+from clinical_r1.files import sha256_json
 from clinical_r1.redact import redact, register_secret
 
 log = logging.getLogger(__name__)
@@ -52,15 +53,15 @@ CACHE_FIELDS = ("model", "purpose", "item_id", "prompt_hash", "content")
 JUDGE_MODES = ("generate", "constrained")  # how a judge answers; see clinical_r1.judge
 
 
-class MissingAPIKeyError(RuntimeError):
+class MissingAPIKeyError(ClinicalR1Error, RuntimeError):
     """The environment variable that should hold the API key is unset or empty."""
 
 
-class FatalAPIError(RuntimeError):
+class FatalAPIError(ClinicalR1Error, RuntimeError):
     """An error no retry can fix (bad key, no permission, unknown model): the run stops."""
 
 
-class TransientError(Exception):
+class TransientError(ClinicalR1Error):
     """A failure worth retrying: 429, 5xx, timeout, dropped connection, malformed body."""
 
     def __init__(self, kind: str, message: str = "", retry_after: float | None = None):
@@ -69,7 +70,7 @@ class TransientError(Exception):
         self.retry_after = retry_after
 
 
-class PermanentError(Exception):
+class PermanentError(ClinicalR1Error):
     """A failure of one request that a retry would repeat (HTTP 400, 422): the item fails, the run goes on."""
 
     def __init__(self, kind: str, message: str = ""):
@@ -200,14 +201,9 @@ class ChatResult:
         return self.request.item_id
 
 
-def sha256(obj: Any) -> str:
-    data = obj if isinstance(obj, str) else json.dumps(obj, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(data.encode("utf-8")).hexdigest()
-
-
 def prompt_hash(messages: Sequence[Mapping[str, str]], params: Mapping[str, Any]) -> str:
     """Hash of what decides the answer: the messages and the generation parameters (sample index included)."""
-    return sha256({"messages": [dict(m) for m in messages], "params": dict(params)})
+    return sha256_json({"messages": [dict(m) for m in messages], "params": dict(params)})
 
 
 CacheKey = tuple[str, str, str, str]  # (model, purpose, item_id, prompt_hash)

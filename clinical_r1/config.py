@@ -1,4 +1,7 @@
-"""YAML recipes: load, override, validate, and build TRL's SFTConfig / GRPOConfig from them.
+"""Training configs (configs/*.yaml): load, override, validate, and build TRL's SFTConfig / GRPOConfig from them.
+
+A *training config* sets up one SFT or CRPO run; a *recipe* (configs/recipes/, :mod:`clinical_r1.pipeline`) is a
+whole study, a parameter set per notebook, and names a training config per training stage.
 
     from clinical_r1.config import load_config, trainer_args
     cfg = load_config("configs/cpu_demo_crpo.yaml", ["trainer.max_steps=2", "reward.k=5"])
@@ -6,7 +9,7 @@
 
     python -m clinical_r1 crpo --config configs/cpu_demo_crpo.yaml --set trainer.max_steps=2
 
-A recipe has our own sections (``model``, ``lora``, ``data``, ``reward``/``early_stopping``) with fixed
+A training config has our own sections (``model``, ``lora``, ``data``, ``reward``/``early_stopping``) with fixed
 keys, and a ``trainer`` section passed verbatim to TRL: its keys are checked against the dataclass fields
 of the installed TRL's config class, so a key that the pinned TRL no longer accepts fails at load time.
 Settings are literals first (the YAML), then overrides (``--set a.b=value``, values parsed as YAML),
@@ -18,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import logging
 import os
 import re
 from pathlib import Path
@@ -25,7 +29,11 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from clinical_r1.errors import ClinicalR1Error
+from clinical_r1.files import read_yaml
 from clinical_r1.models import BACKENDS, DTYPES, EMBEDDED_DEFAULT
+
+log = logging.getLogger(__name__)
 
 STAGES = ("sft", "crpo")
 AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")  # paper; GDPO
@@ -33,7 +41,7 @@ SCALE_REWARDS = ("group", "batch", "none")
 
 _COMMON: dict[str, Any] = {
     "stage": None,  # sft | crpo
-    "run_name": None,  # folder under output_root; defaults to the recipe file name
+    "run_name": None,  # folder under output_root; defaults to the config file name
     "output_root": "results",
     "seed": 0,  # one seed for data order, LoRA init and sampling (copied to trainer.seed)
     "resume": False,  # continue from the last checkpoint in the run folder
@@ -94,8 +102,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-class ConfigError(ValueError):
-    """A recipe that cannot run: unknown key, bad value, inconsistent settings."""
+class ConfigError(ClinicalR1Error, ValueError):
+    """A training config that cannot run: unknown key, bad value, inconsistent settings."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -103,24 +111,29 @@ class ConfigError(ValueError):
 # ---------------------------------------------------------------------------------------------------
 
 
-def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8-sig")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: invalid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: a recipe must be a mapping, got {type(data).__name__}")
-    return data
+# Notebook parameter -> training-config key: the one table between a study recipe's stage parameters
+# (configs/recipes/*.yaml, the parameters cells of notebooks 03 and 04) and a training config
+# (configs/*.yaml). Every other training setting goes through the stage's ``*_overrides`` as a dotted key.
+PARAMETER_KEYS = {
+    "out_dir": "output_root",  # the run folder is <out_dir>/<run_name>
+    "train_run": "run_name",
+    "seed": "seed",
+    "model": "model.name",
+    "preset": "reward.preset",
+    "k": "reward.k",  # the accuracy weight: rewards.Preset.with_weights
+    "multi_objective_aggregation": "trainer.multi_objective_aggregation",
+}
 
 
-def write_yaml(obj: Any, path: str | os.PathLike) -> Path:
-    """Write YAML atomically (see :func:`clinical_r1.data.atomic_write`)."""
-    from clinical_r1.data import atomic_write
-
-    return atomic_write(path, lambda f: yaml.safe_dump(obj, f, sort_keys=False, allow_unicode=True))
+def parameter_overrides(params: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Dotted training-config overrides from notebook parameters (renamed through :data:`PARAMETER_KEYS`),
+    then ``overrides`` (dotted keys already; they win). A parameter that replaces a value the training config
+    sets is logged by :func:`load_config`."""
+    unknown = sorted(set(params) - set(PARAMETER_KEYS))
+    if unknown:
+        raise ConfigError(f"notebook parameter(s) {unknown} have no training-config key; known: {sorted(PARAMETER_KEYS)}")
+    out = {PARAMETER_KEYS[n]: str(v) if isinstance(v, os.PathLike) else v for n, v in params.items()}
+    return {**out, **(overrides or {})}
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -140,8 +153,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return keys, value
 
 
-def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
-    """Set dotted keys: ``["model.name=x"]`` or ``{"model.name": "x"}``; returns a new dict."""
+def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str] | Mapping[str, Any] | None,
+                    source: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Set dotted keys: ``["model.name=x"]`` or ``{"model.name": "x"}``; returns a new dict. With ``source``
+    (the config file), an override that replaces a value the file sets is logged."""
     out = copy.deepcopy(cfg)
     if not overrides:
         return out
@@ -153,6 +168,8 @@ def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str] | Mapping[str,
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {'.'.join(keys)}: {k!r} is not a section")
+        if source is not None and keys[-1] in node and node[keys[-1]] != value:
+            log.info("%s: %s=%r replaced by the override %r", source, ".".join(keys), node[keys[-1]], value)
         node[keys[-1]] = value
     return out
 
@@ -180,25 +197,25 @@ def _unknown(key: str, known: Iterable[str], where: str) -> str:
 
 def load_config(source: str | os.PathLike | Mapping[str, Any], overrides: Iterable[str] | Mapping[str, Any] | None = None,
                 stage: str | None = None) -> dict[str, Any]:
-    """A validated recipe with every default filled in (the resolved config written to the run folder)."""
+    """A validated training config with every default filled in (the resolved config written to the run folder)."""
     if isinstance(source, Mapping):
         raw, name = copy.deepcopy(dict(source)), None
     else:
-        raw, name = read_yaml(source), Path(source).stem
+        raw, name = read_yaml(source, "config file", ConfigError), Path(source).stem
     try:
-        return _resolve(apply_overrides(raw, overrides), name, stage)
+        return _resolve(apply_overrides(raw, overrides, source if name else None), name, stage)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}" if name else str(e)) from None
 
 
 def model_backend(source: str | os.PathLike | Mapping[str, Any], overrides: Iterable[str] | Mapping[str, Any] | None = None
                   ) -> str:
-    """The recipe's ``model.backend`` (``auto`` when unset), read without validating the recipe.
+    """The config's ``model.backend`` (``auto`` when unset), read without validating the config.
 
     Validation imports TRL (its config classes), and Unsloth must be imported before TRL: entry points call
-    ``models.import_unsloth_first(model_backend(recipe, overrides))`` first, then :func:`load_config`.
+    ``models.import_unsloth_first(model_backend(config, overrides))`` first, then :func:`load_config`.
     """
-    raw = copy.deepcopy(dict(source)) if isinstance(source, Mapping) else read_yaml(source)
+    raw = copy.deepcopy(dict(source)) if isinstance(source, Mapping) else read_yaml(source, "config file", ConfigError)
     model = apply_overrides(raw, overrides).get("model")
     backend = model.get("backend") if isinstance(model, Mapping) else None
     return str(backend or _COMMON["model"]["backend"])
@@ -209,7 +226,7 @@ def _resolve(raw: dict[str, Any], name: str | None, stage: str | None) -> dict[s
     if st not in STAGES:
         raise ConfigError(f"config stage must be one of {list(STAGES)}, got {st!r}")
     if stage is not None and st != stage:
-        raise ConfigError(f"this recipe is for stage {st!r}, not {stage!r}")
+        raise ConfigError(f"this training config is for stage {st!r}, not {stage!r}")
     raw["stage"] = st
     cfg = _merge(DEFAULTS[st], raw)
     cfg["run_name"] = cfg["run_name"] or name or f"{st}_run"
@@ -264,7 +281,7 @@ def _supported_loss_types() -> list[str]:
 
 
 def validate(cfg: Mapping[str, Any]) -> None:
-    """Cheap checks of a merged recipe; everything that can fail without loading a model fails here."""
+    """Cheap checks of a merged training config; everything that can fail without loading a model fails here."""
     _choice(cfg["model"]["backend"], BACKENDS, "model.backend")
     _choice(cfg["model"]["dtype"], DTYPES, "model.dtype")
     _choice(cfg["model"]["init_adapter_mode"], ("merge", "continue"), "model.init_adapter_mode")
@@ -429,7 +446,7 @@ def _validate_crpo(cfg: Mapping[str, Any]) -> None:
     if r["k"] is not None and not r["k"] > 0:
         raise ConfigError(f"reward.k must be > 0 (the accuracy weight), got {r['k']!r}")
     try:
-        get_preset(r["preset"], r["k"])
+        get_preset(r["preset"])
     except KeyError as e:
         raise ConfigError(str(e.args[0])) from None
     for name in r["weights"] or {}:
@@ -474,7 +491,7 @@ def _validate_sft(cfg: Mapping[str, Any]) -> None:
 
 
 def input_paths(cfg: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    """(key, path, kind) for every data path the recipe reads; kind is ``file`` or ``split`` (a folder with
+    """(key, path, kind) for every data path the config reads; kind is ``file`` or ``split`` (a folder with
     ``manifest.json``)."""
     d = cfg["data"]
     out = []
@@ -489,7 +506,7 @@ def input_paths(cfg: Mapping[str, Any]) -> list[tuple[str, str, str]]:
 def check_paths(cfg: Mapping[str, Any], missing_ok: bool = False) -> list[str]:
     """Raise :class:`ConfigError` naming the key and path of an input that is the wrong kind (a folder given
     as a data file) or, unless ``missing_ok``, missing. Returns the missing ones (``check-config`` warns:
-    a recipe may name the output of an earlier stage)."""
+    a config may name the output of an earlier stage)."""
     missing = []
     for key, raw, kind in input_paths(cfg):
         p = Path(str(raw)).expanduser()
@@ -517,10 +534,10 @@ def run_dir(cfg: Mapping[str, Any]) -> Path:
 
 
 def trainer_kwargs(cfg: Mapping[str, Any], cpu_safe: bool = False) -> dict[str, Any]:
-    """The recipe's ``trainer`` section plus the derived keys (and, for CRPO, the preset's weights).
+    """The config's ``trainer`` section plus the derived keys (and, for CRPO, the preset's weights).
 
     ``cpu_safe=True`` adds ``use_cpu=True``: the one change ``TrainingArguments`` needs to accept a GPU
-    recipe's ``bf16: true`` on a machine without a GPU (the recipe check in the tests and
+    config's ``bf16: true`` on a machine without a GPU (the config check in the tests and
     ``check-config --cpu-safe``). Precision and vLLM settings stay exactly as written.
     """
     kw = dict(copy.deepcopy(cfg["trainer"]))
@@ -542,21 +559,19 @@ def trainer_args(cfg: Mapping[str, Any], cpu_safe: bool = False):
     try:
         return cls(**trainer_kwargs(cfg, cpu_safe))
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"recipe {cfg['run_name']!r}: {cls.__name__} rejects the trainer settings: {e}") from e
+        raise ConfigError(f"training config {cfg['run_name']!r}: {cls.__name__} rejects the trainer settings: {e}") from e
 
 
 def reward_preset(cfg: Mapping[str, Any]):
-    """The recipe's reward preset with ``k`` and per-reward weight overrides applied."""
-    from clinical_r1.rewards import Preset, get_preset
+    """The config's reward preset with ``reward.k`` and ``reward.weights`` applied: the one place the reward
+    weights that reach TRL (``GRPOConfig.reward_weights``) and the reward functions are decided."""
+    from clinical_r1.rewards import get_preset
 
     r = cfg["reward"]
-    p = get_preset(r["preset"], r["k"])
-    if r["weights"]:
-        p = Preset(p.name, {**p.weights, **{k: float(v) for k, v in r["weights"].items()}}, p.prompt, p.summary)
-    return p
+    return get_preset(r["preset"]).with_weights(k=r["k"], weights=r["weights"])
 
 
-def recipe_warnings(cfg: Mapping[str, Any]) -> list[str]:
+def config_warnings(cfg: Mapping[str, Any]) -> list[str]:
     """Settings that are valid but probably not what a reproduction wants; ``check-config`` prints them and
     a CRPO run logs them. Today: a KL term (``beta > 0``) whose form is left to TRL's default, which since
     TRL 1.15 multiplies the KL by the importance ratio (``use_bias_correction_kl=True``); the paper and the

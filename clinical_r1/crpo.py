@@ -26,7 +26,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from clinical_r1.config import ConfigError, check_paths, load_config, model_backend, recipe_warnings, reward_preset, trainer_args
+from clinical_r1.config import ConfigError, check_paths, load_config, model_backend, config_warnings, reward_preset, trainer_args
+from clinical_r1.errors import ClinicalR1Error
 from clinical_r1.parsing import LETTERS
 from clinical_r1.prompts import build_messages
 
@@ -35,12 +36,12 @@ log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("id", "question", "options", "answer")
 
 
-class DatasetError(ValueError):
+class DatasetError(ClinicalR1Error, ValueError):
     """Training data that cannot be used for CRPO (missing columns, empty, prompts too long)."""
 
 
 def load_train_dataset(data: Mapping[str, Any]):
-    """The recipe's training questions as a record-schema ``Dataset`` (see ``clinical_r1.data``)."""
+    """The training config's questions as a record-schema ``Dataset`` (see ``clinical_r1.data``)."""
     from clinical_r1.data import load_benchmark, load_split
 
     if data["name"] == "split":  # the folder written by `python -m clinical_r1 split`
@@ -121,7 +122,7 @@ def prompt_limit(cfg: Mapping[str, Any], args: Any, ref: str) -> int:
 
 
 def run_crpo(config: Mapping[str, Any] | str | os.PathLike, overrides: Any = None, train_dataset: Any = None) -> Path:
-    """Run CRPO/GRPO from a recipe; returns the run folder. ``train_dataset`` replaces the recipe's data."""
+    """Run CRPO/GRPO from a training config; returns the run folder. ``train_dataset`` replaces its data."""
     from clinical_r1 import models
 
     models.import_unsloth_first(model_backend(config, overrides))  # before runs/load_config import transformers/TRL
@@ -131,7 +132,7 @@ def run_crpo(config: Mapping[str, Any] | str | os.PathLike, overrides: Any = Non
     check_paths(cfg)  # every input exists and is the right kind, before anything is loaded or written
     preset = reward_preset(cfg)
     args = trainer_args(cfg)  # TRL's own checks (batch vs num_generations, ...) before anything heavy
-    for warning in recipe_warnings(cfg):
+    for warning in config_warnings(cfg):
         log.warning(warning)
     ref = models.check_model(cfg["model"]["name"])
     if cfg["model"]["init_adapter"]:
@@ -159,7 +160,7 @@ def build_grpo_trainer(args: Any, model: Any, tok: Any, ds: Any, preset: Any, ru
                        monitors: Mapping[str, Any] | None = None):
     """TRL ``GRPOTrainer`` with the preset's reward functions (weights are in ``args.reward_weights``), tapped by
     :class:`monitors.StepMonitor` (advantage shares and per-step monitors through TRL's ``log_metric``);
-    ``monitors``: the recipe's alarm thresholds (``runs.MetricsLogger`` raises the alarms)."""
+    ``monitors``: the config's alarm thresholds (``runs.MetricsLogger`` raises the alarms)."""
     from trl import GRPOTrainer
 
     from clinical_r1.monitors import StepMonitor

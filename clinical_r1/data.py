@@ -22,7 +22,6 @@ accuracy: each is listed in the report's ``flagged`` rows and logged once as a w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,14 +31,15 @@ import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from clinical_r1.errors import ClinicalR1Error, DataError
+from clinical_r1.files import RowError, iter_rows, read_jsonl, sha256_file, write_json, write_jsonl
 from clinical_r1.parsing import LETTERS
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("id", "question", "options", "answer", "source", "subgroup", "explanation", "meta")
-BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark some editors put first; every loader skips it
 
 HUB_IDS = {
     "medqa": ("GBaker/MedQA-USMLE-4-options", None),
@@ -54,10 +54,6 @@ PUBMEDQA_CHOICES = ("yes", "no", "maybe")
 # one split of 1,000.
 EVAL_SPLITS = {"medqa": "test", "medmcqa": "validation", "medxpertqa": "test", "pubmedqa": "train"}
 PUBLISHED_SIZES = {"medqa": 1273, "medmcqa": 4183, "medxpertqa": 2450, "pubmedqa": 1000}
-
-
-class DataError(ValueError):
-    """A malformed input row or file; the message names the file, the row and the field."""
 
 
 @dataclass
@@ -85,121 +81,28 @@ class SkipReport:
         return f"{self.source}: kept {self.kept} of {self.total}{flagged}, skipped {self.n_skipped} {self.by_reason()}"
 
 
-class _RowError(Exception):
-    def __init__(self, field_name: str, reason: str):
-        super().__init__(reason)
-        self.field, self.reason = field_name, reason
-
-
 # ---------------------------------------------------------------------------------------------------
 # Reading files
 # ---------------------------------------------------------------------------------------------------
 
 
-def _iter_raw(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield (1-based row number, parsed JSON object) from a .jsonl, .json or .parquet file."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    suffix = "".join(path.suffixes[-1:]).lower()
-    if suffix == ".parquet":
-        import pandas as pd
-
-        for i, rec in enumerate(pd.read_parquet(path).to_dict("records"), start=1):
-            yield i, rec
-        return
-    data = path.read_bytes()
-    data = data[3:] if data.startswith(BOM) else data  # a UTF-8 byte-order mark (Windows editors) is not data
-    if suffix == ".json" and data.lstrip()[:1] == b"[":
-        try:
-            rows = json.loads(data.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: byte {e.start}: not valid UTF-8") from e
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from e
-        yield from enumerate(rows, start=1)
-        return
-    for i, line in enumerate(data.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            yield i, _RowError("bytes", f"not valid UTF-8 at byte {e.start} of the line")
-            continue
-        try:
-            yield i, json.loads(text)
-        except json.JSONDecodeError as e:
-            yield i, _RowError("json", f"invalid JSON ({e.msg} at column {e.colno})")
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All rows of a JSONL file; a malformed line raises :class:`DataError` naming file and line."""
-    rows = []
-    for i, obj in _iter_raw(Path(path)):
-        if isinstance(obj, _RowError):
-            raise DataError(f"{path}: row {i}: {obj.reason}")
-        rows.append(obj)
-    return rows
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
-    """Write a text file atomically: ``write(f)`` fills a temporary file in the same folder, which is fsynced
-    and then renamed over ``path`` (``os.replace``); a crash leaves the old file or none, never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read and shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_jsonl(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    """Write rows atomically (see :func:`atomic_write`)."""
-    return atomic_write(path, lambda f: f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def write_json(obj: Any, path: str | os.PathLike) -> Path:
-    """Write one JSON document atomically."""
-    def dump(f: Any) -> None:
-        json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
-        f.write("\n")
-
-    return atomic_write(path, dump)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------------
-# Field helpers (raise _RowError; the caller adds file and row)
+# Field helpers (raise RowError; the caller adds file and row)
 # ---------------------------------------------------------------------------------------------------
 
 
 def _req(raw: Mapping[str, Any], key: str) -> Any:
     if key not in raw or raw[key] is None:
-        raise _RowError(key, "missing field")
+        raise RowError(key, "missing field")
     return raw[key]
 
 
 def _text(raw: Mapping[str, Any], key: str) -> str:
     v = _req(raw, key)
     if not isinstance(v, str):
-        raise _RowError(key, f"expected a string, got {type(v).__name__}")
+        raise RowError(key, f"expected a string, got {type(v).__name__}")
     if not v.strip():
-        raise _RowError(key, "empty text")
+        raise RowError(key, "empty text")
     return v.strip()
 
 
@@ -209,24 +112,24 @@ def _options(v: Any, key: str = "options") -> list[str]:
         keys = list(v.keys())
         expected = list(LETTERS[: len(keys)])
         if sorted(str(k).strip().upper() for k in keys) != expected:
-            raise _RowError(key, f"option letters {keys} are not A.. in sequence")
+            raise RowError(key, f"option letters {keys} are not A.. in sequence")
         opts = [v[k] for k in sorted(keys, key=lambda k: str(k).strip().upper())]
     elif isinstance(v, (list, tuple)):
         opts = list(v)
     else:
-        raise _RowError(key, f"expected a dict of letters or a list, got {type(v).__name__}")
+        raise RowError(key, f"expected a dict of letters or a list, got {type(v).__name__}")
     if len(opts) < 2:
-        raise _RowError(key, f"needs at least 2 options, got {len(opts)}")
+        raise RowError(key, f"needs at least 2 options, got {len(opts)}")
     if len(opts) > len(LETTERS):
-        raise _RowError(key, f"too many options ({len(opts)})")
+        raise RowError(key, f"too many options ({len(opts)})")
     clean = []
     for i, o in enumerate(opts):
         if isinstance(o, (int, float)) and not isinstance(o, bool):
             o = str(o)
         if not isinstance(o, str):
-            raise _RowError(key, f"option {LETTERS[i]} is {type(o).__name__}, not a string")
+            raise RowError(key, f"option {LETTERS[i]} is {type(o).__name__}, not a string")
         if not o.strip():
-            raise _RowError(key, f"option {LETTERS[i]} is empty")
+            raise RowError(key, f"option {LETTERS[i]} is empty")
         clean.append(o.strip())
     return clean
 
@@ -240,12 +143,12 @@ def _duplicate_options(options: Sequence[str]) -> list[str]:
 
 def _letter(v: Any, options: Sequence[str], key: str) -> str:
     if not isinstance(v, str):
-        raise _RowError(key, f"expected a letter, got {type(v).__name__} {v!r}")
+        raise RowError(key, f"expected a letter, got {type(v).__name__} {v!r}")
     s = v.strip().upper()
     if len(s) != 1 or s not in LETTERS:
-        raise _RowError(key, f"gold answer {v!r} is not a letter")
+        raise RowError(key, f"gold answer {v!r} is not a letter")
     if LETTERS.index(s) >= len(options):
-        raise _RowError(key, f"gold letter {s} is not among the {len(options)} options")
+        raise RowError(key, f"gold letter {s} is not among the {len(options)} options")
     return s
 
 
@@ -312,12 +215,12 @@ def _medmcqa(raw: Mapping[str, Any], row: int, src: str, cop_base: int | None = 
         options = _options([raw.get(k) if raw.get(k) is not None else "" for k in ("opa", "opb", "opc", "opd")], "opa..opd")
         cop = _req(raw, "cop")
         if isinstance(cop, bool) or not isinstance(cop, int):
-            raise _RowError("cop", f"expected an integer, got {type(cop).__name__} {cop!r}")
+            raise RowError("cop", f"expected an integer, got {type(cop).__name__} {cop!r}")
         if cop_base is None:
-            raise _RowError("cop", "cop_base unknown: pass cop_base=0 (hub) or cop_base=1 (original JSON release)")
+            raise RowError("cop", "cop_base unknown: pass cop_base=0 (hub) or cop_base=1 (original JSON release)")
         idx = cop - cop_base
         if not 0 <= idx < len(options):
-            raise _RowError("cop", f"cop={cop} is out of range for {len(options)} options (cop_base={cop_base})")
+            raise RowError("cop", f"cop={cop} is out of range for {len(options)} options (cop_base={cop_base})")
         answer = LETTERS[idx]
     else:
         options = _options(_req(raw, "options"))
@@ -339,7 +242,7 @@ def _medxpertqa(raw: Mapping[str, Any], row: int, src: str, **_: Any) -> dict[st
     """
     question = _ANSWER_CHOICES.sub("", _text(raw, "question")).strip()
     if not question:
-        raise _RowError("question", "empty stem after removing the Answer Choices block")
+        raise RowError("question", "empty stem after removing the Answer Choices block")
     options = _options(_req(raw, "options"))
     key = next((k for k in ("label", "answer_idx", "answer") if k in raw), "label")
     answer = _letter(_req(raw, key), options, key)
@@ -357,7 +260,7 @@ def _pubmedqa(raw: Mapping[str, Any], row: int, src: str, **_: Any) -> dict[str,
         question = ("\n".join(contexts) + "\n" + q).strip() if contexts else q
         decision = str(_req(raw, "final_decision")).strip().lower()
         if decision not in PUBMEDQA_CHOICES:
-            raise _RowError("final_decision", f"{decision!r} is not yes/no/maybe")
+            raise RowError("final_decision", f"{decision!r} is not yes/no/maybe")
         options, answer = list(PUBMEDQA_CHOICES), LETTERS[PUBMEDQA_CHOICES.index(decision)]
         rid = raw.get("id") or _id(raw, "pubmedqa", row, "pubid")
         expl = raw.get("long_answer", "")
@@ -378,7 +281,7 @@ def _uniform(raw: Mapping[str, Any], row: int, src: str, **_: Any) -> dict[str, 
     answer = _letter(_req(raw, "answer"), options, "answer")
     rid = _req(raw, "id")
     if not isinstance(rid, (str, int)) or not str(rid).strip():
-        raise _RowError("id", f"expected a non-empty string id, got {rid!r}")
+        raise RowError("id", f"expected a non-empty string id, got {rid!r}")
     extra = {k: v for k, v in raw.items() if k not in COLUMNS}
     return _record(rid, question, options, answer, raw.get("source") or src,
                    raw.get("subgroup") or raw.get("specialty", ""), raw.get("explanation", ""), extra)
@@ -428,16 +331,16 @@ def _build(rows: Iterable[tuple[int, Any]], name: str, src: str, strict: bool, *
     for row, raw in rows:
         report.total += 1
         try:
-            if isinstance(raw, _RowError):
+            if isinstance(raw, RowError):
                 raise raw
             if not isinstance(raw, Mapping):
-                raise _RowError("row", f"expected a JSON object, got {type(raw).__name__}")
+                raise RowError("row", f"expected a JSON object, got {type(raw).__name__}")
             rec = norm(raw, row, src, **kw)
             if rec["id"] in seen:
-                raise _RowError("id", f"duplicate id {rec['id']!r} (first at row {seen[rec['id']]})")
-        except _RowError as e:
+                raise RowError("id", f"duplicate id {rec['id']!r} (first at row {seen[rec['id']]})")
+        except RowError as e:
             if strict:
-                raise DataError(f"{src}: row {row}: field '{e.field}': {e.reason}") from None
+                raise DataError(e.reason, file=src, row=row, field=e.field) from None
             report.skipped.append({"row": row, "field": e.field, "reason": e.reason})
             continue
         notes = rec.pop(_NOTES, [])
@@ -486,7 +389,7 @@ def load_benchmark(name: str, path: str | os.PathLike | None = None, split: str 
         raise ValueError("benchmark 'jsonl' needs a path")
     if path is not None:
         p = Path(path)
-        rows = list(_iter_raw(p))
+        rows = list(iter_rows(p))
         src = str(p)
         if name == "medmcqa" and cop_base is None:
             cops = {r.get("cop") for _, r in rows if isinstance(r, Mapping) and "cop" in r}
@@ -580,7 +483,7 @@ def decontamination_report(train_splits: Mapping[str, Any], eval_sets: Mapping[s
     return {"pairs": pairs, "overlap": sum(p["normalised"] for p in pairs), "counts": counts}
 
 
-class ContaminationError(RuntimeError):
+class ContaminationError(ClinicalR1Error, RuntimeError):
     """Training and evaluation items overlap; the message lists the pairs."""
 
 
@@ -654,7 +557,7 @@ def make_splits(train, out_dir: str | os.PathLike, sizes: SplitSizes | Mapping[s
     def fill(tmp: Path) -> dict[str, Any]:
         for n, d in splits.items():
             path = write_jsonl(to_records(d), tmp / f"{n}.jsonl")
-            manifest["files"][n] = {"path": path.name, "count": len(d), "sha256": file_sha256(path)}
+            manifest["files"][n] = {"path": path.name, "count": len(d), "sha256": sha256_file(path)}
         write_json(manifest, tmp / "manifest.json")
         return manifest
 
@@ -714,6 +617,6 @@ def load_split(out_dir: str | os.PathLike, name: str):
     if name not in manifest["files"]:
         raise KeyError(f"{out}/manifest.json has no split {name!r}; it has {sorted(manifest['files'])}")
     path = out / manifest["files"][name]["path"]
-    if file_sha256(path) != manifest["files"][name]["sha256"]:
+    if sha256_file(path) != manifest["files"][name]["sha256"]:
         raise DataError(f"{path}: content hash differs from manifest.json; the split was modified")
     return load_benchmark("jsonl", path=path)

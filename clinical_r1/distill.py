@@ -23,9 +23,9 @@ Other chat models get the ``crpo`` prompt and answer in ``<dx>``/``<conclusion>`
 Conversion and filtering, first failing check wins (the report counts each reason):
 ``api_failure`` (no answer after retries), ``no_box`` / ``multiple_boxes`` (the final answer must hold
 exactly one ``\\boxed{}``), ``unreadable_box`` (the box holds no option letter), ``wrong_answer``,
-``empty_reasoning``, ``invalid_format`` (the converted target fails ``parse(target, "crpo").well_formed`` or
-``is_correct``). Boxes inside the reasoning are unboxed (``\\boxed{C}`` → ``C``) so that the only box of the
-target is the final one; the conclusion is cut right after its box, which is normalised to ``\\boxed{X}``.
+``empty_reasoning``, ``invalid_format`` (the converted target fails ``CRPO.well_formed`` or ``is_correct``).
+Boxes inside the reasoning are unboxed (``\\boxed{C}`` → ``C``) so that the only box of the target is the final one;
+the conclusion is cut right after its box, which is normalised to ``\\boxed{X}``.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from clinical_r1.api import ChatClient, ChatRequest, make_client
 from clinical_r1.data import DataError, write_json, write_jsonl
-from clinical_r1.parsing import LETTERS, box_letter, find_boxes, is_correct, parse
-from clinical_r1.prompts import PROMPT_KINDS, build_messages, crpo_target
+from clinical_r1.formats import CRPO
+from clinical_r1.parsing import LETTERS, box_letter, find_boxes, is_correct, is_correct_letter
+from clinical_r1.prompts import PROMPT_KINDS, build_messages
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def split_answer(content: str, reasoning: str) -> tuple[str, str]:
     ``<think>…</think>`` gives the think body (unless ``reasoning_content`` is set) and the text after it;
     otherwise ``reasoning_content`` and the content.
     """
-    p = parse(content, "crpo")
+    p = CRPO.parse(content)
     if "dx" in p.sections and "conclusion" in p.sections:
         return p.sections["dx"], p.sections["conclusion"]
     if "</think>" in content:
@@ -139,15 +140,15 @@ def convert(content: str, reasoning: str, answer: str, options: Sequence[str]) -
     letter = box_letter(boxes[0].content, options)
     if letter is None:
         return Conversion(reason="unreadable_box")
-    if letter != str(answer).strip().upper():
+    if not is_correct_letter(letter, answer):
         return Conversion(reason="wrong_answer")
     dx = unbox(dx).strip()
     if not dx:
         return Conversion(reason="empty_reasoning")
     lead = strip_wrappers(final[: boxes[0].start])
     conclusion = f"{lead} \\boxed{{{letter}}}" if lead else f"\\boxed{{{letter}}}"
-    target = crpo_target(dx, conclusion)
-    if not (parse(target, "crpo", options).well_formed and is_correct(target, answer, options)):
+    target = CRPO.render(dx, conclusion)
+    if not (CRPO.well_formed(target, options) and is_correct(target, answer, options)):
         return Conversion(reason="invalid_format")
     return Conversion(dx=dx, conclusion=conclusion)
 
@@ -157,8 +158,9 @@ def convert(content: str, reasoning: str, answer: str, options: Sequence[str]) -
 # -------------------------------------------------------------------------------------------------
 
 
-def validate_item(item: Mapping[str, Any], row: int) -> None:
-    """A clear error naming the row and field for an item the teacher cannot be asked about."""
+def validate_item(item: Mapping[str, Any], row: int) -> str:
+    """The item's gold letter (case and spaces folded); a clear error naming the row and field for an item the
+    teacher cannot be asked about."""
     for f in ("id", "question", "options", "answer"):
         if f not in item or item[f] is None:
             raise DataError(f"item row {row}: missing field {f!r}")
@@ -169,6 +171,7 @@ def validate_item(item: Mapping[str, Any], row: int) -> None:
     if len(ans) != 1 or ans not in LETTERS[: len(opts)]:
         raise DataError(f"item row {row} (id {item['id']!r}): answer {item['answer']!r} is not one of the "
                          f"option letters {LETTERS[: len(opts)]}")
+    return ans
 
 
 def _split_teacher_config(teacher_config: Any) -> tuple[Any, str | None]:
@@ -195,7 +198,7 @@ def distill(items: Iterable[Mapping[str, Any]], teacher_config: Any, out_path: s
         rows = rows[:limit]
     seen: set[str] = set()
     for i, it in enumerate(rows, start=1):  # rows numbered as the file's lines
-        validate_item(it, i)
+        it["answer"] = validate_item(it, i)  # the gold letter, trusted from here on
         if str(it["id"]) in seen:
             raise DataError(f"item row {i}: duplicate id {it['id']!r} (ids key the teacher cache)")
         seen.add(str(it["id"]))
@@ -214,7 +217,7 @@ def distill(items: Iterable[Mapping[str, Any]], teacher_config: Any, out_path: s
             dropped[conv.reason].append(str(it["id"]))
             continue
         kept.append({"id": str(it["id"]), "question": it["question"], "options": list(it["options"]),
-                     "answer": str(it["answer"]).strip().upper(), "dx": conv.dx, "conclusion": conv.conclusion,
+                     "answer": it["answer"], "dx": conv.dx, "conclusion": conv.conclusion,
                      "teacher": client.model, "source": it.get("source", "")})
     write_jsonl(kept, out_path)  # atomic: temporary file, then os.replace
     report = {

@@ -9,7 +9,8 @@
         --data ../shared/benchmarks/medqa_usmle4_test_sample.jsonl --out results/run/medqa.metrics.json
 
 Every answer letter comes from the one parser, ``clinical_r1.parsing.extract_letter(text, item options)``,
-so training reward and evaluation agree on what "correct" is. Definitions (values are fractions in [0, 1];
+and is judged by its one rule, ``clinical_r1.parsing.is_correct_letter`` (the rule of ``is_correct``, which
+the accuracy reward uses), so training reward and evaluation agree on what "correct" is. Definitions (values are fractions in [0, 1];
 the paper reports percent):
 
 - ``accuracy``: correct answers / all answers (questions × N samples); an invalid answer (no single
@@ -37,7 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from clinical_r1.generate import read_generations, read_meta
-from clinical_r1.parsing import extract_letter
+from clinical_r1.parsing import extract_letter, is_correct_letter
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class Answers:
 
     @property
     def correct(self) -> np.ndarray:
-        return np.array([[x is not None and x == g for x in row] for row, g in zip(self.letters, self.gold)], dtype=bool)
+        return np.array([[is_correct_letter(x, g) for x in row] for row, g in zip(self.letters, self.gold)], dtype=bool)
 
     @property
     def valid(self) -> np.ndarray:
@@ -221,7 +222,7 @@ def load_answers(generations_path: str | os.PathLike, dataset: Iterable[Mapping[
     if missing:
         log.warning("%s: %d question(s) miss samples; counted as invalid answers", path, len(missing))
     ids = list(by_id)
-    return Answers(path=path, meta=meta, ids=ids, gold=[str(by_id[i]["answer"]).strip().upper() for i in ids],
+    return Answers(path=path, meta=meta, ids=ids, gold=[by_id[i]["answer"] for i in ids],
                    subgroups=[str(by_id[i].get("subgroup") or "") for i in ids],
                    sources=[str(by_id[i].get("source") or "") for i in ids],
                    letters=[letters[i] for i in ids], present=np.stack([present[i] for i in ids]),
@@ -256,7 +257,7 @@ def _sample_count(path: Path, meta: Mapping[str, Any], records: list[dict[str, A
 
 
 # ---------------------------------------------------------------------------------------------------
-# Metrics
+# Accuracy figures
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -265,7 +266,7 @@ def _block(ans: Answers, rows: np.ndarray, n_boot: int, seed: int) -> dict[str, 
     correct, valid = ans.correct[rows], ans.valid[rows]
     maj = [m for m, keep in zip(ans.majority(), rows) if keep]
     gold = [g for g, keep in zip(ans.gold, rows) if keep]
-    maj_correct = np.array([m is not None and m == g for m, g in zip(maj, gold)], dtype=float)
+    maj_correct = np.array([is_correct_letter(m, g) for m, g in zip(maj, gold)], dtype=float)
     maj_valid = np.array([m is not None for m in maj], dtype=float)
     per_q_acc = correct.mean(axis=1)
     ci = dict(n_boot=n_boot, seed=seed)
@@ -301,7 +302,7 @@ def _groups(ans: Answers, labels: list[str], n_boot: int, seed: int) -> dict[str
     return {name or "(none)": _block(ans, np.array([x == name for x in labels]), n_boot, seed) for name in names}
 
 
-def metrics(ans: Answers, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
+def accuracy_figures(ans: Answers, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
     """``overall`` figures plus ``by_subgroup`` (when any item has a subgroup) and ``by_source`` (several sources)."""
     out: dict[str, Any] = {"overall": _block(ans, np.ones(len(ans.ids), dtype=bool), n_boot, seed)}
     if any(ans.subgroups):
@@ -341,7 +342,7 @@ def evaluate(generations_path: str | os.PathLike, dataset: Iterable[Mapping[str,
         **git_commit(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "scale": "fraction",
-        **metrics(ans, n_boot=n_boot, seed=seed),
+        **accuracy_figures(ans, n_boot=n_boot, seed=seed),
         "missing": ans.missing,
     }
     if out_path is not None:
@@ -365,8 +366,8 @@ def compare(gen_a: str | os.PathLike, gen_b: str | os.PathLike, dataset: Iterabl
     b = load_answers(gen_b, items, dataset_name=dataset_name, allow_missing=allow_missing)
     acc_a, acc_b = a.correct.mean(axis=1), b.correct.mean(axis=1)
     diff = acc_a - acc_b
-    maj_a = np.array([m is not None and m == g for m, g in zip(a.majority(), a.gold)])
-    maj_b = np.array([m is not None and m == g for m, g in zip(b.majority(), b.gold)])
+    maj_a = np.array([is_correct_letter(m, g) for m, g in zip(a.majority(), a.gold)])
+    maj_b = np.array([is_correct_letter(m, g) for m, g in zip(b.majority(), b.gold)])
     return {
         "a": {"generations": str(a.path), "model": a.meta.get("model"), "accuracy": float(acc_a.mean())},
         "b": {"generations": str(b.path), "model": b.meta.get("model"), "accuracy": float(acc_b.mean())},

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from clinical_r1.errors import ClinicalR1Error
 from clinical_r1.locks import exclusive
 from clinical_r1.prompts import PROMPT_KINDS, build_messages
 
@@ -49,7 +50,7 @@ RECORD_FIELDS = ("id", "sample", "text", "n_tokens", "finish_reason", "dataset",
 FINISH_REASONS = ("stop", "length")
 
 
-class GenerationError(ValueError):
+class GenerationError(ClinicalR1Error, ValueError):
     """A generations file that cannot be used as asked: malformed lines, or a sidecar with other settings."""
 
 
@@ -162,7 +163,7 @@ def _repair_tail(path: Path) -> set[tuple[str, int]]:
 
 
 def _write_meta(path: Path, meta: Mapping[str, Any]) -> None:
-    from clinical_r1.data import write_json
+    from clinical_r1.files import write_json
 
     write_json(dict(meta), meta_path(path))
 

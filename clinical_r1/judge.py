@@ -1,11 +1,11 @@
 """The eight LLM-as-judge metrics of the paper, their prompts, backends and the judges' reliability.
 
-    from clinical_r1.judge import judge_responses, summarise, agreement
+    from clinical_r1.judge import judge_responses, summarize_judgements, agreement
     records = judge_responses(rows, "all", {"model": "deepseek-chat", "base_url": "https://api.deepseek.com",
                                             "api_key_env": "DEEPSEEK_API_KEY"}, "results/cache/judge.jsonl")
     local = judge_responses(rows, "all", {"model": "embedded:smollm2-135m-instruct", "backend": "local"},
                             None)        # a local judge: constrained mode unless judge_mode: generate
-    summarise(records)                   # mean per metric per model, n, n_unparseable, n_failed
+    summarize_judgements(records)        # mean per metric per model, n, n_unparseable, n_failed
     agreement(records, records_judge2)   # Spearman and Cohen's kappa between two judges
 
 Command line (generations from clinical_r1.generate, joined by id with the benchmark records):
@@ -13,7 +13,7 @@ Command line (generations from clinical_r1.generate, joined by id with the bench
         --config configs/judge_deepseek.yaml --metrics all --cache results/cache/judge.jsonl \
         --out results/run/judge_medqa.jsonl          # also writes <out>.summary.csv
 
-Metrics (``METRICS``), one judge call per response × metric:
+Metrics (``JUDGE_METRICS``), one judge call per response × metric:
 - cognitive behaviours, counted per response: ``backtracking``, ``backward_chaining``, ``subgoal_setting``,
   ``verification``;
 - faithfulness: ``faithfulness`` (to medical knowledge, 1-5), ``cecd`` (case-grounded evidence citation
@@ -27,7 +27,8 @@ format — one JSON object — and carries a version string that is part of the 
 
 - ``generate`` (API judges; available to local ones): the judge writes free text, parsed robustly (the last
   JSON object holding the key, a ``<count>`` tag, a bare number); an answer that still does not parse is
-  recorded with ``status="unparseable"`` and its raw text, never dropped, and counted by :func:`summarise`.
+  recorded with ``status="unparseable"`` and its raw text, never dropped, and counted by
+  :func:`summarize_judgements`.
   Decoding is deterministic (temperature 0) unless ``k > 1`` samples are averaged.
 - ``constrained`` (the default for a local judge): small local models almost never write the JSON asked for
   (the embedded 135M model: 0% parseable), so the same messages are rendered with the answer already opened
@@ -53,7 +54,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from clinical_r1.api import JUDGE_MODES, ChatClient, ChatRequest, make_client, sha256
+from clinical_r1.api import JUDGE_MODES, ChatClient, ChatRequest, make_client
+from clinical_r1.files import sha256_json, sha256_text
 from clinical_r1.evaluate import spearman
 from clinical_r1.parsing import LETTERS, completion_text
 from clinical_r1.prompts import format_options
@@ -155,22 +157,23 @@ _PROMPTS: dict[str, tuple[str, str, str, bool, str]] = {
         "hypotension\" -> 1 hallucination.\n\n" + _COUNT_FORMAT)),
 }
 
-METRICS: dict[str, JudgeMetric] = {
+JUDGE_METRICS: dict[str, JudgeMetric] = {
     name: JudgeMetric(name, version, kind, group, hib, _HEADER + body)
     for name, (kind, group, version, hib, body) in _PROMPTS.items()
 }
-COGNITIVE = tuple(m for m in METRICS if METRICS[m].group == "cognitive")
-FAITHFULNESS = tuple(m for m in METRICS if METRICS[m].group == "faithfulness")
-METRIC_GROUPS = {"all": tuple(METRICS), "cognitive": COGNITIVE, "faithfulness": FAITHFULNESS}
+COGNITIVE = tuple(m for m in JUDGE_METRICS if JUDGE_METRICS[m].group == "cognitive")
+FAITHFULNESS = tuple(m for m in JUDGE_METRICS if JUDGE_METRICS[m].group == "faithfulness")
+METRIC_GROUPS = {"all": tuple(JUDGE_METRICS), "cognitive": COGNITIVE, "faithfulness": FAITHFULNESS}
 
 
 def resolve_metrics(metrics: str | Sequence[str]) -> list[JudgeMetric]:
     """Metric objects from names or a group name (``all``, ``cognitive``, ``faithfulness``)."""
     names = METRIC_GROUPS.get(metrics, [metrics]) if isinstance(metrics, str) else list(metrics)
-    unknown = [n for n in names if n not in METRICS]
+    unknown = [n for n in names if n not in JUDGE_METRICS]
     if unknown:
-        raise KeyError(f"unknown judge metric(s) {unknown}; known: {list(METRICS)} or groups {list(METRIC_GROUPS)}")
-    return [METRICS[n] for n in names]
+        raise KeyError(f"unknown judge metric(s) {unknown}; known: {list(JUDGE_METRICS)} "
+                       f"or groups {list(METRIC_GROUPS)}")
+    return [JUDGE_METRICS[n] for n in names]
 
 
 # -------------------------------------------------------------------------------------------------
@@ -263,7 +266,7 @@ def parse_judgement(text: str | None, metric: JudgeMetric | str, options: Sequen
     that is a bare number. Out-of-range values (negative counts, scores outside 1-5, letters beyond the
     options) do not parse.
     """
-    m = METRICS[metric] if isinstance(metric, str) else metric
+    m = JUDGE_METRICS[metric] if isinstance(metric, str) else metric
     text = completion_text(text)
     for obj in _json_objects_from_end(text):
         keys = {str(k).strip().lower(): v for k, v in obj.items()}
@@ -362,7 +365,7 @@ def judge_responses(rows: Iterable[Mapping[str, Any]], metrics: str | Sequence[s
         return judge_constrained(norm, ms, client)
     reqs, index = [], []
     for r in norm:
-        rhash = sha256(r["response"])[:32]  # the cache key's item id: the judged text; the prompt hash adds the case
+        rhash = sha256_text(r["response"])[:32]  # the cache key's item id: the judged text; the prompt hash adds the case
         for m in ms:
             for j in range(k):
                 reqs.append(ChatRequest(rhash, judge_messages(m, r), purpose=m.version, sample=j,
@@ -454,8 +457,8 @@ def judge_constrained(rows: Sequence[Mapping[str, Any]], metrics: Sequence[Judge
         todo: dict[tuple, list[Probe]] = {}
         for i, r in enumerate(rows):
             ps = constrained_probes(m, r)
-            key = (client.model, f"{m.version}/constrained", sha256(r["response"])[:32],
-                   sha256({"probes": [dataclasses.asdict(p) for p in ps], "scorer": CONSTRAINED_VERSION}))
+            key = (client.model, f"{m.version}/constrained", sha256_text(r["response"])[:32],
+                   sha256_json({"probes": [dataclasses.asdict(p) for p in ps], "scorer": CONSTRAINED_VERSION}))
             keys[i, m.name] = key
             hit = cache.get(key)
             if hit is not None:
@@ -517,7 +520,7 @@ def _constrained_record(row: Mapping[str, Any], metric: JudgeMetric, p: Sequence
 # -------------------------------------------------------------------------------------------------
 
 
-def summarise(records: Sequence[Mapping[str, Any]]):
+def summarize_judgements(records: Sequence[Mapping[str, Any]]):
     """A DataFrame with one row per (model, metric): ``mean, std, n`` over ``ok`` records, ``n_unparseable``,
     ``n_failed``, ``higher_is_better``, ``judge``, ``mode``. Unparseable answers never enter the mean; they are
     counted. In constrained mode the mean is over probability-weighted values."""
@@ -534,10 +537,10 @@ def summarise(records: Sequence[Mapping[str, Any]]):
                      "std": ok.std(ddof=1) if len(ok) > 1 else float("nan"), "n": int(len(ok)),
                      "n_unparseable": int((g["status"] == "unparseable").sum()),
                      "n_failed": int((g["status"] == "api_failure").sum()),
-                     "higher_is_better": METRICS[metric].higher_is_better if metric in METRICS else None,
+                     "higher_is_better": JUDGE_METRICS[metric].higher_is_better if metric in JUDGE_METRICS else None,
                      "judge": ",".join(sorted(set(g["judge"]))),
                      "mode": ",".join(sorted(set(g["mode"].dropna()))) if "mode" in g else ""})
-    order = {m: i for i, m in enumerate(METRICS)}
+    order = {m: i for i, m in enumerate(JUDGE_METRICS)}
     out = pd.DataFrame(rows, columns=cols)
     return out.sort_values(["model", "metric"], key=lambda s: s.map(order) if s.name == "metric" else s,
                            ignore_index=True)
@@ -566,13 +569,13 @@ def agreement(records_a: Sequence[Mapping[str, Any]], records_b: Sequence[Mappin
 
     va, vb = _ok_values(records_a), _ok_values(records_b)
     rows = []
-    for name in METRICS:
+    for name in JUDGE_METRICS:
         keys = sorted(k for k in va.keys() & vb.keys() if k[3] == name)
         if not keys:
             continue
         a, b = [va[k] for k in keys], [vb[k] for k in keys]
         rho, p = spearman(a, b)
-        binary = METRICS[name].kind != "score"
+        binary = JUDGE_METRICS[name].kind != "score"
         kappa = cohen_kappa([x > 0 for x in a], [y > 0 for y in b]) if binary else float("nan")
         agree = sum((x > 0) == (y > 0) for x, y in zip(a, b)) / len(a) if binary else float("nan")
         rows.append({"metric": name, "n": len(keys), "spearman": rho, "spearman_p": p, "kappa_any": kappa,
@@ -643,7 +646,7 @@ def _judge_files(args: argparse.Namespace) -> None:
         records = judge_responses(rows, metrics, config, args.cache, k=args.k, temperature=args.temperature,
                                   mode=args.mode)
         write_jsonl(records, args.out)
-        table = summarise(records)
+        table = summarize_judgements(records)
         tmp = f"{args.out}.summary.csv.tmp"
         table.to_csv(tmp, index=False)
         os.replace(tmp, f"{args.out}.summary.csv")

@@ -25,13 +25,15 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from clinical_r1.errors import ClinicalR1Error
+
 log = logging.getLogger(__name__)
 
 _held: dict[Path, tuple[int, int]] = {}  # lock file -> (fd, depth) held by this process
 _guard = threading.Lock()
 
 
-class OutputBusyError(RuntimeError):
+class OutputBusyError(ClinicalR1Error, RuntimeError):
     """Another live process owns this output; the message names its pid and the output."""
 
 

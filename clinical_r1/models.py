@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from clinical_r1.errors import ClinicalR1Error
+
 log = logging.getLogger(__name__)
 
 EMBEDDED_PREFIX = "embedded:"
@@ -60,7 +62,7 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_mo
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 
 
-class ModelError(ValueError):
+class ModelError(ClinicalR1Error, ValueError):
     """A model name, path or adapter that cannot be used; raised before weights are loaded."""
 
 
@@ -380,7 +382,7 @@ def torch_dtype(name: str = "auto"):
 
 
 def lora_config(lora: Mapping[str, Any]):
-    """A PEFT ``LoraConfig`` from the recipe's ``lora`` section (r, alpha, dropout, target_modules)."""
+    """A PEFT ``LoraConfig`` from the training config's ``lora`` section (r, alpha, dropout, target_modules)."""
     from peft import LoraConfig
 
     return LoraConfig(
@@ -409,7 +411,7 @@ def load_policy(model: Mapping[str, Any] | str | None = None, lora: Mapping[str,
                 seed: int = 0, gradient_checkpointing: bool = False, use_vllm: bool = False):
     """Load ``(model, tokenizer)`` ready for LoRA training.
 
-    ``model``: the recipe's ``model`` section (``name``, ``backend``, ``dtype``, ``load_in_4bit``,
+    ``model``: the training config's ``model`` section (``name``, ``backend``, ``dtype``, ``load_in_4bit``,
     ``max_seq_length``, ``init_adapter``, ``init_adapter_mode``) or just a name. ``lora=None`` returns
     the base model without an adapter. With ``init_adapter`` (a cold-start LoRA folder) the adapter is
     merged into the base before a fresh LoRA is added (``init_adapter_mode: merge``), or trained on
@@ -581,7 +583,7 @@ class PolicyStack:
 
 
 def merged_before_training(spec: Mapping[str, Any]) -> list[str]:
-    """The adapter folders merged into the base before the trained LoRA, for a recipe's ``model`` section:
+    """The adapter folders merged into the base before the trained LoRA, for a training config's ``model`` section:
     whatever the cold-start adapter itself sits on (its manifest), then the cold-start adapter in ``merge``
     mode (in ``continue`` mode it is the trained adapter)."""
     init = spec.get("init_adapter")
@@ -618,10 +620,10 @@ def write_policy_manifest(folder: str | os.PathLike, spec: Mapping[str, Any],
                           merged: Sequence[str | os.PathLike]) -> Path:
     """Write ``clinical_r1_policy.json`` into a saved adapter folder, for :func:`policy_stack` to read.
 
-    ``spec``: the recipe's ``model`` section the policy was built from; ``merged``: the copies
+    ``spec``: the training config's ``model`` section the policy was built from; ``merged``: the copies
     (:func:`copy_adapters`) of :func:`merged_before_training` ``(spec)``, stored relative to ``folder``.
     """
-    from clinical_r1.data import write_json
+    from clinical_r1.files import write_json
 
     folder = Path(folder)
     init = spec.get("init_adapter")
@@ -672,9 +674,9 @@ def _refuse_unrecorded_merge(p: Path) -> None:
     cfg = p.parent / "config.yaml"
     if not cfg.is_file():
         return
-    import yaml
+    from clinical_r1.files import read_yaml
 
-    model = (yaml.safe_load(cfg.read_text()) or {}).get("model")
+    model = read_yaml(cfg, "training config", ModelError).get("model")
     if isinstance(model, dict) and model.get("init_adapter") and model.get("init_adapter_mode", "merge") == "merge":
         raise ModelError(
             f"{p} was trained on {model.get('name')} with the cold-start adapter {model['init_adapter']} merged in "
@@ -750,7 +752,7 @@ def merged_base(stack: PolicyStack, dtype: str | None = None, cache: str | os.Pa
     files, so every checkpoint and every run started from the same cold-start adapter shares one folder."""
     from transformers import AutoModelForCausalLM
 
-    from clinical_r1.data import file_sha256, write_json
+    from clinical_r1.files import sha256_file, write_json
 
     ref = check_model(stack.base)
     dt = dtype or stack.dtype
@@ -758,7 +760,7 @@ def merged_base(stack: PolicyStack, dtype: str | None = None, cache: str | os.Pa
     for f in stack.merged:
         for n in ADAPTER_FILES:
             if (Path(f) / n).is_file():
-                h.update(f"{n}:{file_sha256(Path(f) / n)}".encode())
+                h.update(f"{n}:{sha256_file(Path(f) / n)}".encode())
     target = Path(cache or cache_dir()) / "merged" / f"{Path(ref).name}-{h.hexdigest()[:16]}"
     if (target / "config.json").is_file():
         return target

@@ -16,7 +16,7 @@ Logged every step (``metrics.jsonl``), for each weighted reward ``<r>``:
   whose advantage does not vary are left out; a step where none varies logs no shares.
 - ``reward_varies/<r>``: the share of prompt groups in which reward ``r`` takes more than one value.
 
-The reward-hacking monitors (``MONITORS``; each has a threshold in the recipe's ``monitors`` section):
+The reward-hacking monitors (``MONITORS``; each has a threshold in the training config's ``monitors`` section):
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from clinical_r1.advantage import advantage_parts, advantage_shares, scale_mode, varies
-from clinical_r1.parsing import FORMATS, completion_text, find_boxes, parse
+from clinical_r1.formats import FORMATS, parse
+from clinical_r1.parsing import completion_text, find_boxes
 
 log = logging.getLogger(__name__)
 
-# recipe key (the metric is monitor/<key>) -> definition. Every one is "bad when high": an alarm fires when a
-# step's value rises above the recipe's threshold after being at or below it (or on the first step).
+# config key (the metric is monitor/<key>) -> definition. Every one is "bad when high": an alarm fires when a
+# step's value rises above the config's threshold after being at or below it (or on the first step).
 MONITORS: dict[str, str] = {
     "near_copy_rate": "share of the step's completions whose conclusion cites <dx> but was refused by the "
                       "cross-reference near-copy guard (copying <dx> to earn the bonus); crpo format only",
@@ -72,7 +73,7 @@ def seq_rep(completion: Any, n: int = REP_N) -> float:
 def box_outside(completion: Any, fmt: str, options: Sequence[str] | None = None) -> bool:
     """A ``\\boxed`` lies outside the format's last section (never for an untagged format). ``options`` only
     share the parse the rewards already made (the parser memoises per text, format and options)."""
-    tags = FORMATS[fmt]
+    tags = FORMATS[fmt].tags
     if not tags:
         return False
     p = parse(completion, fmt, options)
@@ -304,7 +305,7 @@ class AlarmWatch:
 
 
 def check_thresholds(monitors: Mapping[str, Any]) -> None:
-    """A recipe's ``monitors`` section: a number or null (off) per monitor, and ``window`` an integer >= 2."""
+    """A training config's ``monitors`` section: a number or null (off) per monitor, and ``window`` an integer >= 2."""
     from clinical_r1.config import ConfigError
 
     for k, v in monitors.items():

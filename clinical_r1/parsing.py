@@ -1,10 +1,15 @@
 """The one answer parser: tags, boxes, letters and a structure report.
 
-Prompts, SFT targets, rewards, evaluation and the judge all read completions through this module,
-so "correct" means the same thing in training and in evaluation.
+Prompts, SFT targets, rewards, evaluation and the judge all read completions through this module, so
+"correct" (:func:`is_correct`) means the same thing in training and in evaluation. The answer formats
+(which tags, in which order) are objects of :mod:`clinical_r1.formats`, which parse through
+:func:`parse_structure`; this module knows no format by name.
 
-    >>> from clinical_r1.parsing import parse
-    >>> p = parse("<dx>TSH 12 mU/L ...</dx><conclusion>... \\\\boxed{C}</conclusion>", fmt="crpo")
+    >>> from clinical_r1.parsing import extract_letter, is_correct
+    >>> extract_letter("... so the answer is \\\\boxed{C}"), is_correct("... \\\\boxed{C}", "C")
+    ('C', True)
+    >>> from clinical_r1.formats import parse
+    >>> p = parse("<dx>TSH 12 mU/L ...</dx><conclusion>... \\\\boxed{C}</conclusion>", "crpo")
     >>> p.letter, p.well_formed
 
 Everything here runs in time linear in the completion length (no backtracking regexes over
@@ -17,14 +22,6 @@ import re
 from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Any, Sequence
-
-# Section tags of each answer format, in the order they must appear. The last one holds the box.
-FORMATS: dict[str, tuple[str, ...]] = {
-    "crpo": ("dx", "conclusion"),
-    "grpo": ("think", "answer"),
-    "cot": (),
-    "direct": (),
-}
 
 BOX_COMMAND = "\\boxed"
 MAX_BOX_CONTENT = 200  # longer brace bodies are not answers; stops a scan at this many characters
@@ -148,7 +145,7 @@ class Parsed:
     """The structure report of one completion for one answer format."""
 
     text: str
-    fmt: str
+    fmt: str  # the answer format's name ("" for the format-free parse of :func:`extract_letter`)
     tags: tuple[str, ...]
     open_counts: dict[str, int]
     close_counts: dict[str, int]
@@ -203,15 +200,15 @@ class Parsed:
         }
 
 
-def parse(completion: Any, fmt: str = "crpo", options: Sequence[str] | None = None) -> Parsed:
-    """Parse ``completion`` (string or chat messages) against answer format ``fmt``.
+def parse_structure(completion: Any, fmt: str, tags: Sequence[str], options: Sequence[str] | None = None) -> Parsed:
+    """Parse ``completion`` (string or chat messages) against section ``tags`` (in order; the last one holds
+    the box; none for an untagged format); ``fmt`` names the format in the report. Callers go through an
+    answer format (:meth:`clinical_r1.formats.AnswerFormat.parse`) or :func:`extract_letter`.
 
-    Results are memoised per (text, format, options): TRL calls each reward function on the same
+    Results are memoised per (text, format, tags, options): TRL calls each reward function on the same
     completions, and they all parse them.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown answer format {fmt!r}; choose one of {sorted(FORMATS)}")
-    return _parse(completion_text(completion), fmt, tuple(options) if options is not None else None)
+    return _parse(completion_text(completion), fmt, tuple(tags), tuple(options) if options is not None else None)
 
 
 def clear_cache() -> None:
@@ -220,8 +217,7 @@ def clear_cache() -> None:
 
 
 @lru_cache(maxsize=1024)
-def _parse(text: str, fmt: str, opts: tuple[str, ...] | None) -> Parsed:
-    tags = FORMATS[fmt]
+def _parse(text: str, fmt: str, tags: tuple[str, ...], opts: tuple[str, ...] | None) -> Parsed:
     lower = text  # tags are case-sensitive: str.lower() can change lengths and misalign spans
     open_counts, close_counts, sections, spans = {}, {}, {}, {}
     for t in tags:
@@ -262,11 +258,20 @@ def _parse(text: str, fmt: str, opts: tuple[str, ...] | None) -> Parsed:
 
 
 def extract_letter(completion: Any, options: Sequence[str] | None = None) -> str | None:
-    """The answer letter: the content of the completion's single ``\\boxed{}``; ``None`` if not exactly one."""
-    return parse(completion, "cot", options).letter
+    """The answer letter: the content of the completion's single ``\\boxed{}``; ``None`` if not exactly one.
+
+    Whatever the answer format: a letter boxed outside the format's last section is still the answer given
+    (the format rewards and metrics judge the structure)."""
+    return parse_structure(completion, "", (), options).letter
+
+
+def is_correct_letter(letter: str | None, answer: str) -> bool:
+    """A parsed letter is correct iff it is the gold ``answer`` letter (validated when the data was loaded);
+    ``None``, an invalid answer, never is. For callers that keep the letters (majority vote)."""
+    return letter is not None and letter == answer
 
 
 def is_correct(completion: Any, answer: str, options: Sequence[str] | None = None) -> bool:
-    """True iff the completion holds exactly one box and its letter is the gold ``answer``."""
-    letter = extract_letter(completion, options)
-    return letter is not None and letter == str(answer).strip().upper()
+    """The one correctness rule of training and evaluation: the completion holds exactly one ``\\boxed{}``
+    and its letter (:func:`extract_letter`) is the gold ``answer``."""
+    return is_correct_letter(extract_letter(completion, options), answer)

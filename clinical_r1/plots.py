@@ -1,43 +1,44 @@
 """Figures: reproduced numbers beside the paper's, answer format, training curves, the k trade-off, lengths.
 
-    from clinical_r1 import plots
+    from clinical_r1 import plots, results
+    from clinical_r1.evaluate import load_paper_reference
     plots.use_style()
-    acc = plots.collect_eval_results("results/demo")                 # tidy accuracy table (percent)
-    paper = plots.paper_table(plots.load_paper_reference(), "accuracy")
+    acc = results.collect_eval_results("results/demo")               # tidy accuracy table (percent)
+    paper = results.paper_table(load_paper_reference(), "accuracy")
     fig = plots.plot_accuracy(acc, paper)
     plots.save(fig, "figures", "accuracy")                           # figures/accuracy.png + .pdf
     plots.make_all("results/demo", "figures")                        # every figure whose inputs exist
 
     python -m clinical_r1.plots results/demo --out figures [--paper results/paper_reference.json]
 
-Every plot function takes a tidy ``pandas.DataFrame`` and returns the ``Figure``; the loaders build those
-tables from ``results/`` files (never from notebook outputs). Figures stay readable in greyscale: the
+This module only draws. Every plot function takes a tidy ``pandas.DataFrame`` and returns the ``Figure``; the
+readers in :mod:`clinical_r1.results` build those tables from ``results/`` files (never from notebook
+outputs), and :func:`make_all` joins the two. Figures stay readable in greyscale: the
 paper's numbers are hatched, white-filled bars; runs in line plots differ by marker and line style. Every bar
 carries its number (a measured 0 a diamond too, a method without a result "not run"), step axes show whole
 steps, and a panel whose values are all equal is drawn on a sensible range and marked "constant".
 
-Tidy tables (columns; extra columns are ignored):
+Tidy tables (columns; extra columns are ignored; the readers are in :mod:`clinical_r1.results`):
 
-- accuracy (:func:`collect_eval_results`): ``method, benchmark, accuracy, ci_low, ci_high`` in percent
+- accuracy (``collect_eval_results``): ``method, benchmark, accuracy, ci_low, ci_high`` in percent
   (``ci_*`` may be NaN), plus ``majority_accuracy, valid_ratio, mean_tokens, n_questions, path``.
-- paper (:func:`paper_table`): ``method, benchmark, accuracy`` for ``"accuracy"``; ``table, method, metric,
+- paper (``paper_table``): ``method, benchmark, accuracy`` for ``"accuracy"``; ``table, method, metric,
   value`` for ``"cognitive_behaviours"`` and ``"faithfulness"``.
-- metric panels (:func:`collect_judge_results`): ``table, method, metric, value, ci_low, ci_high``
+- metric panels (``collect_judge_results``): ``table, method, metric, value, ci_low, ci_high``
   (``table`` optional when the frame holds one table only).
-- format (:func:`collect_format_results`): ``method, benchmark, format, metric, value`` in percent for
+- format (``collect_format_results``): ``method, benchmark, format, metric, value`` in percent for
   ``format_compliance``, ``cross_reference`` (text metrics) and ``valid_ratio`` (evaluation).
-- training (:func:`load_training_log`): ``run, step, metric, value``; metric names are TRL's log keys
+- training (``load_training_log``): ``run, step, metric, value``; metric names are TRL's log keys
   (``rewards/<fn>/mean``, ``reward``, ``kl``, ``completions/mean_length``, ``frac_reward_zero_std``; SFT:
   ``loss``, ``eval_loss``); :func:`plot_crpo_rewards` and :func:`plot_sft_loss` draw the same table.
 - k trade-off: one row per run with ``k`` and the two metric columns (``accuracy`` and, e.g., ``hallucination``);
-  several rows per k (seeds) are averaged, their standard deviation drawn as error bars.
-- lengths (:func:`collect_lengths`): ``method, n_tokens`` and optionally ``benchmark``.
+  several rows per k (seeds) are averaged, their standard deviation drawn as error bars (``k_table``).
+- lengths (``collect_lengths``): ``method, n_tokens`` and optionally ``benchmark``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -56,7 +57,8 @@ from matplotlib.patches import Patch
 from matplotlib.text import Annotation
 from matplotlib.ticker import MaxNLocator
 
-from clinical_r1.evaluate import load_paper_reference  # noqa: F401  (re-exported: the one loader of the paper's numbers)
+from clinical_r1 import results
+from clinical_r1.results import K_STAND_IN, PlotDataError, training_metrics
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +71,6 @@ DPI = 200  # PNG resolution
 BENCHMARK_NAMES = {"medqa": "MedQA", "medmcqa": "MedMCQA", "medxpertqa": "MedXpertQA", "pubmedqa": "PubMedQA",
                    "sample": "bundled sample"}
 LOWER_IS_BETTER = ("halluc",)  # metric names containing one of these are marked "lower is better"
-TRAINING_EXTRA = ("reward", "kl", "completions/mean_length")  # panels after the reward components
-K_STAND_IN = "rewards/cross_reference/mean"  # the k trade-off's judge-free faithfulness axis
 METRIC_LABELS = {
     K_STAND_IN: "cross-reference rate at the end of training (judge-free)",
     "reward": "total reward",
@@ -95,10 +95,6 @@ REWARD_RANGES = {"accuracy": (0.0, 1.0), "crpo_format": (0.0, 1.0), "cross_refer
 METRIC_RANGES = {"frac_reward_zero_std": (0.0, 1.0), "format_rate": (0.0, 1.0), "cross_reference_rate": (0.0, 1.0)}
 NON_NEGATIVE = ("kl", "completions/", "length", "n_tokens", "eval_loss")  # a constant panel of these starts at 0
 FORMAT_METRICS = ("format_compliance", "cross_reference", "valid_ratio")  # the format_by_method panels
-
-
-class PlotDataError(ValueError):
-    """A results file or table that cannot be plotted; the message names the file or the missing columns."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -206,6 +202,14 @@ def pretty_metric(name: str) -> str:
 def is_lower_better(metric: str, extra: Iterable[str] = ()) -> bool:
     m = metric.lower()
     return any(s in m for s in LOWER_IS_BETTER) or metric in set(extra)
+
+
+
+def judge_lower_is_better() -> list[str]:
+    """Judge metrics where lower is better (``higher_is_better=False`` in :data:`clinical_r1.judge.METRICS`)."""
+    from clinical_r1.judge import JUDGE_METRICS as METRICS
+
+    return [m.name for m in METRICS.values() if not m.higher_is_better]
 
 
 def _err(df: pd.DataFrame, value: str = "value") -> np.ndarray | None:
@@ -390,8 +394,8 @@ def plot_accuracy(df: pd.DataFrame, paper: pd.DataFrame | None = None, order: Se
     "not run" marks a method without a result. Intervals are clipped to [0, 100].
 
     ``df``: ``method, benchmark, accuracy`` (+ ``ci_low, ci_high``), percent. ``paper``: ``method,
-    benchmark, accuracy`` (:func:`paper_table` of ``"accuracy"``), or None. ``order``: method order (e.g.
-    :func:`paper_methods`); ``labels``: method name → tick label (e.g. the reference's ``method_labels``).
+    benchmark, accuracy`` (:func:`results.paper_table` of ``"accuracy"``), or None. ``order``: method order (e.g.
+    :func:`results.paper_methods`); ``labels``: method name → tick label (e.g. the reference's ``method_labels``).
     """
     _require(df, ("method", "benchmark", "accuracy"), "plot_accuracy")
     _unique(df, ("method", "benchmark"), "plot_accuracy")
@@ -483,7 +487,7 @@ def plot_format_by_method(df: pd.DataFrame, order: Sequence[str] | None = None,
     or was not measured. With a ``format`` column each method's tick label names the answer format its
     compliance was checked against (each method's own prompt format).
 
-    ``df``: ``method, benchmark, metric, value`` (+ ``format``), :func:`collect_format_results`.
+    ``df``: ``method, benchmark, metric, value`` (+ ``format``), :func:`results.collect_format_results`.
     """
     _require(df, ("method", "benchmark", "metric", "value"), "plot_format_by_method")
     _unique(df, ("method", "benchmark", "metric"), "plot_format_by_method")
@@ -541,13 +545,6 @@ def plot_format_by_method(df: pd.DataFrame, order: Sequence[str] | None = None,
 # ---------------------------------------------------------------------------------------------------
 
 
-def training_metrics(df: pd.DataFrame) -> list[str]:
-    """The default panels: every ``rewards/<fn>/mean`` logged, then total reward, KL and completion length."""
-    present = list(dict.fromkeys(df["metric"]))
-    components = [m for m in present if re.fullmatch(r"rewards/.+/mean", m)]
-    return components + [m for m in TRAINING_EXTRA if m in present]
-
-
 def reward_components(df: pd.DataFrame) -> list[str]:
     """The ``rewards/<fn>/mean`` metrics logged (TRL's unweighted per-function means), in order of appearance."""
     return [m for m in dict.fromkeys(df["metric"]) if re.fullmatch(r"rewards/.+/mean", m)]
@@ -588,7 +585,7 @@ def plot_training_curves(df: pd.DataFrame, metrics: Sequence[str] | None = None,
     (distinct line style and marker). ``smooth`` > 1 draws a centred rolling mean of that many steps.
     Steps are integer ticks; a panel whose values are all equal gets a sensible range and "constant = v".
 
-    ``df``: ``run, step, metric, value`` (:func:`load_training_log`, several runs concatenated).
+    ``df``: ``run, step, metric, value`` (:func:`results.load_training_log`, several runs concatenated).
     """
     _require(df, ("run", "step", "metric", "value"), "plot_training_curves")
     names = list(metrics) if metrics is not None else training_metrics(df)
@@ -647,7 +644,7 @@ def plot_crpo_rewards(df: pd.DataFrame, smooth: int = 1, ncols: int = 3) -> Figu
 
 def plot_sft_loss(df: pd.DataFrame, runs: Sequence[str] | None = None) -> Figure:
     """SFT train loss (``loss``, solid) and dev loss (``eval_loss``, dashed, square markers) per step; one
-    colour per run. ``df``: ``run, step, metric, value`` (:func:`load_training_log`)."""
+    colour per run. ``df``: ``run, step, metric, value`` (:func:`results.load_training_log`)."""
     _require(df, ("run", "step", "metric", "value"), "plot_sft_loss")
     runs = list(runs) if runs is not None else sft_runs(df)
     if not runs:
@@ -693,7 +690,7 @@ def plot_advantage_shares(df: pd.DataFrame, runs: Sequence[str] | None = None, n
     (``advantage_share/<r>``, mean over prompt groups of Cov(part, A) / Var(A)) stacked over steps (a stepped
     area: one block per step). Shares sum to
     1; a reward that pulls against the total has a negative share, stacked below 0. A step with no varying group
-    logs no shares and shows as a gap. ``df``: ``run, step, metric, value`` (:func:`load_training_log`)."""
+    logs no shares and shows as a gap. ``df``: ``run, step, metric, value`` (:func:`results.load_training_log`)."""
     _require(df, ("run", "step", "metric", "value"), "plot_advantage_shares")
     runs = list(runs) if runs is not None else share_runs(df)
     if not runs:
@@ -749,24 +746,11 @@ def monitor_metrics(df: pd.DataFrame) -> list[str]:
     return [PREFIX + m for m in MONITORS if PREFIX + m in present]
 
 
-def load_alarm_thresholds(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """A run's alarm thresholds: ``metrics.json`` (``alarm_thresholds``), else its ``config.yaml`` ``monitors``."""
-    import yaml
-
-    d = Path(run_dir)
-    if (d / "metrics.json").is_file():
-        t = _read_json(d / "metrics.json").get("alarm_thresholds")
-        if t:
-            return dict(t)
-    if (d / "config.yaml").is_file():
-        return dict((yaml.safe_load((d / "config.yaml").read_text()) or {}).get("monitors") or {})
-    return {}
-
-
 def plot_monitors(df: pd.DataFrame, thresholds: Mapping[str, Any] | None = None, ncols: int = 4) -> Figure:
     """The reward-hacking monitors per step, one panel each (one line per run), the recipe's threshold as a
     dashed red line and every step above it as a red cross (an upward crossing is an alarm in ``metrics.json``).
-    ``df``: ``run, step, metric, value``; ``thresholds``: monitor name -> value (:func:`load_alarm_thresholds`)."""
+    ``df``: ``run, step, metric, value``; ``thresholds``: monitor name -> value
+    (:func:`results.load_alarm_thresholds`)."""
     from clinical_r1.monitors import PREFIX
 
     _require(df, ("run", "step", "metric", "value"), "plot_monitors")
@@ -866,7 +850,7 @@ def plot_response_length(df: pd.DataFrame, kind: str = "box", order: Sequence[st
     per benchmark when the table has a ``benchmark`` column; each method also gets its own hatch, so
     greyscale prints stay readable.
 
-    ``df``: ``method, n_tokens`` (+ ``benchmark``), one row per response (:func:`collect_lengths`).
+    ``df``: ``method, n_tokens`` (+ ``benchmark``), one row per response (:func:`results.collect_lengths`).
     """
     import seaborn as sns
 
@@ -895,319 +879,6 @@ def plot_response_length(df: pd.DataFrame, kind: str = "box", order: Sequence[st
         ax.set_xlabel(pretty_metric(value))
     fig.tight_layout()
     return fig
-
-
-# ---------------------------------------------------------------------------------------------------
-# Loaders: results files -> tidy tables
-# ---------------------------------------------------------------------------------------------------
-
-
-EXCLUDE = ("ablations", "notebooks", ".ipynb_checkpoints")  # folders the loaders do not descend into
-
-
-def _files(root: Path, pattern: str, exclude: Iterable[str] = EXCLUDE) -> list[Path]:
-    """``root.glob(pattern)``, sorted, leaving out files under a folder named in ``exclude`` (the grid's runs
-    are gathered separately) and checkpoint folders."""
-    skip = set(exclude)
-    out = []
-    for p in sorted(root.glob(pattern)):
-        parts = p.relative_to(root).parts[:-1]
-        if not any(x in skip or x.startswith("checkpoint-") for x in parts):
-            out.append(p)
-    return out
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise PlotDataError(f"{path}: not valid JSON ({e})") from None
-
-
-def _method_of(path: Path, root: Path, obj: Mapping[str, Any], default: str | None = None) -> str:
-    """A result's method: its own ``method`` field, else ``default``, else its folder relative to ``root``."""
-    if obj.get("method"):
-        return str(obj["method"])
-    if default is not None:
-        return default
-    rel = path.parent.relative_to(root).as_posix()
-    if rel in ("", "."):
-        raise PlotDataError(f"{path}: no 'method' field and the file lies directly in {root}; put each method's "
-                            f"results in its own folder (results/<run>/<method>/...) or record 'method'")
-    return rel
-
-
-def collect_eval_results(results_dir: str | os.PathLike, pattern: str = "**/*.metrics.json",
-                         default_method: str | None = None) -> pd.DataFrame:
-    """Every :func:`clinical_r1.evaluate.evaluate` result under ``results_dir`` as the tidy accuracy table.
-
-    Method: the result's ``method`` field, else ``default_method``, else its folder relative to
-    ``results_dir`` (``results/demo/crpo/medqa.metrics.json`` → ``crpo``). Benchmark: the result's ``dataset``, else the
-    file name before ``.metrics.json``. Values are converted from fractions to percent.
-    """
-    root = Path(results_dir)
-    rows = []
-    for path in _files(root, pattern):
-        res = _read_json(path)
-        overall = res.get("overall") if isinstance(res, dict) else None
-        if not isinstance(overall, dict) or "accuracy" not in overall:
-            raise PlotDataError(f"{path}: not an evaluation result (no 'overall.accuracy'); "
-                                f"write it with clinical_r1.evaluate.evaluate")
-        scale = 100.0 if res.get("scale", "fraction") == "fraction" else 1.0
-        lo, hi = overall.get("accuracy_ci") or (None, None)
-        pct = lambda v: float(v) * scale if v is not None else np.nan  # noqa: E731
-        rows.append({
-            "method": _method_of(path, root, res, default_method),
-            "benchmark": res.get("dataset") or path.name[: -len(".metrics.json")],
-            "accuracy": pct(overall["accuracy"]),
-            "ci_low": pct(lo), "ci_high": pct(hi),
-            "majority_accuracy": pct(overall.get("majority_accuracy")),
-            "valid_ratio": pct(overall.get("valid_ratio")),
-            "mean_tokens": overall.get("mean_tokens") if overall.get("mean_tokens") is not None else np.nan,
-            "n_questions": overall.get("n_questions"),
-            "path": str(path),
-        })
-    cols = ["method", "benchmark", "accuracy", "ci_low", "ci_high", "majority_accuracy", "valid_ratio",
-            "mean_tokens", "n_questions", "path"]
-    return pd.DataFrame(rows, columns=cols)
-
-
-JUDGE_TABLES = {"cognitive": "cognitive_behaviours", "faithfulness": "faithfulness"}  # judge group -> paper table
-
-
-def collect_judge_results(results_dir: str | os.PathLike, pattern: str = "**/*.judge.jsonl",
-                          default_method: str | None = None, n_boot: int = 2000) -> pd.DataFrame:
-    """Judge records under ``results_dir`` as the tidy metric table ``table, method, benchmark, metric, value,
-    ci_low, ci_high, n, n_not_ok``.
-
-    A judge file is the records JSONL of :func:`clinical_r1.judge.judge_responses`, named
-    ``<method folder>/<benchmark>.judge.jsonl``. ``value`` is the mean over records with ``status == "ok"``
-    (unparseable and failed calls are counted in ``n_not_ok``, never averaged in); the interval is a 95%
-    bootstrap over those records. ``table`` follows the metric's group in :data:`clinical_r1.judge.METRICS`.
-    """
-    from clinical_r1.data import read_jsonl
-    from clinical_r1.evaluate import bootstrap_ci
-    from clinical_r1.judge import METRICS
-
-    root = Path(results_dir)
-    rows = []
-    for path in _files(root, pattern):
-        recs = read_jsonl(path)
-        for i, r in enumerate(recs, start=1):
-            if not isinstance(r, dict) or not {"metric", "value", "status"} <= set(r):
-                raise PlotDataError(f"{path}: line {i} is not a judge record (needs metric, value, status)")
-            if r["metric"] not in METRICS:
-                raise PlotDataError(f"{path}: line {i}: unknown judge metric {r['metric']!r}; known: {sorted(METRICS)}")
-        method = _method_of(path, root, {}, default_method)
-        bench = path.name[: -len(".judge.jsonl")]
-        for metric in dict.fromkeys(r["metric"] for r in recs):
-            mine = [r for r in recs if r["metric"] == metric]
-            ok = [float(r["value"]) for r in mine if r["status"] == "ok" and r["value"] is not None]
-            ci = bootstrap_ci(ok, n_boot=n_boot) if len(ok) > 1 else (np.nan, np.nan)
-            rows.append({"table": JUDGE_TABLES[METRICS[metric].group], "method": method, "benchmark": bench,
-                         "metric": metric, "value": float(np.mean(ok)) if ok else np.nan, "ci_low": ci[0],
-                         "ci_high": ci[1], "n": len(ok), "n_not_ok": len(mine) - len(ok)})
-            if len(ok) < len(mine):
-                log.warning("%s: %s: %d of %d judgements not ok (unparseable or failed); left out of the mean",
-                            path, metric, len(mine) - len(ok), len(mine))
-    cols = ["table", "method", "benchmark", "metric", "value", "ci_low", "ci_high", "n", "n_not_ok"]
-    return pd.DataFrame(rows, columns=cols)
-
-
-def judge_lower_is_better() -> list[str]:
-    """Judge metrics where lower is better (``higher_is_better=False`` in :data:`clinical_r1.judge.METRICS`)."""
-    from clinical_r1.judge import METRICS
-
-    return [m.name for m in METRICS.values() if not m.higher_is_better]
-
-
-def load_training_log(run_dir: str | os.PathLike, label: str | None = None) -> pd.DataFrame:
-    """A training run's ``metrics.jsonl`` (one JSON object per logging step: ``step`` or ``global_step`` plus
-    TRL's log keys, as :class:`clinical_r1.runs.MetricsLogger` writes it) as ``run, step, metric, value``.
-    Non-numeric values (a NaN logged as the string "nan") and the wall-clock ``time`` are left out.
-
-    ``run_dir``: the run folder (holding ``metrics.jsonl``) or the file itself; ``label`` defaults to the
-    folder name.
-    """
-    from clinical_r1.data import read_jsonl
-
-    p = Path(run_dir)
-    path = p / "metrics.jsonl" if p.is_dir() else p
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no training log (metrics.jsonl) here")
-    run = label or path.parent.name
-    rows = []
-    for i, rec in enumerate(read_jsonl(path), start=1):
-        if not isinstance(rec, dict):
-            raise PlotDataError(f"{path}: line {i} is not a JSON object")
-        step = rec.get("step", rec.get("global_step"))
-        if not isinstance(step, (int, float)) or isinstance(step, bool):
-            raise PlotDataError(f"{path}: line {i} has no numeric 'step' (or 'global_step') field")
-        for key, v in rec.items():
-            if key in ("step", "global_step", "time") or isinstance(v, bool) or not isinstance(v, (int, float)):
-                continue
-            rows.append({"run": run, "step": int(step), "metric": key, "value": float(v)})
-    if not rows:
-        raise PlotDataError(f"{path}: no numeric metrics logged")
-    return pd.DataFrame(rows, columns=["run", "step", "metric", "value"])
-
-
-def collect_training_logs(results_dir: str | os.PathLike, pattern: str = "**/metrics.jsonl") -> pd.DataFrame:
-    """Every ``metrics.jsonl`` under ``results_dir``, labelled by its folder relative to ``results_dir``."""
-    root = Path(results_dir)
-    frames = [load_training_log(p, label=p.parent.relative_to(root).as_posix() or p.parent.name)
-              for p in _files(root, pattern)]
-    if not frames:
-        return pd.DataFrame(columns=["run", "step", "metric", "value"])
-    return pd.concat(frames, ignore_index=True)
-
-
-def collect_lengths(results_dir: str | os.PathLike, pattern: str = "**/*.jsonl") -> pd.DataFrame:
-    """Response lengths (``n_tokens``) of every generations file under ``results_dir`` (a ``.jsonl`` with a
-    ``.meta.json`` sidecar written by :mod:`clinical_r1.generate`): ``method, benchmark, n_tokens``.
-    Method: the sidecar's ``method``, else the folder relative to ``results_dir``."""
-    from clinical_r1.generate import meta_path, read_generations, read_meta
-
-    root = Path(results_dir)
-    frames = []
-    for path in _files(root, pattern):
-        if not meta_path(path).exists():
-            continue
-        meta = read_meta(path) or {}
-        recs = read_generations(path)
-        tokens = [r.get("n_tokens") for r in recs]
-        missing = sum(t is None for t in tokens)
-        if missing:
-            log.warning("%s: %d of %d responses have no n_tokens; left out of the length figure", path, missing, len(recs))
-        frames.append(pd.DataFrame({"method": _method_of(path, root, meta),
-                                    "benchmark": meta.get("dataset") or path.stem,
-                                    "n_tokens": [float(t) for t in tokens if t is not None]}))
-    if not frames:
-        return pd.DataFrame(columns=["method", "benchmark", "n_tokens"])
-    return pd.concat(frames, ignore_index=True)
-
-
-def collect_text_metrics(results_dir: str | os.PathLike, pattern: str = "**/*.textmetrics.json",
-                         default_method: str | None = None) -> pd.DataFrame:
-    """Every judge-free metrics file (:func:`clinical_r1.metrics.summarize`, written by the evaluation stage
-    as ``<method>/<benchmark>.textmetrics.json``) as ``method, benchmark, format, metric, value, n``: one row
-    per ``{"mean", "n"}`` entry (``format_compliance``, ``cross_reference``, ``n_tokens``, ...), the mean as
-    stored (a fraction for rates; NaN where undefined, e.g. cross-reference of an untagged format)."""
-    root = Path(results_dir)
-    rows = []
-    for path in _files(root, pattern):
-        res = _read_json(path)
-        if not isinstance(res, dict) or not isinstance(res.get("format_compliance"), dict):
-            raise PlotDataError(f"{path}: not a text-metrics result (no 'format_compliance.mean'); "
-                                f"write it with clinical_r1.metrics.summarize")
-        method = _method_of(path, root, res, default_method)
-        bench = res.get("benchmark") or path.name[: -len(".textmetrics.json")]
-        for key, v in res.items():
-            if isinstance(v, dict) and "mean" in v:
-                rows.append({"method": method, "benchmark": bench, "format": res.get("format"), "metric": key,
-                             "value": float(v["mean"]) if v["mean"] is not None else np.nan, "n": v.get("n")})
-    return pd.DataFrame(rows, columns=["method", "benchmark", "format", "metric", "value", "n"])
-
-
-def collect_format_results(results_dir: str | os.PathLike, default_method: str | None = None) -> pd.DataFrame:
-    """The :func:`plot_format_by_method` table: format compliance and cross-reference rate (text metrics)
-    and the valid-answer ratio (evaluation results), in percent: ``method, benchmark, format, metric, value``."""
-    text = collect_text_metrics(results_dir, default_method=default_method)
-    text = text[text["metric"].isin(["format_compliance", "cross_reference"])].assign(value=lambda d: 100 * d["value"])
-    acc = collect_eval_results(results_dir, default_method=default_method)
-    valid = (acc[["method", "benchmark", "valid_ratio"]].rename(columns={"valid_ratio": "value"})
-             .assign(metric="valid_ratio"))
-    fmts = text.drop_duplicates(["method", "benchmark"]).set_index(["method", "benchmark"])["format"]
-    valid["format"] = [fmts.get((m, b)) for m, b in zip(valid["method"], valid["benchmark"])]
-    cols = ["method", "benchmark", "format", "metric", "value"]
-    frames = [f[cols] for f in (text, valid) if not f.empty]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
-
-
-def grid_runs(grid_dir: str | os.PathLike, group: str | None = None) -> list[tuple[Path, dict[str, Any]]]:
-    """The finished runs (``done.json``) of an ablation-grid folder as ``(run folder, done record)``, sorted;
-    with ``group``, only the runs in that group (e.g. ``2x2``)."""
-    root = Path(grid_dir)
-    out = []
-    for done in sorted(root.glob("*/done.json")) if root.is_dir() else []:
-        rec = _read_json(done)
-        if not isinstance(rec, dict) or "variant" not in rec:
-            raise PlotDataError(f"{done}: not a finished grid run record (no 'variant')")
-        groups = rec.get("groups") or []
-        groups = groups.split(";") if isinstance(groups, str) else list(groups)
-        if group is None or group in groups:
-            out.append((done.parent, rec))
-    return out
-
-
-def grid_format_results(grid_dir: str | os.PathLike, group: str | None = None) -> pd.DataFrame:
-    """:func:`collect_format_results` of every finished grid run (of ``group``), one row per variant ×
-    benchmark × metric, averaged over seeds (``n_seeds``)."""
-    frames = [collect_format_results(d).assign(method=rec["variant"]) for d, rec in grid_runs(grid_dir, group)]
-    frames = [f for f in frames if not f.empty]
-    cols = ["method", "benchmark", "format", "metric", "value", "n_seeds"]
-    if not frames:
-        return pd.DataFrame(columns=cols)
-    d = pd.concat(frames, ignore_index=True)
-    d["format"] = d["format"].fillna("")
-    out = (d.groupby(["method", "benchmark", "format", "metric"], sort=False)["value"].agg(["mean", "size"])
-           .reset_index())
-    out = out.rename(columns={"mean": "value", "size": "n_seeds"}).replace({"format": {"": None}})
-    return out[cols]
-
-
-def grid_training_logs(grid_dir: str | os.PathLike, group: str | None = None) -> pd.DataFrame:
-    """The training logs of every finished grid run (of ``group``), one run per variant: the mean over its
-    seeds at each step, labelled ``<variant> (grid)`` or ``<variant> (grid, mean of n seeds)``."""
-    by_variant: dict[str, list[pd.DataFrame]] = {}
-    for d, rec in grid_runs(grid_dir, group):
-        logs = collect_training_logs(d)
-        if not logs.empty:
-            by_variant.setdefault(rec["variant"], []).append(logs)
-    frames = []
-    for variant, logs in by_variant.items():
-        n = len(logs)
-        label = f"{variant} (grid)" if n == 1 else f"{variant} (grid, mean of {n} seeds)"
-        mean = pd.concat(logs).groupby(["step", "metric"], sort=False)["value"].mean().reset_index()
-        frames.append(mean.assign(run=label)[["run", "step", "metric", "value"]])
-    if not frames:
-        return pd.DataFrame(columns=["run", "step", "metric", "value"])
-    return pd.concat(frames, ignore_index=True)
-
-
-def paper_table(ref: Mapping[str, Any], table: str, method_map: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """The paper's numbers (:func:`load_paper_reference`) as a tidy table.
-
-    ``table="accuracy"`` → ``method, benchmark, accuracy`` (percent, as reported); ``"cognitive_behaviours"``
-    or ``"faithfulness"`` → ``table, method, metric, value``. ``method_map`` renames the paper's method names
-    to this repository's (e.g. ``{"Clinical-R1-3B": "sft-crpo"}``) so bars line up.
-    """
-    if table not in ref or not isinstance(ref[table], dict) or "values" not in ref[table]:
-        raise PlotDataError(f"paper reference has no table {table!r} with 'values'; it has {sorted(ref)}")
-    rename = dict(method_map or {})
-    rows = []
-    for row, by_method in ref[table]["values"].items():
-        for method, v in by_method.items():
-            if v is None:
-                continue
-            m = rename.get(method, method)
-            if table == "accuracy":
-                rows.append({"method": m, "benchmark": row, "accuracy": float(v)})
-            else:
-                rows.append({"table": table, "method": m, "metric": row, "value": float(v)})
-    return pd.DataFrame(rows)
-
-
-def paper_methods(ref: Mapping[str, Any], method_map: Mapping[str, str] | None = None) -> list[str]:
-    """The paper's method order (renamed through ``method_map``): use it as ``order=`` for every figure."""
-    rename = dict(method_map or {})
-    return [rename.get(m, m) for m in ref.get("methods", [])]
-
-
-def paper_lower_is_better(ref: Mapping[str, Any], table: str) -> list[str]:
-    """Metrics the reference marks lower-is-better (``<table>.lower_is_better``), if it lists any."""
-    return list(ref.get(table, {}).get("lower_is_better", []) or [])
-
 
 # ---------------------------------------------------------------------------------------------------
 # Everything at once
@@ -1239,8 +910,8 @@ def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
     dict, or None for ``results/paper_reference.json`` when it exists.
     """
     use_style()
-    ref = _reference(paper_reference)
-    order = paper_methods(ref, method_map) if ref else None
+    ref = results.resolve_paper_reference(paper_reference)
+    order = results.paper_methods(ref, method_map) if ref else None
     rename = dict(method_map or {})
     labels = {rename.get(m, m): v for m, v in (ref or {}).get("method_labels", {}).items()}
     summary = pd.read_csv(ablation_summary) if ablation_summary is not None and Path(ablation_summary).exists() else None
@@ -1265,7 +936,7 @@ def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
     def with_grid(df: pd.DataFrame, table: str) -> pd.DataFrame:
         if summary is None or comparison_group is None:
             return df
-        return join_grid(df, from_summary(summary, table, comparison_group), table)
+        return join_grid(df, results.from_summary(summary, table, comparison_group), table)
 
     def grid_labels() -> dict[str, str]:
         """Tick labels that say which methods are the grid's seed-averaged arms."""
@@ -1274,11 +945,11 @@ def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
             out[m] = f"{labels.get(m, m)} (grid, {n} seed{'s' if n != 1 else ''})"
         return out
 
-    acc = with_grid(collect_eval_results(results_dir), "accuracy")
+    acc = with_grid(results.collect_eval_results(results_dir), "accuracy")
     if not acc.empty:
-        emit("accuracy", plot_accuracy(acc, paper_table(ref, "accuracy", method_map) if ref else None, order=order,
-                                       labels=grid_labels()))
-    judged = collect_judge_results(results_dir)
+        paper = results.paper_table(ref, "accuracy", method_map) if ref else None
+        emit("accuracy", plot_accuracy(acc, paper, order=order, labels=grid_labels()))
+    judged = results.collect_judge_results(results_dir)
     for table, fn in (("cognitive_behaviours", plot_cognitive_behaviours), ("faithfulness", plot_faithfulness)):
         mine = with_grid(judged[judged["table"] == table], table)
         if not mine.empty and "benchmark" in mine:
@@ -1286,36 +957,36 @@ def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
             pick = judge_benchmark or ("medmcqa" if "medmcqa" in benches else benches[0] if benches else None)
             mine = mine[mine["benchmark"] == pick] if pick is not None else mine
         if not mine.empty:
-            paper = paper_table(ref, table, method_map) if ref and table in ref else None
+            paper = results.paper_table(ref, table, method_map) if ref and table in ref else None
             emit(table, fn(mine, paper, order=order, labels=grid_labels(),
                            metric_labels=(ref or {}).get(table, {}).get("labels"),
-                           lower_is_better=paper_lower_is_better(ref, table) if ref else ()))
-    fmt = collect_format_results(results_dir)
+                           lower_is_better=results.paper_lower_is_better(ref, table) if ref else ()))
+    fmt = results.collect_format_results(results_dir)
     if grid_dir is not None and comparison_group is not None:
-        fmt = join_grid(fmt, grid_format_results(grid_dir, comparison_group), "format")
+        fmt = join_grid(fmt, results.grid_format_results(grid_dir, comparison_group), "format")
     if not fmt.empty and "format_compliance" in set(fmt["metric"]):  # valid answers alone: see accuracy
         emit("format_by_method", plot_format_by_method(fmt, order=order, labels=grid_labels()))
-    logs = collect_training_logs(results_dir)
+    logs = results.collect_training_logs(results_dir)
     if not logs.empty and training_metrics(logs):
         emit("training_curves", plot_training_curves(logs))
     rl = logs[logs["run"].isin(rl_runs(logs))] if not logs.empty else logs
     if grid_dir is not None and comparison_group is not None:
-        rl = pd.concat([rl, grid_training_logs(grid_dir, comparison_group)], ignore_index=True)
+        rl = pd.concat([rl, results.grid_training_logs(grid_dir, comparison_group)], ignore_index=True)
     if not rl.empty and reward_components(rl):
         emit("crpo_rewards", plot_crpo_rewards(rl))
     if not rl.empty and share_runs(rl):
         emit("advantage_shares", plot_advantage_shares(rl))
     if not rl.empty and monitor_metrics(rl):
-        first = next((p.parent for p in _files(Path(results_dir), "**/metrics.json")
-                      if load_alarm_thresholds(p.parent)), None)
-        emit("monitors", plot_monitors(rl, load_alarm_thresholds(first) if first else None))
+        first = next((p.parent for p in results.result_files(Path(results_dir), "**/metrics.json")
+                      if results.load_alarm_thresholds(p.parent)), None)
+        emit("monitors", plot_monitors(rl, results.load_alarm_thresholds(first) if first else None))
     if not logs.empty and sft_runs(logs):
         emit("sft_loss", plot_sft_loss(logs))
-    lengths = collect_lengths(results_dir)
+    lengths = results.collect_lengths(results_dir)
     if not lengths.empty:
         emit("response_length", plot_response_length(lengths, order=order, labels=labels))
     if summary is not None:
-        wide = k_table(summary, k_metric)
+        wide = results.k_table(summary, k_metric)
         if wide is not None:
             emit("k_tradeoff", plot_k_tradeoff(wide, x=wide.attrs["x"]))
     skipped = {"accuracy", "cognitive_behaviours", "faithfulness", "format_by_method", "training_curves",
@@ -1323,85 +994,6 @@ def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
     if skipped:
         log.info("no inputs for: %s", ", ".join(sorted(skipped)))
     return written
-
-
-def _reference(paper_reference: str | os.PathLike | Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if isinstance(paper_reference, Mapping):
-        return dict(paper_reference)
-    if paper_reference is not None:
-        return load_paper_reference(paper_reference)
-    from clinical_r1.evaluate import PAPER_REFERENCE
-
-    return load_paper_reference() if PAPER_REFERENCE.exists() else None
-
-
-def _in_group(groups: pd.Series, group: str) -> np.ndarray:
-    """Boolean mask: the run's ``;``-joined groups include ``group``."""
-    return np.array([group in str(g).split(";") for g in groups.fillna("")], dtype=bool)
-
-
-def from_summary(summary: pd.DataFrame, table: str = "accuracy", group: str | None = None) -> pd.DataFrame:
-    """Ablation-grid rows (:func:`clinical_r1.pipeline.gather`) as a plot table, one row per variant
-    (``method``) × benchmark × metric, averaged over seeds.
-
-    Interval: with one seed, that run's bootstrap CI; with several, a 95% t-interval of the mean over
-    seeds (seed-to-seed variation, the larger uncertainty). ``table="accuracy"`` also fills an
-    ``accuracy`` column so the result feeds :func:`plot_accuracy`; ``group`` keeps one group (e.g. ``2x2``).
-    """
-    from scipy import stats
-
-    need = {"variant", "groups", "table", "benchmark", "metric", "value"}
-    if not need <= set(summary.columns):
-        raise PlotDataError(f"ablation summary lacks columns {sorted(need - set(summary.columns))}")
-    d = summary[summary["table"] == table]
-    if table == "accuracy":
-        d = d[d["metric"] == "accuracy"]
-    if group is not None:
-        d = d[_in_group(d["groups"], group)]
-    rows = []
-    for (variant, bench, metric), g in d.groupby(["variant", "benchmark", "metric"], sort=False):
-        v = g["value"].astype(float).to_numpy()
-        if len(v) == 1:
-            lo, hi = float(g["ci_low"].iloc[0]), float(g["ci_high"].iloc[0])
-        else:
-            half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
-            lo, hi = v.mean() - half, v.mean() + half
-        rows.append({"table": table, "method": variant, "benchmark": bench, "metric": metric, "value": v.mean(),
-                     "ci_low": lo, "ci_high": hi, "n_seeds": len(v)})
-    out = pd.DataFrame(rows, columns=["table", "method", "benchmark", "metric", "value", "ci_low", "ci_high", "n_seeds"])
-    if table == "accuracy":
-        out["accuracy"] = out["value"]
-    return out
-
-
-def k_table(summary: pd.DataFrame, x: str | None = None, group: str = "k", benchmark: str | None = None) -> pd.DataFrame | None:
-    """From the ablation summary (:func:`clinical_r1.pipeline.gather`), the runs of the ``group`` group as one
-    row per run: ``run_id, k, accuracy, <x>`` (accuracy averaged over benchmarks unless ``benchmark``).
-    ``x`` defaults to the first faithfulness metric present, else (no judge ran) the judge-free stand-in
-    :data:`K_STAND_IN`, the run's final training cross-reference rate; None when the summary has no such runs."""
-    if "groups" not in summary.columns:
-        raise PlotDataError("ablation summary lacks the column 'groups'")
-    d = summary[_in_group(summary["groups"], group)]
-    if d.empty:
-        return None  # the grid ran no runs of this group (e.g. the demo runs the 2x2 only)
-    need = {"run_id", "k", "metric", "value", "benchmark"}
-    if not need <= set(summary.columns):
-        raise PlotDataError(f"ablation summary lacks columns {sorted(need - set(summary.columns))}")
-    if benchmark is not None:
-        d = d[d["benchmark"] == benchmark]
-    if x is None and "table" in d.columns:
-        faith = d[d["table"] == "faithfulness"]
-        x = faith["metric"].iloc[0] if not faith.empty else None
-    if x is None and K_STAND_IN in set(d["metric"]):
-        x = K_STAND_IN
-    if x is None or d.empty:
-        return None
-    wide = d[d["metric"].isin(["accuracy", x])].pivot_table(index=["run_id", "k"], columns="metric", values="value",
-                                                            aggfunc="mean").reset_index()
-    if "accuracy" not in wide.columns or x not in wide.columns:
-        return None
-    wide.attrs["x"] = x
-    return wide
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, list[Path]]:

@@ -61,7 +61,7 @@ def redact(text: str, *extra: str | None) -> str:
 
 def redact_file(path: str | os.PathLike) -> bool:
     """Rewrite a text file (atomically) if :func:`redact` changes it; returns whether it did."""
-    from clinical_r1.data import atomic_write
+    from clinical_r1.files import write_text
 
     p = Path(path)
     try:
@@ -71,7 +71,7 @@ def redact_file(path: str | os.PathLike) -> bool:
     clean = redact(text)
     if clean == text:
         return False
-    atomic_write(p, lambda f: f.write(clean))
+    write_text(clean, p)
     return True
 
 

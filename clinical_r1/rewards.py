@@ -17,13 +17,14 @@ Zero-weight rewards are diagnostics: TRL logs them every step for free.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from clinical_r1.parsing import FORMATS, clear_cache, completion_text, find_boxes, parse
+from clinical_r1.formats import CRPO, FORMATS, GRPO, parse
+from clinical_r1.parsing import clear_cache, completion_text, is_correct
 
 RewardFn = Callable[..., list[float]]
 
@@ -56,7 +57,8 @@ MAX_XREF_CHARS = 100_000  # ... within their first 100,000 characters (~25k toke
 
 
 @lru_cache(maxsize=256)
-def _content_words(text: str) -> tuple[str, ...]:
+def content_words(text: str) -> tuple[str, ...]:
+    """The lower-cased words of ``text`` without ``STOPWORDS``, in order (within the ``MAX_XREF_*`` bounds)."""
     words = _WORD.findall(text[:MAX_XREF_CHARS].lower())
     return tuple(w for w in words[:MAX_XREF_WORDS] if w not in STOPWORDS)
 
@@ -66,7 +68,8 @@ def _ngrams(words: Sequence[str], n: int) -> set[tuple[str, ...]]:
 
 
 @lru_cache(maxsize=256)
-def _values(text: str) -> frozenset[str]:
+def clinical_values(text: str) -> frozenset[str]:
+    """The clinical values with their units in ``text``, normalised: ``BP 150/95 mmHg`` -> ``150/95mmhg``."""
     return frozenset(re.sub(r"\s+", "", f"{a}{u}") for a, u in _VALUE.findall(text[:MAX_XREF_CHARS].lower()))
 
 
@@ -91,7 +94,7 @@ def cross_reference_report(dx: str, conclusion: str, options: Sequence[str] | No
     no clinical value is shared (a restated answer was all the conclusion had); ``cites``: rule 1 holds;
     ``near_copy``: it cites, but the near-copy guard (rule 2) refused it; ``ok``: ``cross_references(...)``.
     """
-    dx_words, cc_words = _content_words(dx), _content_words(conclusion)
+    dx_words, cc_words = content_words(dx), content_words(conclusion)
     out = {"option_only": False, "cites": False, "near_copy": False, "ok": False}
     if not dx_words or not cc_words:
         return out
@@ -99,8 +102,8 @@ def cross_reference_report(dx: str, conclusion: str, options: Sequence[str] | No
     shared = dx_grams & cc_grams
     findings = set(shared)
     for o in options or ():
-        findings -= _ngrams(_content_words(o), XREF_NGRAM)
-    values = bool(_values(dx) & _values(conclusion))
+        findings -= _ngrams(content_words(o), XREF_NGRAM)
+    values = bool(clinical_values(dx) & clinical_values(conclusion))
     out["option_only"] = bool(shared) and not findings and not values
     out["cites"] = bool(findings) or values
     copied = bool(cc_grams) and len(shared) / len(cc_grams) >= NEAR_COPY_CONTAINMENT \
@@ -242,7 +245,7 @@ def _tokens(text: str) -> _Tokens:
 def clear_caches() -> None:
     """Forget memoised parses and token views (benchmarks time cold calls, as each new completion is)."""
     clear_cache()
-    for f in (_tokens, _content_words, _values):
+    for f in (_tokens, content_words, clinical_values):
         f.cache_clear()
 
 
@@ -307,18 +310,16 @@ def _options_at(options: Any, i: int) -> Sequence[str] | None:
 
 
 def accuracy(completions: list[Any], answer: list[str], options: list[Sequence[str]] | None = None, **_: Any) -> list[float]:
-    """1.0 iff the completion holds exactly one ``\\boxed{}`` whose letter is the gold letter, else 0.0."""
-    out = []
-    for i, c in enumerate(completions):
-        p = parse(c, "cot", _options_at(options, i))
-        out.append(1.0 if p.letter is not None and p.letter == str(answer[i]).strip().upper() else 0.0)
-    return out
+    """1.0 iff the completion is correct by :func:`clinical_r1.parsing.is_correct` (exactly one ``\\boxed{}``,
+    whose letter is the gold letter), else 0.0: the rule evaluation uses."""
+    return [1.0 if is_correct(c, answer[i], _options_at(options, i)) else 0.0 for i, c in enumerate(completions)]
 
 
 def crpo_format(completions: list[Any], options: list[Sequence[str]] | None = None, **_: Any) -> list[float]:
     """1.0 when the completion is ``<dx>`` body ``</dx>`` ``<conclusion>`` body ``</conclusion>`` — each tag
-    once, in order, bodies non-empty, only whitespace outside, the single box inside ``<conclusion>``."""
-    return [1.0 if parse(c, "crpo", _options_at(options, i)).well_formed else 0.0 for i, c in enumerate(completions)]
+    once, in order, bodies non-empty, only whitespace outside, the single box inside ``<conclusion>``
+    (``CRPO.well_formed``, :mod:`clinical_r1.formats`)."""
+    return [1.0 if CRPO.well_formed(c, _options_at(options, i)) else 0.0 for i, c in enumerate(completions)]
 
 
 def cross_reference(completions: list[Any], options: list[Sequence[str]] | None = None, **_: Any) -> list[float]:
@@ -327,7 +328,7 @@ def cross_reference(completions: list[Any], options: list[Sequence[str]] | None 
     out = []
     for i, c in enumerate(completions):
         opts = _options_at(options, i)
-        p = parse(c, "crpo", opts)
+        p = CRPO.parse(c, opts)
         ok = p.well_formed and cross_references(p.sections["dx"], p.sections["conclusion"], opts)
         out.append(1.0 if ok else 0.0)
     return out
@@ -346,8 +347,9 @@ def consistency(completions: list[Any], **_: Any) -> list[float]:
 
 
 def format(completions: list[Any], options: list[Sequence[str]] | None = None, **_: Any) -> list[float]:  # noqa: A001
-    """1.0 for a well-formed ``<think>…</think><answer>… \\boxed{X}</answer>`` completion, else 0.0 (GRPO baseline)."""
-    return [1.0 if parse(c, "grpo", _options_at(options, i)).well_formed else 0.0 for i, c in enumerate(completions)]
+    """1.0 for a well-formed ``<think>…</think><answer>… \\boxed{X}</answer>`` completion (``GRPO.well_formed``),
+    else 0.0 (GRPO baseline)."""
+    return [1.0 if GRPO.well_formed(c, _options_at(options, i)) else 0.0 for i, c in enumerate(completions)]
 
 
 def completion_length(completions: list[Any], **_: Any) -> list[float]:
@@ -445,7 +447,10 @@ def r1_english_of(t: str) -> float:
 
 
 def r1_accuracy(completions: list[Any], answer: list[str], **_: Any) -> list[float]:
-    """r1-medical accuracy (see :func:`r1_accuracy_of`)."""
+    """r1-medical accuracy (see :func:`r1_accuracy_of`): the authors' rule, reimplemented faithfully for the
+    r1-medical preset. It is not the package's :func:`clinical_r1.parsing.is_correct` (which ``accuracy`` and
+    evaluation use): it reads the completion after :func:`r1_preprocess`, accepts only a bare capital letter
+    in the box, and scores malformed answers below a wrong one."""
     return [r1_accuracy_of(r1_preprocess(completion_text(c)), answer[i]) for i, c in enumerate(completions)]
 
 
@@ -473,12 +478,29 @@ REWARDS: dict[str, RewardFn] = {
 
 @dataclass(frozen=True)
 class Preset:
-    """A named reward: reward function names with their weights, and the answer format it trains."""
+    """A named reward: reward function names with their weights, and the answer format it trains.
+
+    The first weight is the preset's accuracy reward: its weight is the paper's ``k``
+    (:meth:`with_weights`), the only place where ``k`` turns into a reward weight.
+    """
 
     name: str
-    weights: dict[str, float]  # reward name -> weight; weight 0 = logged diagnostic
+    weights: dict[str, float]  # reward name -> weight, the accuracy reward first; weight 0 = logged diagnostic
     prompt: str  # prompt kind whose format the preset rewards
     summary: str
+
+    @property
+    def accuracy_reward(self) -> str:
+        return next(iter(self.weights))
+
+    def with_weights(self, k: float | None = None, weights: Mapping[str, float] | None = None) -> "Preset":
+        """This preset with the accuracy weight set to ``k`` (when given), then ``weights`` (reward name ->
+        weight) replacing or adding the named rewards' weights."""
+        new = dict(self.weights)
+        if k is not None:
+            new[self.accuracy_reward] = float(k)
+        new.update({n: float(w) for n, w in (weights or {}).items()})
+        return replace(self, weights=new)
 
     def functions(self) -> list[RewardFn]:
         return [get_reward(n) for n in self.weights]
@@ -531,15 +553,11 @@ def get_reward(name: str) -> RewardFn:
     return REWARDS[name]
 
 
-def get_preset(name: str, k: float | None = None) -> Preset:
-    """A preset by name; ``k`` overrides the accuracy weight (the paper's k ablation)."""
+def get_preset(name: str) -> Preset:
+    """A preset by name (its weights with :meth:`Preset.with_weights`)."""
     if name not in PRESETS:
         raise KeyError(f"unknown reward preset {name!r}; known presets: {sorted(PRESETS)}")
-    p = PRESETS[name]
-    if k is not None:
-        acc = "r1_accuracy" if "r1_accuracy" in p.weights else "accuracy"
-        p = Preset(p.name, {**p.weights, acc: float(k)}, p.prompt, p.summary)
-    return p
+    return PRESETS[name]
 
 
 def score(completion: Any, answer: str, options: Sequence[str] | None = None, preset: str = "crpo",
@@ -549,7 +567,7 @@ def score(completion: Any, answer: str, options: Sequence[str] | None = None, pr
     Component names: ``accuracy, clinical_reasoning, consistency`` (crpo), ``accuracy, format`` (grpo),
     ``accuracy, format, english`` (r1-medical).
     """
-    p = get_preset(preset, k)
+    p = get_preset(preset).with_weights(k=k)
     cols = {"answer": [answer], "options": [list(options)] if options is not None else None}
     out: dict[str, float] = {}
     total = 0.0

@@ -1,8 +1,8 @@
 """Run folders: one folder per training run, with everything needed to trust and redo it.
 
     results/<run_name>/
-        config.yaml       the resolved recipe (defaults and overrides filled in)
-        run_info.json     seed, library versions, git commit, device, command line, start/end time
+        config.yaml       the resolved training config (defaults and overrides filled in)
+        run_info.json     seed, command line, start/end time, provenance (commit, dirty, versions, device)
         metrics.jsonl     one JSON line per TRL log event (``rewards/<name>/mean``, ``kl``, ``loss``, ...)
         metrics.csv       the same table, written at the end
         metrics.json      the final summary (train output, last value of every metric, best eval)
@@ -26,23 +26,20 @@ import json
 import logging
 import math
 import os
-import platform
 import re
 import shutil
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from transformers import TrainerCallback
 
-from clinical_r1.config import ConfigError, run_dir, write_yaml
-from clinical_r1.data import read_jsonl, write_json
+from clinical_r1.config import ConfigError, run_dir
+from clinical_r1.files import provenance, read_jsonl, write_csv, write_json, write_jsonl, write_yaml
 
 log = logging.getLogger(__name__)
 
-LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "unsloth", "vllm", "bitsandbytes")
 # Diagnostics under plain names: the share of completions in the preset's format / citing <dx>.
 ALIASES = {
     "format_rate": ("rewards/crpo_format/mean", "rewards/format/mean", "rewards/r1_format/mean"),
@@ -112,36 +109,6 @@ def last_checkpoint(d: str | os.PathLike) -> str | None:
     return None
 
 
-def library_versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for lib in LIBRARIES:
-        try:
-            out[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            out[lib] = None
-    return out
-
-
-def git_commit(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The repository's HEAD commit and whether the tree has uncommitted changes (``None`` outside git)."""
-    from clinical_r1.provenance import REPO_ROOT, git_commit as _git
-
-    return _git(cwd or REPO_ROOT)
-
-
-def device_info() -> dict[str, Any]:
-    import torch
-
-    info: dict[str, Any] = {"cuda": torch.cuda.is_available(), "cpu_threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        from clinical_r1.models import bf16_supported
-
-        major, minor = torch.cuda.get_device_capability(0)
-        info.update(gpu=torch.cuda.get_device_name(0), capability=f"{major}.{minor}", bf16=bf16_supported(0),
-                    cuda_version=torch.version.cuda)
-    return info
-
-
 def write_run_info(d: Path, cfg: Mapping[str, Any], **extra: Any) -> Path:
     """``config.yaml`` and ``run_info.json`` (main process only); on resume the earlier info is kept
     under ``previous``."""
@@ -153,8 +120,8 @@ def write_run_info(d: Path, cfg: Mapping[str, Any], **extra: Any) -> Path:
     write_yaml(dict(cfg), d / "config.yaml")
     info = {
         "run_name": cfg["run_name"], "stage": cfg["stage"], "seed": cfg["seed"],
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": [redact(a) for a in sys.argv], "host": platform.node(),
-        "git": git_commit(), "versions": library_versions(), "device": device_info(), **extra,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": [redact(a) for a in sys.argv],
+        "provenance": provenance(), **extra,
     }
     if cfg["resume"] and p.is_file():
         info["previous"] = json.loads(p.read_text())
@@ -180,7 +147,7 @@ class MetricsLogger(TrainerCallback):
     """Append every TRL log event to ``metrics.jsonl`` (one line, flushed), with plain-name aliases.
 
     On resume, lines logged after the checkpoint's step (the lost tail of a crashed run) are
-    removed first, so the file always describes one consistent trajectory. With ``monitors`` (a recipe's
+    removed first, so the file always describes one consistent trajectory. With ``monitors`` (a training config's
     alarm thresholds) each line also gets the windowed reward-hacking monitors, and a threshold crossing
     logs a warning (:class:`clinical_r1.monitors.AlarmWatch`).
     """
@@ -194,9 +161,7 @@ class MetricsLogger(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero and state.global_step > 0 and self.path.is_file():
             rows = [r for r in read_jsonl(self.path) if r.get("step", 0) <= state.global_step]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            os.replace(tmp, self.path)
+            write_jsonl(rows, self.path)
             log.info("resumed at step %d: kept %d earlier metric lines", state.global_step, len(rows))
             if self.alarms is not None:
                 self.alarms.reset(rows)
@@ -241,9 +206,7 @@ def finalize_metrics(d: Path, summary: Mapping[str, Any], monitors: Mapping[str,
     if rows:
         import pandas as pd
 
-        tmp = d / ".metrics.csv.tmp"
-        pd.DataFrame(rows).to_csv(tmp, index=False)
-        os.replace(tmp, d / "metrics.csv")
+        write_csv(pd.DataFrame(rows), d / "metrics.csv")
     write_json(out, d / "metrics.json")
     return out
 

@@ -7,9 +7,9 @@
 
 Each trace (``id, dx, conclusion``, plus the question fields or an ``id`` found in the questions file)
 becomes a conversational prompt-completion row: ``prompt = build_messages(item, "crpo")`` and
-``completion = [assistant: crpo_target(dx, conclusion)]``. TRL's ``SFTTrainer`` then computes the loss on
-the completion tokens only (``completion_only_loss``), evaluates on a held-out dev slice, stops early
-when dev loss stops improving, and keeps the best checkpoint (``load_best_model_at_end``).
+``completion = [assistant: CRPO.render(dx, conclusion)]`` (:mod:`clinical_r1.formats`). TRL's ``SFTTrainer``
+then computes the loss on the completion tokens only (``completion_only_loss``), evaluates on a held-out dev
+slice, stops early when dev loss stops improving, and keeps the best checkpoint (``load_best_model_at_end``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ import random
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from clinical_r1.errors import ClinicalR1Error
 from clinical_r1.config import check_paths, load_config, model_backend, trainer_args
-from clinical_r1.prompts import build_messages, crpo_target, grpo_target
+from clinical_r1.formats import FORMATS
+from clinical_r1.prompts import build_messages
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ TRACE_FIELDS = ("id", "dx", "conclusion")
 QUESTION_FIELDS = ("question", "options", "answer")
 
 
-class TraceError(ValueError):
+class TraceError(ClinicalR1Error, ValueError):
     """A traces file that cannot become SFT rows (missing field, unknown id, empty data)."""
 
 
@@ -101,7 +103,7 @@ def sft_rows(records: Sequence[Mapping[str, Any]], prompt_kind: str = "crpo") ->
 
 def sft_row(rec: Mapping[str, Any], kind: str = "crpo") -> dict[str, Any]:
     """One conversational prompt-completion row for TRL."""
-    target = crpo_target(rec["dx"], rec["conclusion"]) if kind == "crpo" else grpo_target(rec["dx"], rec["conclusion"])
+    target = FORMATS[kind].render(rec["dx"], rec["conclusion"])  # the trace's two bodies in the format's sections
     return {
         "id": rec["id"],
         "answer": rec["answer"],
@@ -152,7 +154,7 @@ def drop_too_long(rows: list[dict[str, Any]], tok: Any, max_length: int | None, 
 
 
 def run_sft(config: Mapping[str, Any] | str | os.PathLike, overrides: Any = None) -> Path:
-    """Run cold-start SFT from a recipe; returns the run folder (``adapter/`` holds the best LoRA)."""
+    """Run cold-start SFT from a training config; returns the run folder (``adapter/`` holds the best LoRA)."""
     from clinical_r1 import models
 
     models.import_unsloth_first(model_backend(config, overrides))  # before runs/load_config import transformers/TRL

@@ -18,8 +18,9 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from clinical_r1.data import (EVAL_SPLITS, DataError, SplitSizes, file_sha256, load_benchmark, load_split, make_splits, read_jsonl,
-                              sample_traces_path, to_records, write_json, write_jsonl, write_split_set)
+from clinical_r1.data import (EVAL_SPLITS, DataError, SplitSizes, load_benchmark, load_split, make_splits,
+                              sample_traces_path, to_records, write_split_set)
+from clinical_r1.files import read_jsonl, read_yaml, sha256_file, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def prepare_data(out_dir: str | os.PathLike, train_benchmark: str = "medqa", tra
         for name, ds in evals.items():
             rows = to_records(ds)[: eval_limit] if eval_limit else to_records(ds)
             path = write_jsonl(rows, tmp / EVAL_DIR / f"{name}.jsonl")
-            eval_files[name] = {"path": f"{EVAL_DIR}/{path.name}", "count": len(rows), "sha256": file_sha256(path),
+            eval_files[name] = {"path": f"{EVAL_DIR}/{path.name}", "count": len(rows), "sha256": sha256_file(path),
                                 **{k: v for k, v in reports[name].items() if k not in ("skipped", "flagged")},
                                 "skipped_rows": reports[name].get("skipped", []),
                                 "flagged_rows": reports[name].get("flagged", [])}
@@ -104,7 +105,7 @@ def bundled_traces(items: Sequence[Mapping[str, Any]], style: str = "full") -> t
     """The project's exemplary traces for ``items`` (offline demo teacher), checked like teacher traces.
 
     ``style``: ``full`` (~340 tokens) or ``compact`` (~130 tokens; see :func:`clinical_r1.distill.compact_trace`)."""
-    from clinical_r1.prompts import crpo_target
+    from clinical_r1.formats import CRPO
     from clinical_r1.rewards import get_preset, score
 
     traces = {t["id"]: t for t in read_jsonl(sample_traces_path(style))}
@@ -115,7 +116,7 @@ def bundled_traces(items: Sequence[Mapping[str, Any]], style: str = "full") -> t
         if t is None:
             dropped["no_bundled_trace"].append(it["id"])
             continue
-        if score(crpo_target(t["dx"], t["conclusion"]), it["answer"], it["options"])["total"] != full:
+        if score(CRPO.render(t["dx"], t["conclusion"]), it["answer"], it["options"])["total"] != full:
             dropped["invalid_format"].append(it["id"])
             continue
         kept.append({"id": it["id"], "question": it["question"], "options": list(it["options"]), "answer": it["answer"],
@@ -165,9 +166,7 @@ def method_prompt(model: str, prompt: str | None) -> str:
     p = Path(model)
     for cand in (p / "config.yaml", p.parent / "config.yaml"):
         if cand.is_file():
-            import yaml
-
-            cfg = yaml.safe_load(cand.read_text())
+            cfg = read_yaml(cand, "training config")
             return get_preset(cfg["reward"]["preset"]).prompt
     raise ValueError(f"method model {model}: prompt is null but no training config.yaml was found beside it; "
                      f"set prompt to one of crpo, grpo, cot, direct")
@@ -195,7 +194,7 @@ def evaluate_methods(methods: Mapping[str, Mapping[str, Any]], splits_dir: str |
     """
     from clinical_r1.evaluate import evaluate
     from clinical_r1.generate import generate, open_engine
-    from clinical_r1.metrics import summarize
+    from clinical_r1.textmetrics import summarize_generations
 
     sets = eval_sets(splits_dir)
     if benchmarks:
@@ -217,7 +216,7 @@ def evaluate_methods(methods: Mapping[str, Mapping[str, Any]], splits_dir: str |
                      model_name=model_ref)
             res = evaluate(gen, ds, out_path=gen.with_suffix(".metrics.json"), n_boot=n_boot, seed=seed,
                            dataset_name=bench)
-            text = summarize(gen, ds)
+            text = summarize_generations(gen, ds)
             write_json({"method": method, "benchmark": bench, **text}, gen.with_suffix(".textmetrics.json"))
             o = res["overall"]
             rows.append({"method": method, "benchmark": bench, "prompt": kind, "n": o.get("n_questions"),
@@ -245,7 +244,7 @@ def judge_methods(out_dir: str | os.PathLike, splits_dir: str | os.PathLike, jud
 
     from clinical_r1.generate import read_generations
     from clinical_r1.judge import (agreement, agreement_with_reference, attach_items, judge_responses,
-                                   reference_values, summarise)
+                                   reference_values, summarize_judgements)
 
     out = Path(out_dir)
     sets = eval_sets(splits_dir)
@@ -273,7 +272,7 @@ def judge_methods(out_dir: str | os.PathLike, splits_dir: str | os.PathLike, jud
             df = agreement(records, rec2)
             reliability += [{"method": method, "benchmark": gen.stem, "against": "second_judge", **r}
                             for r in df.to_dict("records")]
-    summary = summarise(all_records) if all_records else pd.DataFrame()
+    summary = summarize_judgements(all_records) if all_records else pd.DataFrame()
     if len(summary):
         summary.to_csv(out / "judge_summary.csv", index=False)
     rel = pd.DataFrame(reliability)

@@ -5,7 +5,8 @@
     from clinical_r1.summary import build_summary, write_summary
     s = build_summary("results/demo")                    # dict; nothing is recomputed from models
 
-The pipeline writes it after every recipe run (and prints the markdown). It holds, per stage and method:
+The pipeline writes it after every recipe run (and prints the markdown). The files are found and read with
+:mod:`clinical_r1.results` (the same readers as the figures). It holds, per stage and method:
 - ``stages``: each notebook's seconds from ``pipeline.json``, and the git commit of the run;
 - ``sft``: steps, first/last train loss, best dev loss;
 - ``rl``: per RL run (the recipe's own and the grid's 2x2 arms): steps, mean ``frac_reward_zero_std``, the steps
@@ -22,7 +23,6 @@ The pipeline writes it after every recipe run (and prints the markdown). It hold
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -31,22 +31,19 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from clinical_r1.data import read_jsonl
+from clinical_r1.results import method_dirs, read_json, rl_run_dirs
+
 log = logging.getLogger(__name__)
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
-GRID_DIR = "ablations"
-SKIP_DIRS = {"data", "notebooks", GRID_DIR, "figures"}
 IN_DOMAIN = "sample"  # the held-out split of the bundled questions (01's ``test`` split)
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    from clinical_r1.data import read_jsonl
-
+def _log_rows(run: Path) -> list[dict[str, Any]]:
+    """A run folder's ``metrics.jsonl`` rows ([] when it has none)."""
+    path = run / "metrics.jsonl"
     return read_jsonl(path) if path.is_file() else []
 
 
@@ -65,7 +62,7 @@ def _finite(v: Any) -> float | None:
 
 def sft_summary(run: Path) -> dict[str, Any] | None:
     """Steps, first/last training loss and best dev loss of an SFT run folder (``None`` when absent)."""
-    rows = _read_jsonl(run / "metrics.jsonl")
+    rows = _log_rows(run)
     train = [r for r in rows if _finite(r.get("loss")) is not None]
     dev = [r for r in rows if _finite(r.get("eval_loss")) is not None]
     if not train:
@@ -86,7 +83,7 @@ def bootstrap_diff(first: Sequence[float], last: Sequence[float], n_boot: int = 
 
 def rl_summary(run: Path, n_boot: int = 2000) -> dict[str, Any] | None:
     """The learning signal of a GRPO/CRPO run folder from its ``metrics.jsonl`` (``None`` when absent)."""
-    rows = [r for r in _read_jsonl(run / "metrics.jsonl") if _finite(r.get("reward")) is not None]
+    rows = [r for r in _log_rows(run) if _finite(r.get("reward")) is not None]
     if not rows:
         return None
     reward = [float(r["reward"]) for r in rows]
@@ -127,7 +124,7 @@ def inside_summary(run: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, An
         return {n: float(np.mean(v)) for n, v in vals.items() if v}
 
     metrics = run / "metrics.json"
-    alarms = _read_json(metrics).get("alarms") if metrics.is_file() else None
+    alarms = read_json(metrics).get("alarms") if metrics.is_file() else None
     return {"advantage_share_mean": means("advantage_share/"), "reward_varies_mean": means("reward_varies/"),
             "alarms": alarms}
 
@@ -137,45 +134,28 @@ def inside_summary(run: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, An
 # ---------------------------------------------------------------------------------------------------
 
 
-def finished_grid_runs(out: Path) -> list[tuple[Path, str]]:
-    """``(run folder, variant)`` of each finished run (``done.json``) of the study's ablation grid."""
-    grid = out / GRID_DIR
-    return [(d.parent, _read_json(d).get("variant", d.parent.name)) for d in sorted(grid.glob("*/done.json"))]
-
-
-def method_dirs(out: Path) -> dict[str, Path]:
-    """Method name -> folder holding ``<benchmark>.metrics.json``: the recipe's methods, then each finished grid
-    run's evaluated policy under its variant name (``cold_start_grpo``)."""
-    found = {p.name: p for p in sorted(out.iterdir()) if p.is_dir() and p.name not in SKIP_DIRS
-             and any(p.glob("*.metrics.json"))}
-    for run, variant in finished_grid_runs(out):
-        for sub in sorted(p for p in run.iterdir() if p.is_dir() and any(p.glob("*.metrics.json"))):
-            found.setdefault(variant if sub.name == "policy" else f"{variant}/{sub.name}", sub)
-    return found
-
-
 def eval_rows(out: Path, splits_dir: Path | None = None) -> list[dict[str, Any]]:
     """One row per (method, benchmark) from the evaluation files, the crpo-format rate recomputed from the
     generations (the method's own format is what ``textmetrics`` holds)."""
     from clinical_r1.data import load_benchmark
-    from clinical_r1.metrics import summarize
+    from clinical_r1.textmetrics import summarize_generations
 
     sets: dict[str, Any] = {}
     manifest = (splits_dir / "manifest.json") if splits_dir else None
     if manifest and manifest.is_file():
-        for name, info in _read_json(manifest).get("eval", {}).items():
+        for name, info in read_json(manifest).get("eval", {}).items():
             sets[name] = list(load_benchmark("jsonl", path=splits_dir / info["path"]))
     rows = []
     for method, d in method_dirs(out).items():
         for mpath in sorted(d.glob("*.metrics.json")):
             bench = mpath.name[: -len(".metrics.json")]
-            res = _read_json(mpath)
+            res = read_json(mpath)
             o = res.get("overall", {})
             lo, hi = o.get("accuracy_ci") or (None, None)
             text_path = d / f"{bench}.textmetrics.json"
-            text = _read_json(text_path) if text_path.is_file() else {}
+            text = read_json(text_path) if text_path.is_file() else {}
             gen = d / f"{bench}.jsonl"
-            crpo = summarize(gen, sets[bench], fmt="crpo") if bench in sets and gen.is_file() else {}
+            crpo = summarize_generations(gen, sets[bench], fmt="crpo") if bench in sets and gen.is_file() else {}
             pct = lambda v: None if v is None else round(100 * float(v), 2)  # noqa: E731
             rows.append({
                 "method": method, "benchmark": bench, "prompt": res.get("prompt_kind"), "n": o.get("n_questions"),
@@ -193,7 +173,7 @@ def judge_rows(out: Path) -> list[dict[str, Any]]:
     """Judged records and the share with a parsed judgement, per method (recipe methods and grid arms)."""
     rows = []
     for method, d in method_dirs(out).items():
-        recs = [r for p in sorted(d.glob("*.judge.jsonl")) for r in _read_jsonl(p)]
+        recs = [r for p in sorted(d.glob("*.judge.jsonl")) for r in read_jsonl(p)]
         if recs:
             ok = sum(r.get("status") == "ok" for r in recs)
             rows.append({"method": method, "records": len(recs), "parsed": ok, "parse_rate": ok / len(recs)})
@@ -243,22 +223,6 @@ def targets(s: Mapping[str, Any], sft_method: str = "sft", base_method: str = "b
     return out
 
 
-def rl_runs(out: Path) -> dict[str, Path]:
-    """RL run folders: the recipe's (any folder whose config.yaml has ``stage: crpo``) and each grid arm's train run."""
-    import yaml
-
-    found = {}
-    for p in sorted(out.iterdir()):
-        cfg = p / "config.yaml"
-        if p.is_dir() and cfg.is_file() and (yaml.safe_load(cfg.read_text()) or {}).get("stage") == "crpo":
-            found[p.name] = p
-    for run, variant in finished_grid_runs(out):
-        for cfg in sorted(run.glob("*/config.yaml")):
-            if (yaml.safe_load(cfg.read_text()) or {}).get("stage") == "crpo":
-                found.setdefault(variant, cfg.parent)
-    return found
-
-
 def build_summary(out_dir: str | os.PathLike, splits_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Every number of a study folder (see the module docstring); reads files only."""
     from clinical_r1.pipeline import STATUS_FILE, read_status
@@ -271,7 +235,7 @@ def build_summary(out_dir: str | os.PathLike, splits_dir: str | os.PathLike | No
         "out": str(out), "recipe": status.get("recipe"), "commit": status.get("git_commit"), "dirty": status.get("git_dirty"),
         "stages_seconds": stages, "total_seconds": round(sum(v or 0 for v in stages.values()), 1),
         "sft": sft_summary(out / "sft"),
-        "rl": {name: r for name, p in rl_runs(out).items() if (r := rl_summary(p)) is not None},
+        "rl": {name: r for name, p in rl_run_dirs(out).items() if (r := rl_summary(p)) is not None},
         "evaluation": eval_rows(out, splits),
         "judge": judge_rows(out),
     }

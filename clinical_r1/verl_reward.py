@@ -88,6 +88,8 @@ def _options(info: Mapping[str, Any], where: str) -> list[str] | None:
 
 
 def _gold(ground_truth: Any, options: Sequence[str] | None, where: str) -> str:
+    """The gold letter of a verl row, validated here: verl reads it from any parquet file, so this is where the
+    gold enters the package (as ``data.load_benchmark`` is for record files)."""
     g = str(ground_truth).strip().upper() if ground_truth is not None else ""
     if len(g) != 1 or g not in LETTERS:
         raise VerlDataError(f"{where}: ground_truth {ground_truth!r} is not an answer letter A-Z")

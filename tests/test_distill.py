@@ -10,8 +10,8 @@ import json
 import pytest
 
 from clinical_r1.distill import DROP_REASONS, choose_prompt_kind, convert, distill, validate_item
-from clinical_r1.parsing import is_correct, parse
-from clinical_r1.prompts import SYSTEM_PROMPTS, crpo_target
+from clinical_r1.formats import COT, CRPO
+from clinical_r1.parsing import is_correct
 from openai_server import FakeOpenAIServer, build_tiny_chat_model
 
 KEY_ENV = "CLINICAL_R1_TEST_KEY"
@@ -69,7 +69,7 @@ def test_reasoner_teacher_filtering_conversion_and_resume(tmp_path, key):
         body = srv.bodies[0]
     assert report["prompt_kind"] == "cot" and report["teacher"] == "deepseek-reasoner"
     assert [m["role"] for m in body["messages"]] == ["user"]  # reasoners: instructions in the user turn
-    assert body["messages"][0]["content"].startswith(SYSTEM_PROMPTS["cot"])
+    assert body["messages"][0]["content"].startswith(COT.instructions)
     expected_drops = {r: sum(v == r for v in EXPECTED.values()) for r in DROP_REASONS}
     assert report["dropped"] == expected_drops
     assert report["kept"] == 3 and report["n_items"] == 10
@@ -79,8 +79,8 @@ def test_reasoner_teacher_filtering_conversion_and_resume(tmp_path, key):
     assert [r["id"] for r in rows] == ["r_ok", "r_think", "r_boxed_reasoning"]
     for r in rows:
         assert set(r) == {"id", "question", "options", "answer", "dx", "conclusion", "teacher", "source"}
-        target = crpo_target(r["dx"], r["conclusion"])
-        assert parse(target, "crpo", r["options"]).well_formed and is_correct(target, "C", r["options"])
+        target = CRPO.render(r["dx"], r["conclusion"])
+        assert CRPO.well_formed(target, r["options"]) and is_correct(target, "C", r["options"])
         assert r["dx"] == REASONING or r["dx"] == REASONING + " So C."
         assert r["conclusion"].endswith("\\boxed{C}") and r["conclusion"].count("\\boxed") == 1
     assert rows[0]["conclusion"] == "The raised TSH with anti-TPO antibodies decides it. **Answer:** \\boxed{C}"
@@ -107,7 +107,7 @@ def test_chat_teacher_answers_in_crpo_format(tmp_path, key):
         report = distill([item("c_ok"), item("c_wrong")], teacher(srv, "qwen2.5-72b-instruct"),
                          tmp_path / "t.jsonl", None)
         assert [m["role"] for m in srv.bodies[0]["messages"]] == ["system", "user"]
-        assert srv.bodies[0]["messages"][0]["content"] == SYSTEM_PROMPTS["crpo"]
+        assert srv.bodies[0]["messages"][0]["content"] == CRPO.instructions
     assert report["prompt_kind"] == "crpo" and report["kept"] == 1 and report["dropped"]["wrong_answer"] == 1
     row = json.loads((tmp_path / "t.jsonl").read_text())
     assert row["dx"].startswith("Initial impression") and "\\boxed" not in row["dx"] and row["dx"].endswith("C")
@@ -144,6 +144,8 @@ def test_prompt_kind_choice_and_item_validation(tmp_path, key):
         validate_item({"id": "x", "question": "q", "answer": "A"}, 3)
     with pytest.raises(ValueError, match="answer 'E'"):
         validate_item({"id": "x", "question": "q", "options": ["a", "b"], "answer": "E"}, 0)
+    # the edge of distill: the gold letter is folded once here and trusted by convert and the output rows
+    assert validate_item({"id": "x", "question": "q", "options": ["a", "b"], "answer": " b"}, 0) == "B"
     with FakeOpenAIServer() as srv:
         with pytest.raises(ValueError, match="duplicate id 'a'"):
             distill([item("a"), item("a")], teacher(srv, "m"), tmp_path / "o.jsonl", None)

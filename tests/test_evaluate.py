@@ -10,11 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from clinical_r1 import evaluate as ev
 from clinical_r1.evaluate import (EvaluationError, accuracy_table, bootstrap_ci, compare, evaluate, load_paper_reference,
                                   majority_vote, mcnemar_exact)
+from clinical_r1.formats import FORMATS
 from clinical_r1.generate import GenerationError
+from clinical_r1.rewards import accuracy
 
 OPTIONS = ["Graves disease", "Hashimoto thyroiditis", "Subacute thyroiditis", "Pituitary adenoma"]
 WELL = "<dx>TSH 12 mU/L, dry skin.</dx>\n<conclusion>TSH 12 mU/L fits. \\boxed{%s}</conclusion>"
@@ -92,6 +95,44 @@ def test_mcnemar_hand_computed():
 # ---------------------------------------------------------------------------------------------------
 # Accuracy from files, with hostile text
 # ---------------------------------------------------------------------------------------------------
+
+
+def _completions(fmt: str) -> st.SearchStrategy[str]:
+    """Completions in the spirit of ``fmt``: random text, the format's tags, boxes holding letters (any case),
+    option texts (with and without their letter), wrappers or garbage, bare and unclosed boxes, several boxes."""
+    tags = FORMATS[fmt].tags
+    content = st.one_of(st.sampled_from(["A", "B", "C", "D", "E", "b", " B ", "B.", "(B)", "\\text{B}", "{B}", "",
+                                         "B. " + OPTIONS[1], "A. " + OPTIONS[1], "BB", "answer: B"] + OPTIONS),
+                        st.text(max_size=10))
+    box = content.map(lambda c: "\\boxed{" + c + "}")
+    piece = st.one_of(
+        st.text(max_size=20),
+        st.sampled_from([f"<{t}>" for t in tags] + [f"</{t}>" for t in tags]),
+        box,
+        st.sampled_from(["\\boxed", "\\boxed {B}", "\\boxed{", "}", "{", "$", "\n"]),
+    )
+    soup = st.lists(piece, max_size=10).map("".join)
+    body = st.lists(st.one_of(st.text(max_size=15), piece), max_size=3).map("".join)
+    first, last = tags
+    sections = st.builds(lambda a, b, c, x, z: f"{a}<{first}>{b}</{first}><{last}>{c} {x}</{last}>{z}",
+                         st.sampled_from(["", " ", "intro "]), body, body, box, st.sampled_from(["", "\n", " more"]))
+    return st.one_of(soup, sections)
+
+
+@pytest.mark.parametrize("fmt", ["crpo", "grpo"])
+def test_training_accuracy_and_evaluation_agree(tmp_path_factory, fmt):
+    """The accuracy reward and evaluation decide "correct" identically on any completion (one is_correct)."""
+    @settings(max_examples=100, deadline=None)
+    @given(st.lists(_completions(fmt), min_size=1, max_size=8), st.sampled_from("ABCD"))
+    def check(texts, gold):
+        path = _write(tmp_path_factory.mktemp("agree") / "g.jsonl",
+                      {(f"q{i}", 0): t for i, t in enumerate(texts)}, _meta())
+        ds = [{**r, "answer": gold} for r in _ds(len(texts))]
+        evaluated = ev.load_answers(path, ds, dataset_name="medqa").correct[:, 0].tolist()
+        trained = accuracy(texts, answer=[gold] * len(texts), options=[OPTIONS] * len(texts))
+        assert trained == [float(c) for c in evaluated]
+
+    check()
 
 
 def test_accuracy_with_hostile_answers(tmp_path):

@@ -66,12 +66,12 @@ def test_check_config_warns_when_the_kl_form_is_left_to_trl(tmp_path, caplog):
     from clinical_r1.__main__ import main
 
     raw = yaml.safe_load((REPO / "configs/cpu_demo_crpo.yaml").read_text())
-    assert C.recipe_warnings(C.load_config(raw)) == []
+    assert C.config_warnings(C.load_config(raw)) == []
     del raw["trainer"]["use_bias_correction_kl"]
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
-    assert any("use_bias_correction_kl" in w for w in C.recipe_warnings(C.load_config(raw)))
+    assert any("use_bias_correction_kl" in w for w in C.config_warnings(C.load_config(raw)))
     with caplog.at_level("WARNING"):
         assert main(["check-config", str(tmp_path / "r.yaml")]) == 0
     assert any("use_bias_correction_kl left to TRL's default" in r.getMessage() for r in caplog.records)
     raw["trainer"]["beta"] = 0.0
-    assert C.recipe_warnings(C.load_config(raw)) == []
+    assert C.config_warnings(C.load_config(raw)) == []

@@ -11,8 +11,8 @@ import math
 import pytest
 
 from clinical_r1 import judge as J
-from clinical_r1.judge import (METRICS, agreement, agreement_with_reference, cohen_kappa, judge_responses,
-                               parse_judgement, reference_values, spearman, summarise)
+from clinical_r1.judge import (JUDGE_METRICS, agreement, agreement_with_reference, cohen_kappa, judge_responses,
+                               parse_judgement, reference_values, spearman, summarize_judgements)
 from openai_server import FakeOpenAIServer, build_tiny_chat_model
 
 KEY_ENV = "CLINICAL_R1_TEST_KEY"
@@ -36,7 +36,7 @@ SCRIPT = {
 
 def metric_of(request: dict) -> str:
     system = request["messages"][0]["content"]
-    return next(name for name, m in METRICS.items() if m.definition == system)
+    return next(name for name, m in JUDGE_METRICS.items() if m.definition == system)
 
 
 def scripted(request: dict) -> str:
@@ -108,11 +108,11 @@ def test_records_values_statuses_and_summary(tmp_path, key):
     assert by["q1", "cecd"]["value"] == pytest.approx(5 * 100 / n_words) and by["q1", "cecd"]["raw_value"] == 5
     bad = by["q1", "verification"]
     assert bad["status"] == "unparseable" and bad["value"] is None and bad["raw"] == SCRIPT["verification"]
-    assert all(r["judge"] == "judge-1" and r["prompt_version"] == METRICS[r["metric"]].version for r in records)
+    assert all(r["judge"] == "judge-1" and r["prompt_version"] == JUDGE_METRICS[r["metric"]].version for r in records)
     assert all(r["mode"] == "generate" for r in records)  # an API judge writes free text
 
-    table = summarise(records)
-    assert list(table["metric"].unique()) == list(METRICS)  # canonical metric order
+    table = summarize_judgements(records)
+    assert list(table["metric"].unique()) == list(JUDGE_METRICS)  # canonical metric order
     ver = table[(table.model == "crpo") & (table.metric == "verification")].iloc[0]
     assert ver["n"] == 0 and ver["n_unparseable"] == 1 and math.isnan(ver["mean"])
     bt = table[(table.model == "grpo") & (table.metric == "backtracking")].iloc[0]
@@ -133,8 +133,8 @@ def test_cache_keys_judge_model_prompt_version_and_response(tmp_path, key, monke
         assert srv.total_requests == 3  # another response text
         judge_responses([row("q1")], ["backtracking"], judge_cfg(srv, model="judge-2"), cache)
         assert srv.total_requests == 4  # another judge model
-        new = dataclasses.replace(METRICS["backtracking"], version="judge/backtracking/v2")
-        monkeypatch.setitem(METRICS, "backtracking", new)
+        new = dataclasses.replace(JUDGE_METRICS["backtracking"], version="judge/backtracking/v2")
+        monkeypatch.setitem(JUDGE_METRICS, "backtracking", new)
         judge_responses([row("q1")], ["backtracking"], judge_cfg(srv), cache)
         assert srv.total_requests == 5  # another prompt version
     purposes = {line.split('"purpose": "')[1].split('"')[0] for line in cache.read_text().splitlines()}
@@ -162,7 +162,7 @@ def test_api_failures_are_recorded_not_dropped(tmp_path, key):
     with FakeOpenAIServer(answer=scripted, faults=lambda prompt, attempt: "503") as srv:
         recs = judge_responses([row("q1")], ["backtracking", "faithfulness"], judge_cfg(srv), None)
     assert [r["status"] for r in recs] == ["api_failure", "api_failure"] and "http_503" in recs[0]["error"]
-    table = summarise(recs)
+    table = summarize_judgements(recs)
     assert list(table["n_failed"]) == [1, 1] and list(table["n"]) == [0, 0]
 
 
@@ -231,7 +231,7 @@ def test_local_judge_tiny_model_generate_mode(tmp_path):
     recs = judge_responses([row("q1")], ["backtracking", "faithfulness"], backend, tmp_path / "c.jsonl")
     assert len(recs) == 2 and all(r["status"] in ("ok", "unparseable") and isinstance(r["raw"], str) for r in recs)
     assert all(r["mode"] == "generate" for r in recs)
-    table = summarise(recs)
+    table = summarize_judgements(recs)
     assert (table["n"] + table["n_unparseable"]).tolist() == [1, 1]
 
 
@@ -257,16 +257,16 @@ def test_constrained_record_values():
     """Argmax, probability-weighted value, CECD per 100 words and DRC shares from given next-token probabilities."""
     r = J.normalise_row(row("q1"), 0, need_answer=True)
     counts = [0.1, 0.2, 0.5, 0.2] + [0.0] * 6  # raw P over "0".."9", mass 1.0
-    rec = J._constrained_record(r, METRICS["backtracking"], [counts], "j")
+    rec = J._constrained_record(r, JUDGE_METRICS["backtracking"], [counts], "j")
     assert rec["argmax"] == rec["raw_value"] == 2 and rec["value"] == pytest.approx(0.2 + 1.0 + 0.6)
     assert rec["status"] == "ok" and rec["mode"] == "constrained" and parse_judgement(rec["raw"], "backtracking") == 2
-    rec = J._constrained_record(r, METRICS["cecd"], [counts], "j")
+    rec = J._constrained_record(r, JUDGE_METRICS["cecd"], [counts], "j")
     assert rec["value"] == pytest.approx(1.8 * 100 / len(GOOD.split())) and rec["expected"] == pytest.approx(1.8)
-    rec = J._constrained_record(r, METRICS["faithfulness"], [[0.0, 0.0, 0.1, 0.3, 0.1]], "j")  # mass 0.5
+    rec = J._constrained_record(r, JUDGE_METRICS["faithfulness"], [[0.0, 0.0, 0.1, 0.3, 0.1]], "j")  # mass 0.5
     assert rec["mass"] == pytest.approx(0.5) and rec["probs"]["4"] == pytest.approx(0.6) and rec["argmax"] == 4
     assert rec["value"] == pytest.approx(3 * 0.2 + 4 * 0.6 + 5 * 0.2)
     # distractors A, B, D (gold C): P(Yes) 0.8, 0.25, 0.5 after renormalising Yes/No
-    rec = J._constrained_record(r, METRICS["drc"], [[0.4, 0.1], [0.1, 0.3], [0.2, 0.2]], "j")
+    rec = J._constrained_record(r, JUDGE_METRICS["drc"], [[0.4, 0.1], [0.1, 0.3], [0.2, 0.2]], "j")
     assert rec["probs"] == pytest.approx({"A": 0.8, "B": 0.25, "D": 0.5}) and rec["argmax"] == ["A"]
     assert rec["value"] == pytest.approx(1.55 / 3) and rec["value_argmax"] == pytest.approx(1 / 3)
     assert parse_judgement(rec["raw"], "drc", OPTIONS) == ["A"]

@@ -22,8 +22,8 @@ import time
 import pytest
 
 from clinical_r1.api import LocalBackend
-from clinical_r1.judge import (COUNT_CHOICES, METRICS, SCORE_CHOICES, distractors, judge_responses,
-                               parse_judgement, summarise)
+from clinical_r1.judge import (COUNT_CHOICES, JUDGE_METRICS, SCORE_CHOICES, distractors, judge_responses,
+                               parse_judgement, summarize_judgements)
 
 CASES = {
     "thyroid": ("A 45-year-old woman has fatigue, weight gain, cold intolerance and a TSH of 12 mU/L with a low "
@@ -171,8 +171,8 @@ def test_every_metric_parses_in_range(judged):
     records, seconds = judged
     print(f"\nconstrained judge: {len(records)} (response, metric) pairs in {seconds:.1f}s, "
           f"{seconds / len(records):.3f}s per pair")
-    assert len(records) == len(RESPONSES) * len(METRICS)
-    for name, m in METRICS.items():
+    assert len(records) == len(RESPONSES) * len(JUDGE_METRICS)
+    for name, m in JUDGE_METRICS.items():
         recs = [r for r in records if r["metric"] == name]
         parsed = [r for r in recs if r["status"] == "ok" and r["value"] is not None and not math.isnan(r["value"])]
         assert len(parsed) >= 0.95 * len(recs), name
@@ -190,7 +190,7 @@ def test_every_metric_parses_in_range(judged):
             scale = 100.0 / max(r["n_words"], 1) if name == "cecd" else 1.0  # CECD: citations per 100 words
             assert r["value"] == pytest.approx(r["expected"] * scale)
             assert r["value_argmax"] == pytest.approx(r["argmax"] * scale)
-    table = summarise(records)
+    table = summarize_judgements(records)
     assert (table["n"] == 4).all() and (table["n_unparseable"] == 0).all() and set(table["mode"]) == {"constrained"}
 
 
@@ -200,7 +200,7 @@ def test_judgement_is_a_deterministic_function_of_the_response(judge, judged):
     by = {(r["id"], r["model"], r["metric"]): r for r in records}
     # values vary with the response for every metric (a scorer reading the wrong position, e.g. inside the
     # shared prompt or at a pad token, gives one value for all)
-    for name in METRICS:
+    for name in JUDGE_METRICS:
         values = [r["value"] for r in records if r["metric"] == name]
         assert max(values) - min(values) > 1e-3, name
     # judged again alone, in another batch and another shared-prefix split: the same numbers
@@ -236,8 +236,8 @@ def test_constrained_cache_reruns_nothing_and_keys_mode_and_version(judge, tmp_p
 
     monkeypatch.setattr(judge, "next_token_probs", no_forward)
     assert judge_responses(rows, ["faithfulness", "drc"], judge, cache) == first
-    new = dataclasses.replace(METRICS["faithfulness"], version="judge/faithfulness/v2")
-    monkeypatch.setitem(METRICS, "faithfulness", new)
+    new = dataclasses.replace(JUDGE_METRICS["faithfulness"], version="judge/faithfulness/v2")
+    monkeypatch.setitem(JUDGE_METRICS, "faithfulness", new)
     with pytest.raises(AssertionError, match="ran the model again"):  # another prompt version: not cached
         judge_responses(rows, ["faithfulness"], judge, cache)
 

@@ -27,7 +27,7 @@ def test_project_recipes_match_the_notebooks(name, tmp_path):
 
 @pytest.mark.parametrize("recipe", ["demo", "paper"])
 def test_project_grid_matches_the_notebooks(recipe, tmp_path):
-    from clinical_r1.pipeline import run_grid
+    from clinical_r1.grid import run_grid
 
     assert len(run_grid(REPO / "configs" / "ablations.yaml", out=tmp_path, recipe=recipe, dry_run=True,
                         progress=False)) == 30

@@ -1,9 +1,11 @@
-"""The one answer parser: strings and chat messages, tolerant boxes, the structure report."""
+"""The one answer parser: strings and chat messages, tolerant boxes, the structure report, the answer formats."""
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from clinical_r1.parsing import box_letter, completion_text, extract_letter, find_boxes, is_correct, parse
+from clinical_r1.formats import CRPO, FORMATS, AnswerFormat, get_format, parse
+from clinical_r1.parsing import (box_letter, completion_text, extract_letter, find_boxes, is_correct,
+                                 is_correct_letter)
 
 OPTS = ["Graves disease", "Hashimoto thyroiditis", "Subacute thyroiditis", "Toxic adenoma"]
 WELL = "<dx>\nTSH 12 mU/L, low free T4.\n</dx>\n<conclusion>\nHypothyroid. \\boxed{B}\n</conclusion>"
@@ -67,8 +69,40 @@ def test_structure_failures(text, field):
 def test_grpo_format_and_unknown_format():
     assert parse("<think>r</think><answer>so \\boxed{A}</answer>", "grpo").well_formed
     assert not parse("<think>r</think>\\boxed{A}", "grpo").well_formed
-    with pytest.raises(ValueError, match="unknown answer format"):
+    with pytest.raises(ValueError, match=r"unknown answer format 'xml'; known formats: \['cot', 'crpo', 'direct'"):
         parse("x", "xml")
+    with pytest.raises(ValueError, match="unknown answer format"):
+        get_format("xml")
+
+
+def test_each_format_owns_its_tags_and_structure_check():
+    assert {n: f.tags for n, f in FORMATS.items()} == {
+        "crpo": ("dx", "conclusion"), "grpo": ("think", "answer"), "cot": (), "direct": ()}
+    assert all(f.name == n and "\\boxed{X}" in f.instructions for n, f in FORMATS.items())
+    assert CRPO.parse(WELL, OPTS) is parse(WELL, "crpo", OPTS)  # one memoised parse
+    assert CRPO.well_formed(WELL) and not FORMATS["grpo"].well_formed(WELL)
+    assert FORMATS["cot"].well_formed(WELL)  # untagged formats judge the single box only
+    assert FORMATS["cot"].well_formed("so \\boxed{B}") and not FORMATS["direct"].well_formed("\\boxed{B} \\boxed{B}")
+    with pytest.raises(ValueError, match="renders 2 section bodies"):
+        CRPO.render("only one body")
+    with pytest.raises(ValueError, match="renders 0 section bodies"):
+        FORMATS["cot"].render("text")
+
+
+def test_a_new_format_is_one_object():
+    xml = AnswerFormat("xml", ("reasoning", "final"), "Reason in <reasoning>, answer in <final> as \\boxed{X}.")
+    target = xml.render("TSH 12 mU/L.", "So \\boxed{B}")
+    assert target == "<reasoning>\nTSH 12 mU/L.\n</reasoning>\n<final>\nSo \\boxed{B}\n</final>"
+    p = xml.parse(target, OPTS)
+    assert xml.well_formed(target) and p.fmt == "xml" and p.letter == "B"
+    assert p.sections["reasoning"].strip() == "TSH 12 mU/L."
+    assert not xml.well_formed(WELL) and is_correct(target, "B")
+
+
+def test_correctness_compares_the_trusted_gold_letter():
+    assert is_correct_letter("B", "B") and not is_correct_letter(None, "B") and not is_correct_letter("A", "B")
+    # the gold is validated where data enters the package (data.load_benchmark); inside it is trusted as is
+    assert not is_correct(WELL, " b")
 
 
 def test_two_boxes_have_no_letter():

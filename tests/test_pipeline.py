@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from clinical_r1 import pipeline
-from clinical_r1.pipeline import (PipelineError, SecretParameterError, StageError, check_secrets, expand_grid,
-                                  gather, load_recipe, plan_recipe, run_grid, run_recipe, summary_table)
+from clinical_r1.grid import expand_grid, gather, run_grid
+from clinical_r1.pipeline import (PipelineError, SecretParameterError, StageError, check_secrets, load_recipe,
+                                  plan_recipe, run_recipe, summary_table)
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = REPO / "configs" / "ablations.yaml"
@@ -336,7 +337,7 @@ def test_cli_dry_run_lists_the_project_grid(capsys: pytest.CaptureFixture[str]) 
 
 def test_grid_summary_rows_carry_advantage_shares_and_alarms(tmp_path: Path) -> None:
     """Each grid run's summary rows gain its mean advantage shares and its monitor alarms (issue 13)."""
-    from clinical_r1.pipeline import _inside_rows
+    from clinical_r1.grid import _inside_rows
 
     train = tmp_path / "run" / "train"
     train.mkdir(parents=True)
@@ -351,3 +352,44 @@ def test_grid_summary_rows_carry_advantage_shares_and_alarms(tmp_path: Path) -> 
     assert got[("advantage", "reward_varies/accuracy")]["value"] == pytest.approx(0.5)
     alarm = got[("alarms", "box_outside_rate")]
     assert alarm["value"] == 2 and alarm["benchmark"] == "steps 2,5"
+
+
+def test_gather_needs_no_matplotlib(tmp_path: Path) -> None:
+    """The pipeline reads results without the plotting stack: gathering a finished grid run (evaluation, judge
+    records, a monitored training log) in a fresh interpreter imports neither matplotlib nor seaborn."""
+    import subprocess
+    import sys
+
+    from clinical_r1.evaluate import evaluate
+
+    run = tmp_path / "ablations" / "crpo-s0-00000000"
+    items = [{"id": f"q{i}", "question": "?", "options": ["yes", "no"], "answer": "A", "subgroup": "", "source": "s"}
+             for i in range(4)]
+    policy = run / "policy"
+    policy.mkdir(parents=True)
+    (policy / "sample.jsonl").write_text("".join(
+        json.dumps({"id": it["id"], "sample": 0, "text": f"so \\boxed{{{'A' if i < 3 else 'B'}}}", "n_tokens": 10})
+        + "\n" for i, it in enumerate(items)))
+    evaluate(policy / "sample.jsonl", items, out_path=policy / "sample.metrics.json", n_boot=50, dataset_name="sample")
+    (policy / "sample.judge.jsonl").write_text("".join(
+        json.dumps({"id": it["id"], "sample": 0, "metric": "hallucination", "value": 0.0, "status": "ok"}) + "\n"
+        for it in items))
+    (run / "train").mkdir()
+    (run / "train" / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "reward": s / 2, "rewards/accuracy/mean": s / 4, "advantage_share/accuracy": 1.0})
+        + "\n" for s in (1, 2)))
+    (run / "train" / "metrics.json").write_text(json.dumps({"alarms": [{"monitor": "repetition", "step": 2}]}))
+    (run / "done.json").write_text(json.dumps({"run_id": run.name, "variant": "crpo", "seed": 0, "groups": ["2x2"],
+                                               "overrides": {"k": 5}, "settings": {"k": 5}}))
+    code = ("import sys\n"
+            "from clinical_r1.grid import gather\n"
+            "df = gather(sys.argv[1])\n"
+            "print(','.join(sorted(set(df['table']))))\n"
+            "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'seaborn'))))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ablations")], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    tables, plotting = done.stdout.splitlines()
+    assert tables == "accuracy,advantage,alarms,faithfulness,training"  # every reader ran
+    assert plotting == ""
+    assert (tmp_path / "ablations" / "summary.csv").is_file()

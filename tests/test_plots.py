@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from clinical_r1 import plots  # noqa: E402
+from clinical_r1 import plots, results  # noqa: E402
 from clinical_r1.evaluate import evaluate, load_paper_reference  # noqa: E402
 
 REF = load_paper_reference()
@@ -77,7 +77,7 @@ def judge_table() -> pd.DataFrame:
 
 
 def test_accuracy_beside_the_paper(tmp_path: Path) -> None:
-    paper = plots.paper_table(REF, "accuracy")
+    paper = results.paper_table(REF, "accuracy")
     assert set(paper["method"]) == set(METHODS) and len(paper) == 15
     fig = plots.plot_accuracy(accuracy_table(), paper, order=METHODS, labels=REF["method_labels"])
     assert [ax.get_title() for ax in fig.axes] == ["MedQA", "MedMCQA", "MedXpertQA"]
@@ -100,13 +100,13 @@ def test_accuracy_beside_the_paper(tmp_path: Path) -> None:
 
 def test_cognitive_and_faithfulness_panels_in_the_paper_layout(tmp_path: Path) -> None:
     df = judge_table()
-    fig = plots.plot_cognitive_behaviours(df, plots.paper_table(REF, "cognitive_behaviours"), order=METHODS)
+    fig = plots.plot_cognitive_behaviours(df, results.paper_table(REF, "cognitive_behaviours"), order=METHODS)
     assert len(fig.axes) == 4
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == METHODS  # rows = methods, paper order
     check_labelled(fig)
     check_saved(fig, tmp_path, "cognitive_behaviours")
 
-    fig = plots.plot_faithfulness(df, plots.paper_table(REF, "faithfulness"), order=METHODS,
+    fig = plots.plot_faithfulness(df, results.paper_table(REF, "faithfulness"), order=METHODS,
                                   metric_labels=REF["faithfulness"]["labels"])
     titles = {ax.get_title() for ax in fig.axes}
     assert "hallucination\n↓ lower is better" in titles and "CECD\n↑ higher is better" in titles
@@ -126,10 +126,10 @@ def test_training_curves_from_metrics_jsonl(tmp_path: Path) -> None:
                                     "rewards/clinical_reasoning/mean": 0.1, "rewards/consistency/mean": 0.9,
                                     "kl": 1e-3 * step, "completions/mean_length": 100 - step,
                                     "format_rate": 0.5}) + "\n")
-        frames.append(plots.load_training_log(d))
+        frames.append(results.load_training_log(d))
     df = pd.concat(frames)
     assert set(df["run"]) == {"grpo", "crpo"} and "time" not in set(df["metric"]) and "loss" not in set(df["metric"])
-    names = plots.training_metrics(df)
+    names = results.training_metrics(df)
     assert names == ["rewards/accuracy/mean", "rewards/clinical_reasoning/mean", "rewards/consistency/mean",
                      "reward", "kl", "completions/mean_length"]
     fig = plots.plot_training_curves(df, smooth=3)
@@ -142,8 +142,8 @@ def test_training_curves_from_metrics_jsonl(tmp_path: Path) -> None:
     bad = tmp_path / "bad" / "metrics.jsonl"
     bad.parent.mkdir()
     bad.write_text('{"reward": 1.0}\n')
-    with pytest.raises(plots.PlotDataError, match=r"line 1 has no numeric 'step'"):
-        plots.load_training_log(bad.parent)
+    with pytest.raises(results.PlotDataError, match=r"line 1 has no numeric 'step'"):
+        results.load_training_log(bad.parent)
 
 
 def test_k_tradeoff_averages_seeds_and_annotates_each_k(tmp_path: Path) -> None:
@@ -212,27 +212,27 @@ def write_run(root: Path, method: str, n_right: int) -> None:
 
 
 def test_loaders_and_make_all_on_results_files(tmp_path: Path) -> None:
-    results = tmp_path / "results" / "demo"
-    write_run(results, "baseline_cot", 2)
-    write_run(results, "cold_start_crpo", 4)
-    train = results / "cold_start_crpo"
+    demo = tmp_path / "results" / "demo"
+    write_run(demo, "baseline_cot", 2)
+    write_run(demo, "cold_start_crpo", 4)
+    train = demo / "cold_start_crpo"
     (train / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "reward": s / 2, "kl": 0.01 * s,
                                                              "rewards/accuracy/mean": s / 10}) + "\n" for s in (1, 2, 3)))
-    (results / "ablations" / "x" / "crpo").mkdir(parents=True)  # grid runs are gathered separately, not here
-    (results / "ablations" / "x" / "crpo" / "medqa.metrics.json").write_text("{}")
+    (demo / "ablations" / "x" / "crpo").mkdir(parents=True)  # grid runs are gathered separately, not here
+    (demo / "ablations" / "x" / "crpo" / "medqa.metrics.json").write_text("{}")
 
-    acc = plots.collect_eval_results(results).set_index("method")
+    acc = results.collect_eval_results(demo).set_index("method")
     assert acc.loc["baseline_cot", "accuracy"] == pytest.approx(100 * 2 / 6)  # fractions become percent
     assert acc.loc["cold_start_crpo", "benchmark"] == "medmcqa"
     assert acc.loc["cold_start_crpo", "ci_low"] <= acc.loc["cold_start_crpo", "accuracy"] <= acc.loc["cold_start_crpo", "ci_high"]
 
-    judged = plots.collect_judge_results(results)
+    judged = results.collect_judge_results(demo)
     row = judged[(judged["method"] == "baseline_cot") & (judged["metric"] == "cecd")].iloc[0]
     assert row["table"] == "faithfulness" and row["n"] == 5 and row["n_not_ok"] == 1  # unparseable: counted, not averaged
     assert row["value"] == pytest.approx(np.mean([1, 2, 0, 1, 2]))
     assert set(judged.loc[judged["metric"] == "verification", "table"]) == {"cognitive_behaviours"}
 
-    lengths = plots.collect_lengths(results)
+    lengths = results.collect_lengths(demo)
     assert len(lengths) == 12 and set(lengths["method"]) == {"baseline_cot", "cold_start_crpo"}
 
     summary = pd.DataFrame([
@@ -243,20 +243,20 @@ def test_loaders_and_make_all_on_results_files(tmp_path: Path) -> None:
         for t, m, val in (("accuracy", "accuracy", 50.0 + k), ("faithfulness", "hallucination", 0.5 + k / 100))])
     summary_csv = tmp_path / "summary.csv"
     summary.to_csv(summary_csv, index=False)
-    grid_acc = plots.from_summary(summary, "accuracy", group="2x2").set_index("method")
+    grid_acc = results.from_summary(summary, "accuracy", group="2x2").set_index("method")
     assert grid_acc.loc["grpo", "accuracy"] == pytest.approx(60.5) and grid_acc.loc["grpo", "n_seeds"] == 2
     assert grid_acc.loc["grpo", "ci_low"] < 60.5 < grid_acc.loc["grpo", "ci_high"]  # t-interval over seeds
 
-    written = plots.make_all(results, tmp_path / "figures", paper_reference=REF, ablation_summary=summary_csv)
+    written = plots.make_all(demo, tmp_path / "figures", paper_reference=REF, ablation_summary=summary_csv)
     assert set(written) == {"accuracy", "cognitive_behaviours", "faithfulness", "training_curves",
                             "response_length", "k_tradeoff", "crpo_rewards"}  # no text metrics: no format figure
     for paths in written.values():
         assert all(p.exists() and p.stat().st_size > 0 for p in paths)
 
-    (results / "bad").mkdir()
-    (results / "bad" / "medqa.metrics.json").write_text(json.dumps({"accuracy": 0.5}))
-    with pytest.raises(plots.PlotDataError, match=r"bad/medqa.metrics.json: not an evaluation result"):
-        plots.collect_eval_results(results)
+    (demo / "bad").mkdir()
+    (demo / "bad" / "medqa.metrics.json").write_text(json.dumps({"accuracy": 0.5}))
+    with pytest.raises(results.PlotDataError, match=r"bad/medqa.metrics.json: not an evaluation result"):
+        results.collect_eval_results(demo)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -283,7 +283,7 @@ def _response(style: str, letter: str, i: int) -> str:
 
 def write_eval(d: Path, bench: str, n_right: int, style: str, prompt_kind: str) -> None:
     """What the evaluation stage writes per method and benchmark (study.evaluate_methods)."""
-    from clinical_r1.metrics import summarize
+    from clinical_r1.textmetrics import summarize_generations
 
     d.mkdir(parents=True, exist_ok=True)
     gen = d / f"{bench}.jsonl"
@@ -294,7 +294,7 @@ def write_eval(d: Path, bench: str, n_right: int, style: str, prompt_kind: str) 
                                                             "prompt_kind": prompt_kind}))
     evaluate(gen, CASES, out_path=d / f"{bench}.metrics.json", n_boot=200, dataset_name=bench)
     (d / f"{bench}.textmetrics.json").write_text(json.dumps({"method": d.name, "benchmark": bench,
-                                                             **summarize(gen, CASES)}))
+                                                             **summarize_generations(gen, CASES)}))
 
 
 def write_rl_log(path: Path, components: tuple[str, ...], steps: int = 2) -> None:
@@ -326,7 +326,7 @@ def write_sft_log(path: Path, steps: int = 4) -> None:
 
 def write_grid_run(grid: Path, variant: str, seed: int, groups: list[str], n_right: tuple[int, ...],
                    overrides: dict) -> None:
-    """A finished grid run: train/metrics.jsonl, policy/<benchmark>.*, done.json last (pipeline.run_grid)."""
+    """A finished grid run: train/metrics.jsonl, policy/<benchmark>.*, done.json last (grid.run_grid)."""
     rid = f"{variant}-s{seed}-0000000{seed}"
     for bench, r in zip(BENCHES, n_right):
         write_eval(grid / rid / "policy", bench, r, "grpo", "grpo")
@@ -341,7 +341,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """results/demo as the demo recipe leaves it: three evaluated methods (cold_start_crpo scores 0 on
     MedXpertQA), the SFT and CRPO training logs, and a gathered grid with two seeds of the 2x2's
     cold_start_grpo plus one run of another group."""
-    from clinical_r1.pipeline import gather
+    from clinical_r1.grid import gather
 
     root = tmp_path_factory.mktemp("study") / "results" / "demo"
     for method, rights, style, kind in (("baseline_cot", (3, 4, 1), "cot", "cot"),
@@ -412,8 +412,8 @@ def annotations(ax) -> dict[str, tuple[float, float]]:
 
 def test_accuracy_writes_every_number_and_draws_a_zero(study: Path, figures: dict) -> None:
     fig = figures["accuracy"][0]
-    acc = plots.collect_eval_results(study)
-    grid = plots.from_summary(pd.read_csv(study / "ablations" / "summary.csv"), "accuracy", "2x2")
+    acc = results.collect_eval_results(study)
+    grid = results.from_summary(pd.read_csv(study / "ablations" / "summary.csv"), "accuracy", "2x2")
     assert len(fig.axes) == 3
     for ax, bench in zip(fig.axes, BENCHES):
         texts = annotations(ax)
@@ -515,8 +515,8 @@ def test_every_figure_is_readable(figures: dict) -> None:
 def test_text_metrics_loader_refuses_other_files(tmp_path: Path) -> None:
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "medqa.textmetrics.json").write_text(json.dumps({"format_compliance": 0.5}))
-    with pytest.raises(plots.PlotDataError, match=r"m/medqa.textmetrics.json: not a text-metrics result"):
-        plots.collect_text_metrics(tmp_path)
+    with pytest.raises(results.PlotDataError, match=r"m/medqa.textmetrics.json: not a text-metrics result"):
+        results.collect_text_metrics(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -542,7 +542,7 @@ def write_monitored_run(d: Path) -> None:
 
 def test_advantage_shares_stack_to_one_and_monitors_mark_their_thresholds(tmp_path: Path) -> None:
     write_monitored_run(tmp_path / "run")
-    df = plots.load_training_log(tmp_path / "run")
+    df = results.load_training_log(tmp_path / "run")
     fig = plots.plot_advantage_shares(df)
     ax = fig.axes[0]
     blocks = [(b.get_x() + b.get_width() / 2, b.get_y(), b.get_y() + b.get_height()) for b in ax.patches
@@ -553,7 +553,7 @@ def test_advantage_shares_stack_to_one_and_monitors_mark_their_thresholds(tmp_pa
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["accuracy", "clinical_reasoning", "consistency",
                                                                   "no varying group"]
     check_saved(fig, tmp_path, "advantage_shares")
-    fig = plots.plot_monitors(df, plots.load_alarm_thresholds(tmp_path / "run"))
+    fig = plots.plot_monitors(df, results.load_alarm_thresholds(tmp_path / "run"))
     trunc = next(a for a in fig.axes if a.get_title() == "truncation rate")
     crosses = [o for c in trunc.collections for o in c.get_offsets()]
     assert [tuple(np.round(o, 6)) for o in crosses] == [(3, 0.3), (4, 0.4)]  # the steps above 0.25
@@ -571,9 +571,9 @@ def test_pareto_front_and_the_judge_free_k_axis() -> None:
         {"run_id": f"k{k}", "variant": f"k{k}", "groups": "k", "k": k, "table": t, "benchmark": b, "metric": m,
          "value": v}
         for k, acc, xref in ((1, 40.0, 0.9), (5, 50.0, 0.8), (10, 45.0, 0.5))
-        for t, b, m, v in (("accuracy", "medqa", "accuracy", acc), ("training", "train", plots.K_STAND_IN, xref))])
-    wide = plots.k_table(summary)
-    assert wide.attrs["x"] == plots.K_STAND_IN
+        for t, b, m, v in (("accuracy", "medqa", "accuracy", acc), ("training", "train", results.K_STAND_IN, xref))])
+    wide = results.k_table(summary)
+    assert wide.attrs["x"] == results.K_STAND_IN
     fig = plots.plot_k_tradeoff(wide, x=wide.attrs["x"])
     ringed = fig.axes[0].collections[-1].get_offsets()
     assert sorted(map(tuple, np.round(ringed, 6))) == [(0.8, 50.0), (0.9, 40.0)]  # k=10 is dominated by k=5

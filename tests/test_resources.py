@@ -3,7 +3,7 @@
     .venv/bin/pytest tests/test_resources.py -q
 
 Loads both files with plain ``json`` (no package loader), checks the question set's shape and balance,
-and tests the gold: every question has exactly one trace, and every trace, wrapped by ``crpo_target``,
+and tests the gold: every question has exactly one trace, and every trace, wrapped by ``CRPO.render``,
 earns the maximum CRPO reward.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from clinical_r1.prompts import crpo_target
+from clinical_r1.formats import CRPO
 from clinical_r1.rewards import score
 
 RESOURCES = Path(__file__).resolve().parents[1] / "clinical_r1" / "resources"
@@ -102,7 +102,7 @@ def test_trace_shape(t):
 @pytest.mark.parametrize("t", TRACES, ids=lambda t: t["id"])
 def test_trace_target_scores_maximum(t):
     q = BY_ID[t["id"]]
-    target = crpo_target(t["dx"], t["conclusion"])
+    target = CRPO.render(t["dx"], t["conclusion"])
     assert score(target, q["answer"], q["options"]) == MAX_SCORE, t["id"]
 
 
@@ -119,8 +119,8 @@ def test_compact_traces_are_the_full_traces_compacted():
 @pytest.mark.parametrize("t", COMPACT, ids=lambda t: t["id"])
 def test_compact_trace_is_short_and_scores_maximum(t):
     q = BY_ID[t["id"]]
-    target = crpo_target(t["dx"], t["conclusion"])
+    target = CRPO.render(t["dx"], t["conclusion"])
     full = next(f for f in TRACES if f["id"] == t["id"])
-    assert len(target.split()) <= 0.5 * len(crpo_target(full["dx"], full["conclusion"]).split()), t["id"]
+    assert len(target.split()) <= 0.5 * len(CRPO.render(full["dx"], full["conclusion"]).split()), t["id"]
     assert t["dx"].count(" accepted.") == 1 and f"{q['answer']} accepted." in t["dx"], t["id"]
     assert score(target, q["answer"], q["options"]) == MAX_SCORE, t["id"]

@@ -70,7 +70,7 @@ def test_trl_weighted_sum_reproduces_R():
     per_func = [f(comps, answer=answers, options=[OPTS, OPTS]) for f in p.functions()]
     totals = [sum(w * col[i] for w, col in zip(p.weight_list(), per_func)) for i in range(2)]
     assert totals == [score(c, "B", OPTS)["total"] for c in comps]
-    assert p.max_total == 12.0 and get_preset("crpo", k=20).max_total == 22.0
+    assert p.max_total == 12.0 and get_preset("crpo").with_weights(k=20).max_total == 22.0
 
 
 def test_cross_reference_rule():
@@ -161,14 +161,14 @@ def test_consistency_weighs_scripts_without_spaces_by_length(script, text):
 def test_gold_on_bundled_samples_scores_full():
     """Test the gold: the project's exemplary traces get the full CRPO reward on their real items."""
     from clinical_r1.data import load_sample, read_jsonl, sample_traces_path
-    from clinical_r1.prompts import crpo_target
+    from clinical_r1.formats import CRPO
 
     items = {r["id"]: r for r in load_sample()}
     traces = read_jsonl(sample_traces_path())
     assert traces
     for t in traces:
         item = items[t["id"]]
-        s = score(crpo_target(t["dx"], t["conclusion"]), item["answer"], item["options"])
+        s = score(CRPO.render(t["dx"], t["conclusion"]), item["answer"], item["options"])
         assert s["total"] == 12.0, (t["id"], s)
 
 

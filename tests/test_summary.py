@@ -2,7 +2,7 @@
 
     .venv/bin/pytest tests/test_summary.py -q
 
-The folder is written with the project's own writers (``generate`` sidecars, ``evaluate``, ``metrics``) on
+The folder is written with the project's own writers (``generate`` sidecars, ``evaluate``, ``textmetrics``) on
 hand-made answers with known scores, and TRL-shaped training logs with known trends.
 """
 
@@ -14,8 +14,8 @@ import pytest
 
 from clinical_r1.data import load_sample, write_json, write_jsonl
 from clinical_r1.evaluate import evaluate
-from clinical_r1.metrics import summarize
-from clinical_r1.prompts import crpo_target
+from clinical_r1.formats import CRPO
+from clinical_r1.textmetrics import summarize_generations
 from clinical_r1.summary import SUMMARY_JSON, SUMMARY_MD, bootstrap_diff, build_summary, write_summary
 
 ITEMS = [dict(r) for r in load_sample()][:4]
@@ -29,7 +29,8 @@ def _answers(d, method, prompt, texts):
     write_json({"model": method, "dataset": "sample", "prompt_kind": prompt, "temperature": 0.0, "top_p": 1.0,
                 "max_new_tokens": 64, "n": 1, "seed": 0, "backend": "transformers"}, gen.with_name(gen.name + ".meta.json"))
     evaluate(gen, ITEMS, out_path=gen.with_suffix(".metrics.json"), n_boot=100, dataset_name="sample")
-    write_json({"method": method, "benchmark": "sample", **summarize(gen, ITEMS)}, gen.with_suffix(".textmetrics.json"))
+    write_json({"method": method, "benchmark": "sample", **summarize_generations(gen, ITEMS)},
+               gen.with_suffix(".textmetrics.json"))
 
 
 def _train_log(run, rewards, zero_std, preset="crpo"):
@@ -48,7 +49,7 @@ def study(tmp_path):
     write_json({"eval": {"sample": {"path": "eval/sample.jsonl"}}}, d / "data" / "manifest.json")
     write_json({"recipe": "demo", "git_commit": "abc", "git_dirty": False,
                 "stages": {"03_sft": {"duration_s": 100.0}, "04_crpo": {"duration_s": 50.5}}}, d / "pipeline.json")
-    well = [crpo_target(GOOD, f"Thyroid storm with TSH 0.01 mU/L. \\boxed{{{it['answer']}}}") for it in ITEMS]
+    well = [CRPO.render(GOOD, f"Thyroid storm with TSH 0.01 mU/L. \\boxed{{{it['answer']}}}") for it in ITEMS]
     _answers(d, "sft", "crpo", well[:3] + ["no tags \\boxed{A}"])  # 3 of 4 well-formed
     _answers(d, "baseline_crpo_prompt", "crpo", ["free text"] * 4)
     write_jsonl([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0, "eval_loss": 1.5}], (d / "sft") / "metrics.jsonl")

@@ -320,7 +320,7 @@ def test_sft_trains_lora_on_completions_and_keeps_the_best_checkpoint(sft_run):
     for f in ("config.yaml", "run_info.json", "metrics.jsonl", "metrics.csv", "metrics.json"):
         assert (run / f).is_file(), f
     info = json.loads((run / "run_info.json").read_text())
-    assert info["seed"] == 0 and info["versions"]["trl"] and "commit" in info["git"]
+    assert info["seed"] == 0 and info["provenance"]["versions"]["trl"] and "commit" in info["provenance"]
     assert (info["n_train"], info["n_dev"]) == (8, 4)  # the demo recipe renders each trace in both formats
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if "loss" in r]

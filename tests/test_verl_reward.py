@@ -12,7 +12,7 @@ import yaml
 from clinical_r1 import verl_reward as V
 from clinical_r1.data import DataError
 from clinical_r1.prompts import build_messages
-from clinical_r1.rewards import score
+from clinical_r1.rewards import accuracy, score
 
 OPTS = ["Graves disease", "Hashimoto thyroiditis", "Subacute thyroiditis", "Toxic adenoma"]
 DX = ("Initial impression: primary hypothyroidism. TSH 12 mU/L with low free T4 and positive anti-TPO antibodies. "
@@ -56,6 +56,10 @@ def test_compute_score_equals_rewards_score(no_env, preset, i):
 def test_acc_is_the_parser_correctness(no_env):
     accs = [V.compute_score("d", c, "B", {"options": OPTS})["acc"] for c in COMPLETIONS]
     assert accs == [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0]
+    # the training accuracy reward judges by the same is_correct
+    assert accs == accuracy(COMPLETIONS, answer=["B"] * len(COMPLETIONS), options=[OPTS] * len(COMPLETIONS))
+    # verl's ground truth enters here: folded and validated once, then trusted
+    assert [V.compute_score("d", c, " b", {"options": OPTS})["acc"] for c in COMPLETIONS] == accs
 
 
 def test_preset_precedence(no_env, monkeypatch):

@@ -1,17 +1,18 @@
-"""Judge-free reasoning metrics, computed from the response text and its question alone.
+"""Judge-free text metrics of generations, computed from the response text and its question alone.
 
-    from clinical_r1.metrics import response_metrics, summarize
-    response_metrics(text, item, fmt="crpo")        # one response: format, cross-reference, length, ...
-    summarize("results/run/medmcqa.jsonl", medmcqa) # means over a generations file
+    from clinical_r1.textmetrics import response_metrics, summarize_generations
+    response_metrics(text, item, fmt="crpo")                    # one response: format, cross-reference, length, ...
+    summarize_generations("results/run/medmcqa.jsonl", medmcqa) # means over a generations file
 
-    python -m clinical_r1.metrics results/run/medmcqa.jsonl --benchmark medmcqa --data path/to/medmcqa.jsonl
+    python -m clinical_r1.textmetrics results/run/medmcqa.jsonl --benchmark medmcqa --data path/to/medmcqa.jsonl
 
 They approximate, without an LLM judge, what the paper's judged metrics measure (faithfulness, case-grounded
 citation, distractor rejection). Each is documented where it is defined:
 
-- :func:`format_compliance`: the response is well-formed in its answer format (the one parser).
-- :func:`cross_reference`: the final section cites a finding of the reasoning section
-  (``clinical_r1.rewards.cross_references``, the rule the CRPO reward uses).
+- ``format_compliance``: the response is well-formed in its answer format
+  (:meth:`clinical_r1.formats.AnswerFormat.well_formed`, the one parser).
+- ``cross_reference``, by :func:`cites_reasoning`: the final section cites a finding of the reasoning section
+  (``clinical_r1.rewards.cross_references``, the rule the CRPO reward uses, without its format requirement).
 - :func:`response_length`: tokens of the response (the generations file records the model's count).
 - :func:`citation_density`: the share of the stem's findings that the response cites.
 - :func:`distractor_rejection`: the share of incorrect options the response names and explicitly rejects.
@@ -30,14 +31,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from clinical_r1.parsing import LETTERS, completion_text, parse
-from clinical_r1.prompts import FORMAT_OF
-from clinical_r1.rewards import STOPWORDS, _content_words, _values, cross_references
+from clinical_r1.formats import FORMATS, get_format
+from clinical_r1.parsing import LETTERS, completion_text
+from clinical_r1.rewards import STOPWORDS, clinical_values, content_words, cross_references
 
 log = logging.getLogger(__name__)
-
-# (reasoning section, final section) of each tagged answer format: what cross-reference compares.
-SECTIONS = {"crpo": ("dx", "conclusion"), "grpo": ("think", "answer")}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -45,23 +43,19 @@ SECTIONS = {"crpo": ("dx", "conclusion"), "grpo": ("think", "answer")}
 # ---------------------------------------------------------------------------------------------------
 
 
-def format_compliance(text: Any, fmt: str = "crpo", options: Sequence[str] | None = None) -> bool:
-    """True when the response is well-formed for ``fmt`` (``parse(...).well_formed``): for crpo/grpo every
-    tag once, in order, non-empty, nothing outside, one box in the last section; for cot/direct one box."""
-    return parse(text, fmt, options).well_formed
+def cites_reasoning(text: Any, fmt: str = "crpo", options: Sequence[str] | None = None) -> bool | None:
+    """Whether the format's final section cross-references its first (reasoning) section (``<dx>``→
+    ``<conclusion>`` for crpo, ``<think>``→``<answer>`` for grpo) by :func:`clinical_r1.rewards.cross_references`.
 
-
-def cross_reference(text: Any, fmt: str = "crpo", options: Sequence[str] | None = None) -> bool | None:
-    """Whether the final section cross-references the reasoning section (``<dx>``→``<conclusion>`` for crpo,
-    ``<think>``→``<answer>`` for grpo) by :func:`clinical_r1.rewards.cross_references`.
-
-    Unlike the reward, the response need not be well-formed: the first complete occurrence of each section
-    is used, and a missing section means no cross-reference (``False``). ``None`` for untagged formats.
+    Unlike the ``cross_reference`` reward, the response need not be well-formed: the first complete occurrence
+    of each section is used, and a missing section means no cross-reference (``False``). ``None`` for formats
+    with fewer than two sections (cot, direct).
     """
-    if fmt not in SECTIONS:
+    f = get_format(fmt)
+    if len(f.tags) < 2:
         return None
-    first, last = SECTIONS[fmt]
-    p = parse(text, fmt, options)
+    first, last = f.tags[0], f.tags[-1]
+    p = f.parse(text, options)
     if first not in p.sections or last not in p.sections:
         return False
     return cross_references(p.sections[first], p.sections[last], options)
@@ -123,7 +117,7 @@ _LAB_BIGRAMS = frozenset(tuple(s.split()) for names in LAB_NAMES for s in names 
 class Findings:
     """The findings of a question stem, each normalised so that a response citing it can be matched."""
 
-    values: frozenset[str]  # clinical values with units, as ``rewards`` normalises them ("150/95mmhg")
+    values: frozenset[str]  # clinical values with units, as ``rewards.clinical_values`` gives them ("150/95mmhg")
     labs: frozenset[str]  # canonical names of the tests mentioned (``LAB_NAMES``)
     phrases: frozenset[tuple[str, str]]  # key clinical phrases: content-word bigrams of one clause
 
@@ -139,7 +133,7 @@ def _labs(text: str) -> frozenset[str]:
 def _phrases(text: str) -> set[tuple[str, str]]:
     out: set[tuple[str, str]] = set()
     for clause in _CLAUSE.split(text):
-        words = _content_words(clause)
+        words = content_words(clause)
         for a, b in zip(words, words[1:]):
             if a in VIGNETTE_WORDS or b in VIGNETTE_WORDS or len(a) < 3 or len(b) < 3:
                 continue
@@ -157,16 +151,16 @@ def stem_findings(question: str, options: Sequence[str] = ()) -> Findings:
     …); pairs that occur in an option are left out, since naming an option is not citing the case.
     """
     option_pairs = set().union(*(_phrases(o) for o in options)) if options else set()
-    return Findings(frozenset(_values(question)), _labs(question), frozenset(_phrases(question) - option_pairs))
+    return Findings(frozenset(clinical_values(question)), _labs(question), frozenset(_phrases(question) - option_pairs))
 
 
 def cited_findings(text: Any, question: str, options: Sequence[str] = ()) -> tuple[int, int]:
     """(findings of the stem the response cites, findings of the stem); see :func:`citation_density`."""
     f = stem_findings(question, options)
     s = completion_text(text)
-    words = _content_words(s)
+    words = content_words(s)
     resp_pairs = set(zip(words, words[1:]))
-    cited = len(f.values & _values(s)) + len(f.labs & _labs(s)) + len(f.phrases & resp_pairs)
+    cited = len(f.values & clinical_values(s)) + len(f.labs & _labs(s)) + len(f.phrases & resp_pairs)
     return cited, f.total
 
 
@@ -246,7 +240,7 @@ def rejected_options(text: Any, options: Sequence[str]) -> set[int]:
 def distractor_rejection(text: Any, options: Sequence[str], answer: str) -> float:
     """Distractor rejection coverage: the share of incorrect options (all but the gold ``answer``) that the
     response names, by letter or by text, and explicitly rejects (:func:`rejected_options`)."""
-    gold = LETTERS.index(str(answer).strip().upper())
+    gold = LETTERS.index(answer)
     wrong = [i for i in range(len(options)) if i != gold]
     if not wrong:
         raise ValueError("distractor rejection needs at least one incorrect option")
@@ -260,11 +254,13 @@ def distractor_rejection(text: Any, options: Sequence[str], answer: str) -> floa
 
 
 def response_metrics(text: Any, item: Mapping[str, Any], fmt: str = "crpo", n_tokens: int | None = None) -> dict[str, Any]:
-    """All judge-free metrics of one response to one record (``question``, ``options``, ``answer``)."""
+    """All judge-free metrics of one response to one record (``question``, ``options``, ``answer``), keyed by
+    their names in the results files (``format_compliance`` is ``well_formed``, ``cross_reference`` is
+    :func:`cites_reasoning`)."""
     opts = list(item["options"])
     return {
-        "format_compliance": format_compliance(text, fmt, opts),
-        "cross_reference": cross_reference(text, fmt, opts),
+        "format_compliance": get_format(fmt).well_formed(text, opts),
+        "cross_reference": cites_reasoning(text, fmt, opts),
         "n_tokens": n_tokens if n_tokens is not None else response_length(text),
         "citation_density": citation_density(text, item["question"], opts),
         "distractor_rejection": distractor_rejection(text, opts, item["answer"]),
@@ -276,8 +272,8 @@ def _mean(values: Iterable[Any]) -> tuple[float | None, int]:
     return (float(np.mean(v)) if v else None), len(v)
 
 
-def summarize(generations_path: str | os.PathLike, dataset: Iterable[Mapping[str, Any]], fmt: str | None = None,
-              per_response: bool = False) -> dict[str, Any]:
+def summarize_generations(generations_path: str | os.PathLike, dataset: Iterable[Mapping[str, Any]],
+                          fmt: str | None = None, per_response: bool = False) -> dict[str, Any]:
     """Means of the judge-free metrics over a generations file (every response counts once).
 
     ``fmt`` defaults to the answer format of the sidecar's prompt kind (crpo when there is none). Each
@@ -290,7 +286,8 @@ def summarize(generations_path: str | os.PathLike, dataset: Iterable[Mapping[str
     path = Path(generations_path)
     records = read_generations(path)
     meta = read_meta(path) or {}
-    fmt = fmt or FORMAT_OF.get(meta.get("prompt_kind") or "crpo", "crpo")
+    kind = meta.get("prompt_kind") or "crpo"
+    fmt = fmt or (kind if kind in FORMATS else "crpo")  # each prompt kind is an answer format
     by_id = {str(r["id"]): r for r in dataset}
     unknown = sorted({str(r["id"]) for r in records} - set(by_id))
     if unknown:
@@ -312,12 +309,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--benchmark", required=True)
     ap.add_argument("--data", default=None)
     ap.add_argument("--split", default=None, help="hub split (default: the evaluation split, e.g. MedMCQA validation)")
-    ap.add_argument("--fmt", default=None, choices=sorted(set(FORMAT_OF.values())))
+    ap.add_argument("--fmt", default=None, choices=sorted(FORMATS))
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     from clinical_r1.data import load_benchmark, write_json
 
-    res = summarize(a.generations, load_benchmark(a.benchmark, path=a.data, split=a.split), fmt=a.fmt)
+    res = summarize_generations(a.generations, load_benchmark(a.benchmark, path=a.data, split=a.split), fmt=a.fmt)
     if a.out:
         write_json(res, a.out)
     log.info("%s", json.dumps(res, indent=2))

@@ -1,6 +1,6 @@
-"""Judge-free metrics on hand-made responses, hostile ones included, and their aggregate over a file.
+"""Judge-free text metrics on hand-made responses, hostile ones included, and their aggregate over a file.
 
-    .venv/bin/pytest tests/test_metrics.py -x -q
+    .venv/bin/pytest tests/test_textmetrics.py -x -q
 """
 
 from __future__ import annotations
@@ -10,9 +10,15 @@ import json
 import pytest
 
 from clinical_r1.evaluate import EvaluationError
-from clinical_r1.metrics import (Findings, citation_density, cited_findings, cross_reference, distractor_rejection,
-                                 format_compliance, option_mentions, rejected_options, response_length,
-                                 response_metrics, stem_findings, summarize)
+from clinical_r1.formats import get_format
+from clinical_r1.textmetrics import (Findings, citation_density, cited_findings, cites_reasoning, distractor_rejection,
+                                     option_mentions, rejected_options, response_length, response_metrics,
+                                     stem_findings, summarize_generations)
+
+
+def well_formed(text, fmt, options=None):
+    """What the ``format_compliance`` column of the text metrics holds."""
+    return get_format(fmt).well_formed(text, options)
 
 STEM = "Her blood pressure is 150/95 mm Hg. Serum TSH is 12 mU/L. She has dry skin."
 OPTIONS = ["Graves disease", "Hashimoto thyroiditis", "Subacute thyroiditis", "Pituitary adenoma"]
@@ -24,24 +30,28 @@ GOOD = ("<dx>\nTSH 12 mU/L with dry skin suggests primary hypothyroidism. Graves
 
 
 def test_format_compliance_hostile():
-    assert format_compliance(GOOD, "crpo", OPTIONS)
-    assert not format_compliance(GOOD.replace("<dx>", ""), "crpo", OPTIONS)  # missing tag
-    assert not format_compliance(GOOD.replace("\\boxed{B}", "\\boxed{B} or \\boxed{C}"), "crpo")  # several boxes
-    assert not format_compliance("preamble " + GOOD, "crpo")  # text outside the sections
-    assert format_compliance(GOOD.replace("\\boxed{B}", "\\boxed{B. Hashimoto thyroiditis}"), "crpo", OPTIONS)
-    assert not format_compliance(GOOD, "grpo")
-    assert format_compliance("<think>x</think><answer>\\boxed{A}</answer>", "grpo")
-    assert format_compliance("step by step ... \\boxed{A}", "cot") and not format_compliance("no box", "cot")
+    assert well_formed(GOOD, "crpo", OPTIONS)
+    assert not well_formed(GOOD.replace("<dx>", ""), "crpo", OPTIONS)  # missing tag
+    assert not well_formed(GOOD.replace("\\boxed{B}", "\\boxed{B} or \\boxed{C}"), "crpo")  # several boxes
+    assert not well_formed("preamble " + GOOD, "crpo")  # text outside the sections
+    assert well_formed(GOOD.replace("\\boxed{B}", "\\boxed{B. Hashimoto thyroiditis}"), "crpo", OPTIONS)
+    assert not well_formed(GOOD, "grpo")
+    assert well_formed("<think>x</think><answer>\\boxed{A}</answer>", "grpo")
+    assert well_formed("step by step ... \\boxed{A}", "cot") and not well_formed("no box", "cot")
 
 
-def test_cross_reference():
-    assert cross_reference(GOOD, "crpo", OPTIONS) is True
+def test_cites_reasoning():
+    assert cites_reasoning(GOOD, "crpo", OPTIONS) is True
     generic = GOOD.split("<conclusion>")[0] + "<conclusion>\nSo the answer follows. \\boxed{B}\n</conclusion>"
-    assert cross_reference(generic, "crpo", OPTIONS) is False
-    assert cross_reference(GOOD.split("<conclusion>")[0], "crpo") is False  # no conclusion section
+    assert cites_reasoning(generic, "crpo", OPTIONS) is False
+    assert cites_reasoning(GOOD.split("<conclusion>")[0], "crpo") is False  # no conclusion section
     # malformed (text outside) but both sections present: still measured
-    assert cross_reference("intro " + GOOD, "crpo", OPTIONS) is True
-    assert cross_reference(GOOD, "cot") is None
+    assert cites_reasoning("intro " + GOOD, "crpo", OPTIONS) is True
+    grpo = GOOD.replace("dx>", "think>").replace("conclusion>", "answer>")
+    assert cites_reasoning(grpo, "grpo", OPTIONS) is True and cites_reasoning(GOOD, "grpo", OPTIONS) is False
+    assert cites_reasoning(GOOD, "cot") is None and cites_reasoning(GOOD, "direct") is None
+    with pytest.raises(ValueError, match="unknown answer format"):
+        cites_reasoning(GOOD, "xml")
 
 
 def test_response_length():
@@ -99,12 +109,12 @@ def test_response_metrics_and_summary(tmp_path):
             {"id": "q0", "sample": 1, "text": "\\boxed{A} \\boxed{B}", "n_tokens": 10}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "g.jsonl.meta.json").write_text(json.dumps({"prompt_kind": "crpo", "n": 2}))
-    s = summarize(path, [ITEM], per_response=True)
+    s = summarize_generations(path, [ITEM], per_response=True)
     assert s["format"] == "crpo" and s["n_responses"] == 2
     assert s["format_compliance"] == {"mean": 0.5, "n": 2} and s["cross_reference"] == {"mean": 0.5, "n": 2}
     assert s["n_tokens"] == {"mean": 50.0, "n": 2} and s["distractor_rejection"]["mean"] == 0.5
     assert len(s["responses"]) == 2
-    assert summarize(path, [ITEM], fmt="cot")["cross_reference"] == {"mean": None, "n": 0}
+    assert summarize_generations(path, [ITEM], fmt="cot")["cross_reference"] == {"mean": None, "n": 0}
     path.write_text(json.dumps({"id": "other-7", "sample": 0, "text": "x"}) + "\n")
     with pytest.raises(EvaluationError, match="not in the dataset.*other-7"):
-        summarize(path, [ITEM])
+        summarize_generations(path, [ITEM])
