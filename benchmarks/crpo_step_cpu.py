@@ -90,7 +90,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--results-dir", default=None)
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from clinical_r1.cli import setup_logging
+
+    setup_logging(level=logging.WARNING)
 
     import torch
 

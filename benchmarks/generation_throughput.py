@@ -183,7 +183,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from clinical_r1.cli import setup_logging
+
+    setup_logging()
     batch_sizes = a.batch_sizes or ([1, 8, 32] if cuda else [1, 4])
     new_tokens = a.new_tokens or (256 if cuda else 32)
     engines = a.engines or (["transformers"] + (["vllm"] if cuda and vllm_importable() else []))

@@ -8,7 +8,7 @@
     client.summary()      # requests sent, retries, cache hits, tokens, cost
 
 Command line (one request, prints the answer and the token summary as JSON):
-    python -m clinical_r1.api --model deepseek-chat --base-url https://api.deepseek.com \
+    python -m clinical_r1 chat --model deepseek-chat --base-url https://api.deepseek.com \
         --key-env DEEPSEEK_API_KEY "Which electrolyte disorder causes peaked T waves?"
 
 Why it is built this way:
@@ -28,7 +28,6 @@ Why it is built this way:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -817,28 +816,3 @@ def make_client(spec: ClientSpec, cache_path: str | os.PathLike | None = None, *
     else:
         backend = OpenAIBackend(config)
     return ChatClient(backend, config, cache_path, **kw)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Send one chat request through clinical_r1.api (cached, retried).")
-    ap.add_argument("prompt")
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--base-url", default=None)
-    ap.add_argument("--key-env", default="OPENAI_API_KEY", help="name of the environment variable holding the key")
-    ap.add_argument("--cache", default=None, help="JSONL cache path (default: none)")
-    args = ap.parse_args(argv)
-    client = make_client(ChatConfig(model=args.model, base_url=args.base_url, api_key_env=args.key_env), args.cache)
-    res = client.complete([ChatRequest("cli", [{"role": "user", "content": args.prompt}], purpose="cli")])[0]
-    out = {"content": res.content, "reasoning_content": res.reasoning_content, "error": res.error,
-           "summary": client.summary()}
-    print(json.dumps(out, indent=2, ensure_ascii=False))  # the CLI's output, not logging
-    if res.error:
-        from clinical_r1.cli import JobFailed
-
-        raise JobFailed(f"the request failed: {res.error}")
-
-
-if __name__ == "__main__":
-    from clinical_r1.cli import module_entry
-
-    module_entry(main)

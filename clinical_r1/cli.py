@@ -47,10 +47,11 @@ Handler = Callable[[argparse.Namespace], Any]
 # ---------------------------------------------------------------------------------------------------
 
 
-def setup_logging(verbose: bool = False, force: bool = False) -> None:
-    """The package's one logging setup: INFO (DEBUG with ``verbose``) with timestamps, quiet HTTP libraries.
-    Notebooks call it with ``force=True`` (Jupyter installs a handler of its own first)."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, force=force)
+def setup_logging(verbose: bool = False, force: bool = False, level: int | None = None) -> None:
+    """The package's one logging setup: INFO (DEBUG with ``verbose``, or ``level``) with timestamps, quiet HTTP
+    libraries. Notebooks call it with ``force=True`` (Jupyter installs a handler of its own first)."""
+    level = level if level is not None else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format=LOG_FORMAT, force=force)
     for noisy in ("httpx", "httpcore", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -321,9 +322,9 @@ def add_textmetrics(sub: Any) -> Handler:
 
     def run(a: argparse.Namespace) -> Any:
         from clinical_r1.files import write_json
-        from clinical_r1.textmetrics import measure_generations
+        from clinical_r1.textmetrics import summarize_generations
 
-        res = measure_generations(a.generations, _benchmark(a), fmt=a.fmt)
+        res = summarize_generations(a.generations, _benchmark(a), fmt=a.fmt)
         if a.out:
             write_json(res, a.out)
         log.info("%s", json.dumps(res, indent=2))

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from clinical_r1.errors import ClinicalR1Error, DataError
-from clinical_r1.files import RowError, iter_rows, read_jsonl, sha256_file, write_json, write_jsonl
+from clinical_r1.files import RowError, iter_rows, sha256_file, write_json, write_jsonl
 from clinical_r1.parsing import LETTERS
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@
     report["kept"], report["dropped"]          # {"wrong_answer": 12, "multiple_boxes": 1, ...}
 
 Command line (items: a JSONL of records; config: a YAML mapping of ChatConfig fields, plus prompt_kind):
-    python -m clinical_r1.distill --items data/train.jsonl --config configs/teacher_deepseek.yaml \
+    python -m clinical_r1 distill --items data/train.jsonl --config configs/teacher_deepseek.yaml \
         --out data/traces.jsonl --cache data/cache/teacher.jsonl [--limit 200]
 
 The teacher is any OpenAI-compatible endpoint or a local transformers model (see :mod:`clinical_r1.api`:
@@ -30,15 +30,14 @@ the conclusion is cut right after its box, which is normalised to ``\\boxed{X}``
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from clinical_r1.api import ChatClient, ChatRequest, make_client
-from clinical_r1.data import DataError, write_json, write_jsonl
+from clinical_r1.errors import DataError
+from clinical_r1.files import write_jsonl
 from clinical_r1.formats import CRPO
 from clinical_r1.parsing import LETTERS, box_letter, find_boxes, is_correct, is_correct_letter
 from clinical_r1.prompts import PROMPT_KINDS, build_messages
@@ -219,7 +218,7 @@ def distill(items: Iterable[Mapping[str, Any]], teacher_config: Any, out_path: s
         kept.append({"id": str(it["id"]), "question": it["question"], "options": list(it["options"]),
                      "answer": it["answer"], "dx": conv.dx, "conclusion": conv.conclusion,
                      "teacher": client.model, "source": it.get("source", "")})
-    write_jsonl(kept, out_path)  # atomic: temporary file, then os.replace
+    write_jsonl(kept, out_path)  # atomic
     report = {
         "teacher": client.model,
         "prompt_kind": kind,
@@ -234,39 +233,6 @@ def distill(items: Iterable[Mapping[str, Any]], teacher_config: Any, out_path: s
     log.info("distill %s (%s prompt): kept %d of %d; dropped %s", client.model, kind, len(kept), len(rows),
              {r: n for r, n in report["dropped"].items() if n})
     return report
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    import yaml
-
-    from clinical_r1.cli import JobFailed
-    from clinical_r1.config import ConfigError
-    from clinical_r1.data import read_jsonl
-    from clinical_r1.locks import exclusive
-
-    ap = argparse.ArgumentParser(description="Distil cold-start <dx>/<conclusion> traces from a teacher model.")
-    ap.add_argument("--items", required=True, help="JSONL of records (id, question, options, answer, source)")
-    ap.add_argument("--config", required=True, help="YAML mapping of ChatConfig fields, plus prompt_kind")
-    ap.add_argument("--out", required=True, help="output JSONL of kept traces")
-    ap.add_argument("--cache", required=True, help="resumable JSONL cache of teacher answers")
-    ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--report", default=None, help="write the report as JSON here (default: <out>.report.json)")
-    args = ap.parse_args(argv)
-    config = yaml.safe_load(Path(args.config).read_text())
-    if not isinstance(config, Mapping):
-        raise ConfigError(f"{args.config}: expected a mapping of teacher settings, got {type(config).__name__}")
-    with exclusive(args.out, "distilled traces"):  # one writer per output (the cache locks itself: api)
-        report = distill(read_jsonl(args.items), config, args.out, args.cache, limit=args.limit)
-        report_path = write_json(report, args.report or f"{args.out}.report.json")
-    log.info("report written to %s", report_path)
-    failed = report["dropped"].get("api_failure", 0)
-    where = f"dropped_ids.api_failure in {report_path}"
-    if report["n_items"] and failed == report["n_items"]:
-        raise JobFailed(f"all {failed} teacher requests failed ({where})")
-    if failed:
-        log.warning("%d of %d teacher requests failed (%s); rerun to retry them (answers are cached)", failed,
-                    report["n_items"], where)
-
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -309,9 +275,3 @@ def compact_trace(trace: Mapping[str, Any], item: Mapping[str, Any]) -> dict[str
     # through "impression <words>": 3 content words in a row, found in <dx> and not in any option.
     conclusion = f"Option {answer} fits the impression of {impression}. \\boxed{{{answer}}}"
     return {"id": str(trace["id"]), "dx": body, "conclusion": conclusion}
-
-
-if __name__ == "__main__":
-    from clinical_r1.cli import module_entry
-
-    module_entry(main)

@@ -5,7 +5,7 @@
     res["overall"]["accuracy"], res["overall"]["accuracy_ci"]
     cmp = compare("results/crpo/medqa.jsonl", "results/grpo/medqa.jsonl", medqa)   # paired bootstrap + McNemar
 
-    python -m clinical_r1.evaluate results/run/medqa.jsonl --benchmark medqa \\
+    python -m clinical_r1 evaluate results/run/medqa.jsonl --benchmark medqa \\
         --data ../shared/benchmarks/medqa_usmle4_test_sample.jsonl --out results/run/medqa.metrics.json
 
 Every answer letter comes from the one parser, ``clinical_r1.parsing.extract_letter(text, item options)``,
@@ -25,7 +25,6 @@ any item has one, and ``by_source`` when the dataset mixes sources.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import logging
@@ -37,6 +36,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from clinical_r1.errors import ClinicalR1Error
+from clinical_r1.files import REPO_ROOT, provenance, write_json
 from clinical_r1.generate import read_generations, read_meta
 from clinical_r1.parsing import extract_letter, is_correct_letter
 
@@ -45,11 +46,10 @@ log = logging.getLogger(__name__)
 N_BOOT = 2000  # bootstrap resamples for every interval
 CONFIDENCE = 0.95  # two-sided interval mass
 BOOT_CHUNK = 4_000_000  # resampled indices held in memory at once (n_boot × n is split into chunks)
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PAPER_REFERENCE = REPO_ROOT / "results" / "paper_reference.json"
 
 
-class EvaluationError(ValueError):
+class EvaluationError(ClinicalR1Error, ValueError):
     """Generations that do not match the dataset they are evaluated on; the message names what differs."""
 
 
@@ -312,14 +312,6 @@ def accuracy_figures(ans: Answers, n_boot: int = N_BOOT, seed: int = 0) -> dict[
     return out
 
 
-def git_commit(repo: Path = REPO_ROOT) -> dict[str, Any]:
-    """The checkout's commit and whether tracked files differ from it (``None`` outside a git checkout)."""
-    from clinical_r1.provenance import git_commit as _git
-
-    g = _git(repo)
-    return {"git_commit": g["commit"], "git_dirty": g["dirty"]}
-
-
 def evaluate(generations_path: str | os.PathLike, dataset: Iterable[Mapping[str, Any]],
              out_path: str | os.PathLike | None = None, n_boot: int = N_BOOT, seed: int = 0,
              dataset_name: str | None = None, n: int | None = None, allow_missing: bool = False) -> dict[str, Any]:
@@ -339,15 +331,13 @@ def evaluate(generations_path: str | os.PathLike, dataset: Iterable[Mapping[str,
         "generations": str(ans.path),
         "n_samples": ans.n,
         "bootstrap": {"n_boot": n_boot, "seed": seed, "confidence": CONFIDENCE},
-        **git_commit(),
+        "provenance": provenance(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "scale": "fraction",
         **accuracy_figures(ans, n_boot=n_boot, seed=seed),
         "missing": ans.missing,
     }
     if out_path is not None:
-        from clinical_r1.data import write_json
-
         write_json(result, out_path)
     return result
 
@@ -437,47 +427,3 @@ def load_paper_reference(path: str | os.PathLike | None = None) -> dict[str, Any
 # ---------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Exit 0 with the metrics logged (and written with ``--out``); 2 for a user error (a missing or malformed
-    file, an evaluation set with no valid row)."""
-    from clinical_r1.cli import add_verbose, run_cli, setup_logging
-
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("generations", help="generations JSONL written by clinical_r1.generate")
-    ap.add_argument("--compare", default=None, help="a second generations file: paired comparison instead")
-    ap.add_argument("--benchmark", required=True, help="medqa, medmcqa, medxpertqa, pubmedqa, jsonl or sample")
-    ap.add_argument("--data", default=None, help="local benchmark file (default: the hub copy)")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--out", default=None, help="results JSON (written atomically)")
-    ap.add_argument("--n-boot", type=int, default=N_BOOT)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--allow-missing", action="store_true", help="count missing samples as invalid answers")
-    add_verbose(ap)
-    a = ap.parse_args(argv)
-    setup_logging(a.verbose)
-    return run_cli(lambda: _evaluate_files(a), verbose=a.verbose)
-
-
-def _evaluate_files(a: Any) -> dict[str, Any]:
-    from clinical_r1.data import load_benchmark, write_json
-
-    ds = load_benchmark(a.benchmark, path=a.data, split=a.split, limit=a.limit)
-    if len(ds) == 0:
-        raise EvaluationError(f"{a.data or a.benchmark}: the evaluation set has no valid row; nothing to score")
-    if a.compare:
-        res = compare(a.generations, a.compare, ds, n_boot=a.n_boot, seed=a.seed, dataset_name=a.benchmark,
-                      allow_missing=a.allow_missing)
-        if a.out:
-            write_json(res, a.out)
-    else:
-        res = evaluate(a.generations, ds, out_path=a.out, n_boot=a.n_boot, seed=a.seed, dataset_name=a.benchmark,
-                       allow_missing=a.allow_missing)
-    log.info("%s", json.dumps(res.get("overall", res), indent=2, default=str))
-    return res
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

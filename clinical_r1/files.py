@@ -102,7 +102,7 @@ def save_figure(fig: Any, path: str | os.PathLike, **kw: Any) -> Path:
 # ---------------------------------------------------------------------------------------------------
 
 
-class RowError(Exception):
+class RowError(ClinicalR1Error):
     """One unreadable row of a file (raised and caught inside the readers, which add file and row)."""
 
     def __init__(self, field_name: str, reason: str):

@@ -4,7 +4,7 @@
     generate(model, tokenizer, medqa, "results/run/medqa.jsonl", prompt_kind="crpo", n=1,
              temperature=0.0, max_new_tokens=1024, batch_size=16, dataset_name="medqa", model_name="crpo-3b")
 
-    python -m clinical_r1.generate --model path/to/model_or_adapter --benchmark medqa \\
+    python -m clinical_r1 generate --model path/to/model_or_adapter --benchmark medqa \\
         --data ../shared/benchmarks/medqa_usmle4_test_sample.jsonl --out results/run/medqa.jsonl --prompt crpo
 
 The model may be a loaded ``transformers``/``peft`` model (generated with ``transformers``, left padding,
@@ -30,7 +30,6 @@ layout (greedy decoding does not, up to padding numerics).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -506,50 +505,3 @@ def _run(engine: Any, tokenizer: Any, todo: list[tuple[Mapping[str, Any], list[i
 # ---------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Exit 0 with every answer written; 1 when none was; 2 for a user error (a bad file, an output in use)."""
-    from clinical_r1.cli import add_verbose, run_cli, setup_logging
-
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", required=True, help="model, merged model, CRPO checkpoint or LoRA adapter folder")
-    ap.add_argument("--benchmark", required=True, help="medqa, medmcqa, medxpertqa, pubmedqa, jsonl or sample")
-    ap.add_argument("--data", default=None, help="local benchmark file (default: the hub copy)")
-    ap.add_argument("--split", default=None, help="hub split (default: the evaluation split, e.g. MedMCQA validation)")
-    ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--prompt", default="crpo", choices=PROMPT_KINDS)
-    ap.add_argument("--n", type=int, default=1)
-    ap.add_argument("--temperature", type=float, default=0.0)
-    ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--max-new-tokens", type=int, default=1024)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--backend", default="auto", choices=("auto", "vllm", "transformers"))
-    ap.add_argument("--model-name", default=None)
-    add_verbose(ap)
-    a = ap.parse_args(argv)
-    setup_logging(a.verbose)
-    return run_cli(lambda: _generate_file(a), verbose=a.verbose)
-
-
-def _generate_file(a: argparse.Namespace) -> Path:
-    from clinical_r1.cli import JobFailed
-    from clinical_r1.data import load_benchmark
-
-    ds = load_benchmark(a.benchmark, path=a.data, split=a.split, limit=a.limit)
-    if len(ds) == 0:
-        raise JobFailed(f"{a.data or a.benchmark}: no questions to answer; no generation written to {a.out}")
-    out = generate(a.model, None, ds, a.out, prompt_kind=a.prompt, n=a.n, temperature=a.temperature,
-                   max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, seed=a.seed, dataset_name=a.benchmark,
-                   model_name=a.model_name, top_p=a.top_p, backend=a.backend)
-    written = len(read_generations(out))
-    if written == 0:
-        raise JobFailed(f"no generation written to {out}")
-    log.info("%s: %d answers (%d questions x %d samples)", out, written, len(ds), a.n)
-    return out
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

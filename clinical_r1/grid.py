@@ -1,8 +1,8 @@
 """The ablation grid: a YAML list of overrides, each crossed with the seeds and run through papermill.
 
-    python -m clinical_r1.pipeline --grid configs/ablations.yaml --dry-run            # list the runs
-    python -m clinical_r1.pipeline --grid configs/ablations.yaml --base-recipe t4 --groups 2x2 --seeds 0
-    python -m clinical_r1.pipeline --gather results/ablations        # rebuild results/ablations/summary.csv
+    python -m clinical_r1 pipeline --grid configs/ablations.yaml --dry-run            # list the runs
+    python -m clinical_r1 pipeline --grid configs/ablations.yaml --base-recipe t4 --groups 2x2 --seeds 0
+    python -m clinical_r1 pipeline --gather results/ablations        # rebuild results/ablations/summary.csv
 
     from clinical_r1.grid import expand_grid, run_grid, gather
     runs = expand_grid("configs/ablations.yaml")                    # list[Run], stable run ids
@@ -25,19 +25,20 @@ other parameters is an error unless ``--force``. :func:`gather` reads every fini
 
 from __future__ import annotations
 
-import hashlib
+import json
 import logging
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from clinical_r1.pipeline import (_STAGE_KEY, DONE_FILE, KERNEL, NOTEBOOKS_DIR, REPO_ROOT, STATUS_FILE, Layer,
-                                  PipelineError, Recipe, StageError, StagePlan, _canonical, _check_used, _git,
-                                  _mapping, _now, _read_yaml, _rel, _unknown, _write_json, check_secrets,
+from clinical_r1.files import (REPO_ROOT, canonical_json, provenance, read_jsonl, read_yaml, sha256_text, write_csv,
+                               write_json)
+from clinical_r1.pipeline import (_STAGE_KEY, DONE_FILE, KERNEL, NOTEBOOKS_DIR, STATUS_FILE, Layer,
+                                  PipelineError, Recipe, StageError, StagePlan, _check_used,
+                                  _mapping, _now, _rel, _unknown, check_secrets,
                                   declared_parameters, load_recipe, read_status, resolve_notebook, run_stages,
                                   stage_parameters)
 
@@ -86,7 +87,7 @@ class Grid:
 def load_grid(path: str | os.PathLike = GRID_FILE) -> Grid:
     """Read and check a grid file (known keys, variant names, sweeps, no secrets)."""
     p = Path(path)
-    data = _read_yaml(p, "grid")
+    data = read_yaml(p, "grid", PipelineError)
     _unknown(data, GRID_KEYS, str(p))
     nbs = data.get("notebooks")
     if not isinstance(nbs, list) or not nbs or not all(_STAGE_KEY.match(str(n)) for n in nbs):
@@ -125,7 +126,9 @@ def _slug(name: str) -> str:
 
 def run_id(variant: str, overrides: Mapping[str, Any], seed: int | None) -> str:
     """``<variant>-s<seed>-<sha256(overrides, seed)[:8]>``: stable, readable, unique per overrides and seed."""
-    digest = hashlib.sha256(_canonical({"overrides": overrides, "seed": seed}).encode()).hexdigest()[:8]
+    # compact JSON, as since the first release: existing grid folders keep their names (and their done runs)
+    digest = sha256_text(json.dumps({"overrides": overrides, "seed": seed}, sort_keys=True, separators=(",", ":"),
+                                    default=str))[:8]
     return f"{_slug(variant)}{'' if seed is None else f'-s{seed}'}-{digest}"
 
 
@@ -177,7 +180,7 @@ def expand_grid(path: str | os.PathLike = GRID_FILE, recipe: str | None = None, 
     seen: dict[str, str] = {}
     for v in grid.variants:
         for name, overrides in _expand_variant(v):
-            key = _canonical(overrides)
+            key = canonical_json(overrides)
             if key in seen:
                 raise PipelineError(f"{grid.path}: variants {seen[key]!r} and {name!r} have the same overrides "
                                     f"{overrides}; keep one and list both groups on it")
@@ -245,7 +248,7 @@ def _done_record(run: Run, plans: Sequence[StagePlan]) -> dict[str, Any]:
 def _stale(done: Mapping[str, Any], record: Mapping[str, Any]) -> list[str]:
     """Notebooks whose recorded parameters differ from the planned ones."""
     old, new = done.get("parameters", {}), record["parameters"]
-    return sorted(k for k in set(old) | set(new) if _canonical(old.get(k)) != _canonical(new.get(k)))
+    return sorted(k for k in set(old) | set(new) if canonical_json(old.get(k)) != canonical_json(new.get(k)))
 
 
 def run_grid(path: str | os.PathLike = GRID_FILE, out: str | os.PathLike | None = None, recipe: str | None = None,
@@ -300,7 +303,7 @@ def run_grid(path: str | os.PathLike = GRID_FILE, out: str | os.PathLike | None 
             done_path.unlink(missing_ok=True)
             start = time.monotonic()
             header = {"kind": "grid-run", "grid": grid.name, "grid_file": _rel(grid.path), "run_id": run.run_id,
-                      "out": str(run_dir), **_git()}
+                      "out": str(run_dir), "provenance": provenance()}
             try:
                 run_stages(plans, run_dir / STATUS_FILE, header, force=force, kernel=kernel, progress=progress,
                            timeout=timeout)
@@ -311,8 +314,8 @@ def run_grid(path: str | os.PathLike = GRID_FILE, out: str | os.PathLike | None 
                 failures.append(f"{run.run_id}: {e}")
                 continue
             record = {**_done_record(run, plans), "finished": _now(),
-                      "duration_s": round(time.monotonic() - start, 2), **_git()}
-            _write_json(record, done_path)  # last: marks the run finished
+                      "duration_s": round(time.monotonic() - start, 2), "provenance": provenance()}
+            write_json(record, done_path)  # last: marks the run finished
         _set(report, run.run_id, "done")
     gather(out_dir)
     if failures:
@@ -376,7 +379,8 @@ def gather(results_dir: str | os.PathLike | None = None, write: bool = True):
     if unfinished:
         log.info("%s: %d unfinished run(s) left out of the summary", root, unfinished)
     if write and root.exists():
-        _write_csv(df, root / SUMMARY_FILE)
+        write_csv(df, root / SUMMARY_FILE)
+        log.info("wrote %s (%d rows)", root / SUMMARY_FILE, len(df))
     return df
 
 
@@ -409,7 +413,6 @@ def _run_rows(run_dir: Path, rid: str) -> list[dict[str, Any]]:
 def _inside_rows(run_dir: Path) -> list[dict[str, Any]]:
     """Each RL run's mean advantage shares and reward-varies rates over its steps (table ``advantage``) and its
     monitor alarms (table ``alarms``: crossings per monitor, the steps in ``benchmark``), as in the study summary."""
-    from clinical_r1.data import read_jsonl
     from clinical_r1.summary import inside_summary
 
     rows: list[dict[str, Any]] = []
@@ -426,15 +429,3 @@ def _inside_rows(run_dir: Path) -> list[dict[str, Any]]:
             rows.append({"table": "alarms", "benchmark": "steps " + ",".join(map(str, at)), "metric": monitor,
                          "value": len(at), "ci_low": None, "ci_high": None})
     return rows
-
-
-def _write_csv(df: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    log.info("wrote %s (%d rows)", path, len(df))

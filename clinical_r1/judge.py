@@ -9,7 +9,7 @@
     agreement(records, records_judge2)   # Spearman and Cohen's kappa between two judges
 
 Command line (generations from clinical_r1.generate, joined by id with the benchmark records):
-    python -m clinical_r1.judge --generations results/run/medqa.jsonl --items data/medqa_test.jsonl \
+    python -m clinical_r1 judge --generations results/run/medqa.jsonl --items data/medqa_test.jsonl \
         --config configs/judge_deepseek.yaml --metrics all --cache results/cache/judge.jsonl \
         --out results/run/judge_medqa.jsonl          # also writes <out>.summary.csv
 
@@ -43,7 +43,6 @@ Rows may be judged by any OpenAI-compatible endpoint or a local transformers mod
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -51,7 +50,6 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from clinical_r1.api import JUDGE_MODES, ChatClient, ChatRequest, make_client
@@ -608,59 +606,3 @@ def agreement_with_reference(records: Sequence[Mapping[str, Any]], reference: Ma
         rho, p = spearman([vals[k] for k in keys], [reference[k[:3]] for k in keys])
         rows.append({"metric": m.name, "n": len(keys), "spearman": rho, "spearman_p": p})
     return pd.DataFrame(rows, columns=["metric", "n", "spearman", "spearman_p"])
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Exit 0 when every request was answered, or some failed (the last line says how many and where); 1 when
-    all failed; 2 for a user error (a missing file, a bad config, an output or cache in use)."""
-    from clinical_r1.cli import add_verbose, run_cli, setup_logging
-
-    ap = argparse.ArgumentParser(description="Judge generated responses with the eight LLM-as-judge metrics.")
-    ap.add_argument("--generations", required=True, help="JSONL from clinical_r1.generate (id, text, model, sample)")
-    ap.add_argument("--items", required=True, help="JSONL of the benchmark records (id, question, options, answer)")
-    ap.add_argument("--config", required=True, help="YAML mapping of ChatConfig fields for the judge")
-    ap.add_argument("--metrics", default="all", help="all, cognitive, faithfulness or a comma-separated list")
-    ap.add_argument("--cache", required=True)
-    ap.add_argument("--out", required=True, help="records JSONL; the summary goes to <out>.summary.csv")
-    ap.add_argument("--k", type=int, default=1, help="judge samples to average (needs temperature > 0)")
-    ap.add_argument("--temperature", type=float, default=None)
-    ap.add_argument("--mode", choices=JUDGE_MODES, default=None,
-                    help="generate or constrained (default: the config's judge_mode; constrained for a local judge)")
-    add_verbose(ap)
-    args = ap.parse_args(argv)
-    setup_logging(args.verbose)
-    return run_cli(lambda: _judge_files(args), verbose=args.verbose)
-
-
-def _judge_files(args: argparse.Namespace) -> None:
-    import yaml
-
-    from clinical_r1.cli import JobFailed
-    from clinical_r1.data import read_jsonl, write_jsonl
-    from clinical_r1.locks import exclusive
-
-    config = yaml.safe_load(Path(args.config).read_text(encoding="utf-8-sig"))
-    metrics = args.metrics if args.metrics in METRIC_GROUPS else args.metrics.split(",")
-    rows = attach_items(read_jsonl(args.generations), read_jsonl(args.items))
-    with exclusive(args.out, "judge output"):  # one writer per output file (the cache locks itself: api)
-        records = judge_responses(rows, metrics, config, args.cache, k=args.k, temperature=args.temperature,
-                                  mode=args.mode)
-        write_jsonl(records, args.out)
-        table = summarize_judgements(records)
-        tmp = f"{args.out}.summary.csv.tmp"
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, f"{args.out}.summary.csv")
-    log.info("judge summary:\n%s", table.to_string(index=False))
-    failed = [r for r in records if r["status"] == "api_failure"]
-    where = f"records with status api_failure in {args.out}"
-    if records and len(failed) == len(records):
-        raise JobFailed(f"all {len(records)} judge requests failed ({where}; first error: {failed[0]['error']})")
-    if failed:
-        log.warning("%d of %d judge requests failed (%s); rerun to retry them (answers are cached)", len(failed),
-                    len(records), where)
-    else:
-        log.info("judged %d response-metric pairs into %s", len(records), args.out)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,11 +1,11 @@
 """Run the numbered notebooks with papermill: a recipe end to end (and, from the command line, an ablation grid).
 
-    python -m clinical_r1.pipeline --recipe demo                     # every stage of configs/recipes/demo.yaml
-    python -m clinical_r1.pipeline --recipe paper --only 04,05 --out results/paper-try2
-    python -m clinical_r1.pipeline --recipe demo --force             # rerun stages already done
-    python -m clinical_r1.pipeline --grid configs/ablations.yaml --dry-run
-    python -m clinical_r1.pipeline --grid configs/ablations.yaml --base-recipe t4 --groups 2x2 --seeds 0
-    python -m clinical_r1.pipeline --gather results/ablations        # rebuild results/ablations/summary.csv
+    python -m clinical_r1 pipeline --recipe demo                     # every stage of configs/recipes/demo.yaml
+    python -m clinical_r1 pipeline --recipe paper --only 04,05 --out results/paper-try2
+    python -m clinical_r1 pipeline --recipe demo --force             # rerun stages already done
+    python -m clinical_r1 pipeline --grid configs/ablations.yaml --dry-run
+    python -m clinical_r1 pipeline --grid configs/ablations.yaml --base-recipe t4 --groups 2x2 --seeds 0
+    python -m clinical_r1 pipeline --gather results/ablations        # rebuild results/ablations/summary.csv
 
     from clinical_r1.pipeline import load_recipe, run_recipe
     run_recipe("demo", only=["01", "04"])
@@ -45,27 +45,23 @@ Notebooks run with kernel ``python3`` (the venv's ipykernel) in the ``notebooks/
 
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-import yaml
-
+from clinical_r1.errors import ClinicalR1Error, JobFailed
+from clinical_r1.files import REPO_ROOT, canonical_json, provenance, read_yaml, sha256_file, write_json
 from clinical_r1.redact import redact
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 RECIPES_DIR = REPO_ROOT / "configs" / "recipes"
 KERNEL = "python3"  # the venv's ipykernel kernelspec
@@ -77,11 +73,11 @@ _STAGE_KEY = re.compile(r"^(\d{2})(?:_[\w-]+)?$")
 _PLACEHOLDERS = ("{out}", "{repo}", "{recipe_out}", "{run_id}")
 
 
-class PipelineError(RuntimeError):
+class PipelineError(ClinicalR1Error, RuntimeError):
     """A recipe, grid or stage that cannot be run as asked; the message names the file, stage or key."""
 
 
-class StageError(PipelineError):
+class StageError(JobFailed, PipelineError):
     """A notebook that raised; the message names the notebook, the cell and the error."""
 
 
@@ -96,32 +92,6 @@ class SecretParameterError(PipelineError):
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _write_json(obj: Any, path: Path) -> None:
-    from clinical_r1.data import write_json
-
-    write_json(obj, path)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def _read_yaml(path: Path, what: str) -> dict[str, Any]:
-    if not path.exists():
-        raise PipelineError(f"{what} file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
-    except yaml.YAMLError as e:
-        raise PipelineError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise PipelineError(f"{path}: a {what} must be a YAML mapping, got {type(data).__name__}")
-    return data
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
@@ -282,7 +252,7 @@ def load_recipe(name_or_path: str | os.PathLike, recipes_dir: str | os.PathLike 
     """Read and check a recipe: known keys only, stage keys ``NN`` or ``NN_name`` (no number twice), parameter
     mappings, no secrets. Notebooks are not opened here (see :func:`plan_recipe`)."""
     path = recipe_path(name_or_path, recipes_dir)
-    data = _read_yaml(path, "recipe")
+    data = read_yaml(path, "recipe", PipelineError)
     _unknown(data, RECIPE_KEYS, str(path))
     name = str(data.get("name") or path.stem)
     if name != path.stem:
@@ -497,7 +467,7 @@ def run_stages(plans: Sequence[StagePlan], status_path: Path, header: Mapping[st
         stages = status.setdefault("stages", {})
         ran = False
         for i, plan in enumerate(plans, start=1):
-            sha = _sha256(plan.notebook)
+            sha = sha256_file(plan.notebook)
             prev = stages.get(plan.name, {})
             reason = _rerun_reason(prev, plan, sha, force, ran, out_dir)
             if reason is None:
@@ -546,7 +516,7 @@ def _rerun_reason(prev: Mapping[str, Any], plan: StagePlan, sha: str, force: boo
         return "not done yet" if not prev else f"last status {prev.get('status')}"
     if upstream_ran:
         return "an earlier stage ran"
-    if _canonical(prev.get("parameters")) != _canonical(plan.parameters):
+    if canonical_json(prev.get("parameters")) != canonical_json(plan.parameters):
         return "parameters changed"
     if prev.get("notebook_sha256") != sha:
         return "notebook changed"
@@ -568,9 +538,7 @@ def _digest(path: Path) -> str:
     st = path.stat()
     if st.st_size > _HASH_LIMIT:
         return f"stat:{st.st_size}:{st.st_mtime_ns}"
-    from clinical_r1.data import file_sha256
-
-    return f"sha256:{file_sha256(path)}"
+    return f"sha256:{sha256_file(path)}"
 
 
 def _listing(out_dir: Path) -> dict[str, tuple[int, int]]:
@@ -605,7 +573,7 @@ def _scrub(executed: Path) -> None:
 
 def _save_status(status: dict[str, Any], path: Path) -> None:
     status["updated"] = _now()
-    _write_json(status, path)
+    write_json(status, path)
 
 
 def _rel(path: Path) -> str:
@@ -613,12 +581,6 @@ def _rel(path: Path) -> str:
         return path.resolve().relative_to(REPO_ROOT).as_posix()
     except ValueError:
         return str(path)
-
-
-def _git() -> dict[str, Any]:
-    from clinical_r1.evaluate import git_commit
-
-    return git_commit()
 
 
 def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike | None = None,
@@ -635,8 +597,8 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike | None
         for p in plans:
             log.info("%s -> %s\n  %s", p.notebook, p.executed, json.dumps(p.parameters, default=str))
         return {"recipe": r.name, "out": str(out_dir), "plan": [p.__dict__ for p in plans]}
-    header = {"kind": "recipe", "recipe": r.name, "recipe_file": _rel(r.path), "recipe_sha256": _sha256(r.path),
-              "out": str(out_dir), **_git()}
+    header = {"kind": "recipe", "recipe": r.name, "recipe_file": _rel(r.path), "recipe_sha256": sha256_file(r.path),
+              "out": str(out_dir), "provenance": provenance()}
     from clinical_r1.locks import exclusive
     from clinical_r1.summary import write_summary
 
@@ -683,64 +645,3 @@ def summary_table(out_dir: str | os.PathLike) -> str:
 # ---------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------
-
-
-def _csv(s: str | None) -> list[str] | None:
-    return [x.strip() for x in s.split(",") if x.strip()] if s else None
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    what = ap.add_mutually_exclusive_group(required=True)
-    what.add_argument("--recipe", help="configs/recipes/<name>.yaml (with --grid: the base recipe)")
-    what.add_argument("--grid", help="an ablation grid, e.g. configs/ablations.yaml")
-    what.add_argument("--gather", metavar="DIR", help="rebuild DIR/summary.csv from finished grid runs")
-    ap.add_argument("--base-recipe", default=None, help="with --grid: the recipe whose parameters the runs start from")
-    ap.add_argument("--recipe-out", default=None, help="with --grid: that recipe's run folder if not its default")
-    ap.add_argument("--only", default=None, help="recipe stages to run, e.g. 01,04")
-    ap.add_argument("--out", default=None, help="run folder (default: the recipe's or grid's 'out')")
-    ap.add_argument("--force", action="store_true", help="rerun stages / runs already done")
-    ap.add_argument("--dry-run", action="store_true", help="show what would run; execute nothing")
-    ap.add_argument("--seeds", default=None, help="grid: seeds to run instead of the file's, e.g. 0,1")
-    ap.add_argument("--variants", default=None, help="grid: only these variants (comma-separated)")
-    ap.add_argument("--groups", default=None, help="grid: only variants in these groups, e.g. 2x2,k")
-    ap.add_argument("--keep-going", action="store_true", help="grid: run the remaining runs after a failure")
-    ap.add_argument("--notebooks", default=str(NOTEBOOKS_DIR), help="folder of the numbered notebooks")
-    ap.add_argument("--timeout", type=float, default=None, help="seconds per cell (default: none)")
-    ap.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
-    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks for user errors")
-    a = ap.parse_args(argv)
-    from clinical_r1.cli import run_cli
-
-    return run_cli(lambda: _main(a), verbose=a.verbose)  # 0 done; 1 a stage failed; 2 a bad recipe, grid or folder
-
-
-def _main(a: argparse.Namespace) -> None:
-    from clinical_r1.grid import SUMMARY_FILE, gather, run_grid
-
-    progress = not a.no_progress
-    if a.gather:
-        df = gather(a.gather)
-        sys.stdout.write(f"{len(df)} rows -> {Path(a.gather) / SUMMARY_FILE}\n")
-    elif a.grid:
-        seeds = [int(s) for s in _csv(a.seeds)] if a.seeds else None
-        report = run_grid(a.grid, out=a.out, recipe=a.base_recipe, seeds=seeds, variants=_csv(a.variants),
-                          groups=_csv(a.groups), force=a.force, dry_run=a.dry_run, keep_going=a.keep_going,
-                          notebooks_dir=a.notebooks, progress=progress, timeout=a.timeout,
-                          recipe_out=a.recipe_out)
-        sys.stdout.write("\n".join(f"{r['run_id']:<44}{r['status']:<9}{r['groups']}" for r in report) + "\n")
-    else:
-        status = run_recipe(a.recipe, out=a.out, only=_csv(a.only), force=a.force, dry_run=a.dry_run,
-                            notebooks_dir=a.notebooks, progress=progress, timeout=a.timeout)
-        if not a.dry_run:
-            from clinical_r1.summary import SUMMARY_MD
-
-            sys.stdout.write(summary_table(status["out"]) + "\n\n")
-            sys.stdout.write((Path(status["out"]) / SUMMARY_MD).read_text(encoding="utf-8"))
-
-
-if __name__ == "__main__":
-    from clinical_r1.cli import setup_logging
-
-    setup_logging("-v" in sys.argv[1:] or "--verbose" in sys.argv[1:])
-    raise SystemExit(main())

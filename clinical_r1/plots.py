@@ -9,7 +9,7 @@
     plots.save(fig, "figures", "accuracy")                           # figures/accuracy.png + .pdf
     plots.make_all("results/demo", "figures")                        # every figure whose inputs exist
 
-    python -m clinical_r1.plots results/demo --out figures [--paper results/paper_reference.json]
+    python -m clinical_r1 figures results/demo --out figures [--paper results/paper_reference.json]
 
 This module only draws. Every plot function takes a tidy ``pandas.DataFrame`` and returns the ``Figure``; the
 readers in :mod:`clinical_r1.results` build those tables from ``results/`` files (never from notebook
@@ -38,16 +38,13 @@ Tidy tables (columns; extra columns are ignored; the readers are in :mod:`clinic
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -58,6 +55,7 @@ from matplotlib.text import Annotation
 from matplotlib.ticker import MaxNLocator
 
 from clinical_r1 import results
+from clinical_r1.files import save_figure
 from clinical_r1.results import K_STAND_IN, PlotDataError, training_metrics
 
 log = logging.getLogger(__name__)
@@ -126,23 +124,10 @@ def _palette(n: int) -> list[tuple[float, float, float]]:
 
 
 def save(fig: Figure, out_dir: str | os.PathLike, name: str) -> list[Path]:
-    """Write ``<out_dir>/<name>.png`` and ``.pdf`` atomically (temporary file, then ``os.replace``)."""
+    """Write ``<out_dir>/<name>.png`` and ``.pdf`` (atomically: :func:`clinical_r1.files.save_figure`)."""
     if not re.fullmatch(r"[\w.-]+", name):
         raise ValueError(f"figure name {name!r}: use letters, digits, '_', '-' and '.' only")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("png", "pdf"):
-        path = out / f"{name}.{ext}"
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=f".{ext}")
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=ext, dpi=DPI, bbox_inches="tight")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        paths.append(path)
+    paths = [save_figure(fig, Path(out_dir) / f"{name}.{ext}", dpi=DPI, bbox_inches="tight") for ext in ("png", "pdf")]
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return paths
 
@@ -206,10 +191,10 @@ def is_lower_better(metric: str, extra: Iterable[str] = ()) -> bool:
 
 
 def judge_lower_is_better() -> list[str]:
-    """Judge metrics where lower is better (``higher_is_better=False`` in :data:`clinical_r1.judge.METRICS`)."""
-    from clinical_r1.judge import JUDGE_METRICS as METRICS
+    """Judge metrics where lower is better (``higher_is_better=False`` in :data:`clinical_r1.judge.JUDGE_METRICS`)."""
+    from clinical_r1.judge import JUDGE_METRICS
 
-    return [m.name for m in METRICS.values() if not m.higher_is_better]
+    return [m.name for m in JUDGE_METRICS.values() if not m.higher_is_better]
 
 
 def _err(df: pd.DataFrame, value: str = "value") -> np.ndarray | None:
@@ -994,20 +979,3 @@ def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
     if skipped:
         log.info("no inputs for: %s", ", ".join(sorted(skipped)))
     return written
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, list[Path]]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("results", help="a run's results folder, e.g. results/demo")
-    ap.add_argument("--out", default="figures", help="folder for the PNG and PDF files")
-    ap.add_argument("--paper", default=None, help="paper reference JSON (default results/paper_reference.json)")
-    ap.add_argument("--ablations", default=None, help="ablation summary.csv: the 2x2 arms and the k trade-off")
-    a = ap.parse_args(argv)
-    return make_all(a.results, a.out, paper_reference=a.paper, ablation_summary=a.ablations)
-
-
-if __name__ == "__main__":
-    from clinical_r1.cli import module_entry
-
-    matplotlib.use("Agg")
-    module_entry(main)

@@ -32,7 +32,6 @@ Tidy tables (columns; extra columns are ignored by the plots):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -43,7 +42,9 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from clinical_r1.errors import DataError
 from clinical_r1.evaluate import load_paper_reference
+from clinical_r1.files import read_json, read_jsonl, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ TRAINING_EXTRA = ("reward", "kl", "completions/mean_length")  # panels after the
 K_STAND_IN = "rewards/cross_reference/mean"  # the k trade-off's judge-free faithfulness axis
 
 
-class PlotDataError(ValueError):
+class PlotDataError(DataError):
     """A results file or table that cannot be plotted; the message names the file or the missing columns."""
 
 
@@ -73,15 +74,6 @@ def result_files(root: Path, pattern: str, exclude: Iterable[str] = EXCLUDE) -> 
         if not any(x in skip or x.startswith("checkpoint-") for x in parts):
             out.append(p)
     return out
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """One JSON document; invalid JSON raises :class:`PlotDataError` naming the file."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise PlotDataError(f"{path}: not valid JSON ({e})") from None
 
 
 def _method_of(path: Path, root: Path, obj: Mapping[str, Any], default: str | None = None) -> str:
@@ -148,11 +140,10 @@ def collect_judge_results(results_dir: str | os.PathLike, pattern: str = "**/*.j
     A judge file is the records JSONL of :func:`clinical_r1.judge.judge_responses`, named
     ``<method folder>/<benchmark>.judge.jsonl``. ``value`` is the mean over records with ``status == "ok"``
     (unparseable and failed calls are counted in ``n_not_ok``, never averaged in); the interval is a 95%
-    bootstrap over those records. ``table`` follows the metric's group in :data:`clinical_r1.judge.METRICS`.
+    bootstrap over those records. ``table`` follows the metric's group in :data:`clinical_r1.judge.JUDGE_METRICS`.
     """
-    from clinical_r1.data import read_jsonl
     from clinical_r1.evaluate import bootstrap_ci
-    from clinical_r1.judge import JUDGE_METRICS as METRICS
+    from clinical_r1.judge import JUDGE_METRICS
 
     root = Path(results_dir)
     rows = []
@@ -161,15 +152,15 @@ def collect_judge_results(results_dir: str | os.PathLike, pattern: str = "**/*.j
         for i, r in enumerate(recs, start=1):
             if not isinstance(r, dict) or not {"metric", "value", "status"} <= set(r):
                 raise PlotDataError(f"{path}: line {i} is not a judge record (needs metric, value, status)")
-            if r["metric"] not in METRICS:
-                raise PlotDataError(f"{path}: line {i}: unknown judge metric {r['metric']!r}; known: {sorted(METRICS)}")
+            if r["metric"] not in JUDGE_METRICS:
+                raise PlotDataError(f"{path}: line {i}: unknown judge metric {r['metric']!r}; known: {sorted(JUDGE_METRICS)}")
         method = _method_of(path, root, {}, default_method)
         bench = path.name[: -len(".judge.jsonl")]
         for metric in dict.fromkeys(r["metric"] for r in recs):
             mine = [r for r in recs if r["metric"] == metric]
             ok = [float(r["value"]) for r in mine if r["status"] == "ok" and r["value"] is not None]
             ci = bootstrap_ci(ok, n_boot=n_boot) if len(ok) > 1 else (np.nan, np.nan)
-            rows.append({"table": JUDGE_TABLES[METRICS[metric].group], "method": method, "benchmark": bench,
+            rows.append({"table": JUDGE_TABLES[JUDGE_METRICS[metric].group], "method": method, "benchmark": bench,
                          "metric": metric, "value": float(np.mean(ok)) if ok else np.nan, "ci_low": ci[0],
                          "ci_high": ci[1], "n": len(ok), "n_not_ok": len(mine) - len(ok)})
             if len(ok) < len(mine):
@@ -187,7 +178,6 @@ def load_training_log(run_dir: str | os.PathLike, label: str | None = None) -> p
     ``run_dir``: the run folder (holding ``metrics.jsonl``) or the file itself; ``label`` defaults to the
     folder name.
     """
-    from clinical_r1.data import read_jsonl
 
     p = Path(run_dir)
     path = p / "metrics.jsonl" if p.is_dir() else p
@@ -247,7 +237,7 @@ def collect_lengths(results_dir: str | os.PathLike, pattern: str = "**/*.jsonl")
 
 def collect_text_metrics(results_dir: str | os.PathLike, pattern: str = "**/*.textmetrics.json",
                          default_method: str | None = None) -> pd.DataFrame:
-    """Every judge-free metrics file (:func:`clinical_r1.metrics.summarize`, written by the evaluation stage
+    """Every judge-free metrics file (:func:`clinical_r1.textmetrics.summarize_generations`, written by the evaluation stage
     as ``<method>/<benchmark>.textmetrics.json``) as ``method, benchmark, format, metric, value, n``: one row
     per ``{"mean", "n"}`` entry (``format_compliance``, ``cross_reference``, ``n_tokens``, ...), the mean as
     stored (a fraction for rates; NaN where undefined, e.g. cross-reference of an untagged format)."""
@@ -257,7 +247,7 @@ def collect_text_metrics(results_dir: str | os.PathLike, pattern: str = "**/*.te
         res = read_json(path)
         if not isinstance(res, dict) or not isinstance(res.get("format_compliance"), dict):
             raise PlotDataError(f"{path}: not a text-metrics result (no 'format_compliance.mean'); "
-                                f"write it with clinical_r1.metrics.summarize")
+                                f"write it with clinical_r1.textmetrics.summarize_generations")
         method = _method_of(path, root, res, default_method)
         bench = res.get("benchmark") or path.name[: -len(".textmetrics.json")]
         for key, v in res.items():
@@ -291,15 +281,13 @@ def training_metrics(df: pd.DataFrame) -> list[str]:
 
 def load_alarm_thresholds(run_dir: str | os.PathLike) -> dict[str, Any]:
     """A run's alarm thresholds: ``metrics.json`` (``alarm_thresholds``), else its ``config.yaml`` ``monitors``."""
-    import yaml
-
     d = Path(run_dir)
     if (d / "metrics.json").is_file():
         t = read_json(d / "metrics.json").get("alarm_thresholds")
         if t:
             return dict(t)
     if (d / "config.yaml").is_file():
-        return dict((yaml.safe_load((d / "config.yaml").read_text()) or {}).get("monitors") or {})
+        return dict(read_yaml(d / "config.yaml", "training config", PlotDataError).get("monitors") or {})
     return {}
 
 
@@ -447,16 +435,17 @@ def method_dirs(out: Path) -> dict[str, Path]:
 
 def rl_run_dirs(out: Path) -> dict[str, Path]:
     """RL run folders: the recipe's (any folder whose config.yaml has ``stage: crpo``) and each grid arm's train run."""
-    import yaml
+    def is_rl(cfg: Path) -> bool:
+        return read_yaml(cfg, "training config", PlotDataError).get("stage") == "crpo"
 
     found = {}
     for p in sorted(out.iterdir()):
         cfg = p / "config.yaml"
-        if p.is_dir() and cfg.is_file() and (yaml.safe_load(cfg.read_text()) or {}).get("stage") == "crpo":
+        if p.is_dir() and cfg.is_file() and is_rl(cfg):
             found[p.name] = p
     for run, rec in grid_runs(out / GRID_DIR):
         for cfg in sorted(run.glob("*/config.yaml")):
-            if (yaml.safe_load(cfg.read_text()) or {}).get("stage") == "crpo":
+            if is_rl(cfg):
                 found.setdefault(rec["variant"], cfg.parent)
     return found
 

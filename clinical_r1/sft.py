@@ -54,7 +54,8 @@ def load_traces(traces: str | os.PathLike | None = None, questions: str | os.Pat
     Raises :class:`TraceError` naming the file, row and field for a trace without ``dx``/``conclusion``
     or whose ``id`` is in neither the trace nor the questions file.
     """
-    from clinical_r1.data import load_benchmark, read_jsonl
+    from clinical_r1.data import load_benchmark
+    from clinical_r1.files import read_jsonl
 
     default_traces, default_questions = default_paths()
     tpath = Path(traces) if traces else default_traces

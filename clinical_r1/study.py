@@ -188,6 +188,8 @@ def evaluate_methods(methods: Mapping[str, Mapping[str, Any]], splits_dir: str |
                      benchmarks: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Generate and score every method on every evaluation set (or on its ``benchmarks`` list).
 
+    A method's ``model`` is ``base`` (``base_model``), a model or run folder, or such a folder under ``{out_dir}``
+    (the placeholder is replaced by ``out_dir``, so one ``out_dir`` parameter moves a whole study).
     Writes ``<out_dir>/<method>/<benchmark>.jsonl`` (+ ``.meta.json``), ``<benchmark>.metrics.json``
     (accuracy, majority vote, CIs) and ``<benchmark>.textmetrics.json`` (judge-free metrics). Finished
     generation files are reused (resumable), so rerunning only rescoring is cheap.
@@ -201,8 +203,9 @@ def evaluate_methods(methods: Mapping[str, Mapping[str, Any]], splits_dir: str |
         sets = {k: v for k, v in sets.items() if k in benchmarks}
     rows = []
     for method, spec in methods.items():
-        model_ref = method_model(str(spec["model"]), base_model)
-        kind = method_prompt(str(spec["model"]), spec.get("prompt"))
+        model = str(spec["model"]).replace("{out_dir}", str(out_dir))
+        model_ref = method_model(model, base_model)
+        kind = method_prompt(model, spec.get("prompt"))
         only = spec.get("benchmarks")  # a method may be scored on some sets only (e.g. a prompt control)
         mine = {b: d for b, d in sets.items() if not only or b in only}
         if only and not mine:

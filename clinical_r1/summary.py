@@ -1,13 +1,13 @@
 """One study's numbers in one file: ``<out>/summary.json`` and a short ``summary.md``, read from the results files.
 
-    python -m clinical_r1.summary results/demo          # (re)writes results/demo/summary.{json,md}, prints the .md
+    python -m clinical_r1 summary results/demo           # (re)writes results/demo/summary.{json,md}, prints the .md
 
     from clinical_r1.summary import build_summary, write_summary
     s = build_summary("results/demo")                    # dict; nothing is recomputed from models
 
 The pipeline writes it after every recipe run (and prints the markdown). The files are found and read with
 :mod:`clinical_r1.results` (the same readers as the figures). It holds, per stage and method:
-- ``stages``: each notebook's seconds from ``pipeline.json``, and the git commit of the run;
+- ``stages``: each notebook's seconds from ``pipeline.json``, and the run's provenance (commit, dirty, versions, device);
 - ``sft``: steps, first/last train loss, best dev loss;
 - ``rl``: per RL run (the recipe's own and the grid's 2x2 arms): steps, mean ``frac_reward_zero_std``, the steps
   with a non-zero loss, and the mean total reward of the first and last thirds of training with a 95% bootstrap
@@ -22,7 +22,6 @@ The pipeline writes it after every recipe run (and prints the markdown). The fil
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
@@ -31,8 +30,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from clinical_r1.data import read_jsonl
-from clinical_r1.results import method_dirs, read_json, rl_run_dirs
+from clinical_r1.files import read_json, read_jsonl, read_yaml, write_json, write_text
+from clinical_r1.results import PlotDataError, method_dirs, rl_run_dirs
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +94,7 @@ def rl_summary(run: Path, n_boot: int = 2000) -> dict[str, Any] | None:
     cfg = run / "config.yaml"
     preset = None
     if cfg.is_file():
-        import yaml
-
-        preset = (yaml.safe_load(cfg.read_text()) or {}).get("reward", {}).get("preset")
+        preset = read_yaml(cfg, "training config", PlotDataError).get("reward", {}).get("preset")
     return {
         "run": str(run), "preset": preset, "steps": len(rows),
         "frac_reward_zero_std_mean": float(np.mean(zero_std)) if zero_std else None,
@@ -232,7 +229,7 @@ def build_summary(out_dir: str | os.PathLike, splits_dir: str | os.PathLike | No
     splits = Path(splits_dir) if splits_dir else out / "data"
     stages = {n: st.get("duration_s") for n, st in status.get("stages", {}).items()}
     s: dict[str, Any] = {
-        "out": str(out), "recipe": status.get("recipe"), "commit": status.get("git_commit"), "dirty": status.get("git_dirty"),
+        "out": str(out), "recipe": status.get("recipe"), "provenance": status.get("provenance") or {},
         "stages_seconds": stages, "total_seconds": round(sum(v or 0 for v in stages.values()), 1),
         "sft": sft_summary(out / "sft"),
         "rl": {name: r for name, p in rl_run_dirs(out).items() if (r := rl_summary(p)) is not None},
@@ -250,7 +247,7 @@ def _fmt(v: Any, spec: str = ".2f") -> str:
 def to_markdown(s: Mapping[str, Any]) -> str:
     """A short human summary: stages, the evaluation table, RL signal, judge and the targets."""
     lines = [f"# Study summary: {s.get('recipe') or s['out']}", "",
-             f"commit `{s.get('commit')}`{' (dirty tree)' if s.get('dirty') else ''}; "
+             f"commit `{s['provenance'].get('commit')}`{' (dirty tree)' if s['provenance'].get('dirty') else ''}; "
              f"stages {s['total_seconds']:.0f} s: "
              + ", ".join(f"{k} {_fmt(v, '.0f')} s" for k, v in s["stages_seconds"].items()), ""]
     if s.get("sft"):
@@ -292,27 +289,9 @@ def to_markdown(s: Mapping[str, Any]) -> str:
 
 def write_summary(out_dir: str | os.PathLike, splits_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Write ``summary.json`` and ``summary.md`` into ``out_dir`` (atomically) and return the summary."""
-    from clinical_r1.data import atomic_write, write_json
 
     s = build_summary(out_dir, splits_dir)
     write_json(s, Path(out_dir) / SUMMARY_JSON)
     md = to_markdown(s)
-    atomic_write(Path(out_dir) / SUMMARY_MD, lambda f: f.write(md))
+    write_text(md, Path(out_dir) / SUMMARY_MD)
     return s
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("out_dir", help="a study folder written by the pipeline, e.g. results/demo")
-    ap.add_argument("--splits", default=None, help="its data folder (default: <out_dir>/data)")
-    a = ap.parse_args(argv)
-    if not (Path(a.out_dir) / "pipeline.json").is_file():
-        ap.error(f"{a.out_dir}: not a study folder (no pipeline.json); run `python -m clinical_r1.pipeline --recipe ...`")
-    write_summary(a.out_dir, a.splits)
-    print((Path(a.out_dir) / SUMMARY_MD).read_text(), end="")
-
-
-if __name__ == "__main__":
-    from clinical_r1.cli import module_entry
-
-    module_entry(main)

@@ -4,7 +4,7 @@
     response_metrics(text, item, fmt="crpo")                    # one response: format, cross-reference, length, ...
     summarize_generations("results/run/medmcqa.jsonl", medmcqa) # means over a generations file
 
-    python -m clinical_r1.textmetrics results/run/medmcqa.jsonl --benchmark medmcqa --data path/to/medmcqa.jsonl
+    python -m clinical_r1 textmetrics results/run/medmcqa.jsonl --benchmark medmcqa --data path/to/medmcqa.jsonl
 
 They approximate, without an LLM judge, what the paper's judged metrics measure (faithfulness, case-grounded
 citation, distractor rejection). Each is documented where it is defined:
@@ -20,8 +20,6 @@ citation, distractor rejection). Each is documented where it is defined:
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import re
@@ -301,27 +299,3 @@ def summarize_generations(generations_path: str | os.PathLike, dataset: Iterable
     if per_response:
         out["responses"] = rows
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("generations")
-    ap.add_argument("--benchmark", required=True)
-    ap.add_argument("--data", default=None)
-    ap.add_argument("--split", default=None, help="hub split (default: the evaluation split, e.g. MedMCQA validation)")
-    ap.add_argument("--fmt", default=None, choices=sorted(FORMATS))
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args(argv)
-    from clinical_r1.data import load_benchmark, write_json
-
-    res = summarize_generations(a.generations, load_benchmark(a.benchmark, path=a.data, split=a.split), fmt=a.fmt)
-    if a.out:
-        write_json(res, a.out)
-    log.info("%s", json.dumps(res, indent=2))
-    return res
-
-
-if __name__ == "__main__":
-    from clinical_r1.cli import module_entry
-
-    module_entry(main)

@@ -5,7 +5,7 @@ once per response; a returned dict must hold ``score`` (the scalar reward) and i
 per sample (``acc`` is the key verl's validation reports as its core metric). The score is exactly
 :func:`clinical_r1.rewards.score` (``total``), so verl and TRL train on the same reward and the same parser.
 
-    python -m clinical_r1.verl_reward data/splits/rl.jsonl data/verl/rl.parquet --prompt crpo \\
+    python -m clinical_r1 verl-export data/splits/rl.jsonl data/verl/rl.parquet --prompt crpo \\
         --data-source clinical_r1/medqa                                  # split file -> verl parquet
 
     from clinical_r1.verl_reward import compute_score, to_verl_parquet
@@ -40,12 +40,13 @@ batch, so one run should use one preset (the keys differ between presets).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from clinical_r1.errors import DataError
+from clinical_r1.files import atomic_path
 from clinical_r1.parsing import LETTERS, is_correct
 from clinical_r1.prompts import PROMPT_KINDS, build_messages
 from clinical_r1.rewards import PRESETS, get_preset, score
@@ -60,7 +61,7 @@ VERL_COLUMNS = ("data_source", "prompt", "ability", "reward_model", "extra_info"
 PRESET_OF_PROMPT = {"crpo": "crpo", "grpo": "grpo"}  # the preset that rewards each prompt's answer format
 
 
-class VerlDataError(ValueError):
+class VerlDataError(DataError):
     """Input that cannot be scored or converted; the message names the row or the field."""
 
 
@@ -172,31 +173,7 @@ def to_verl_parquet(split_jsonl: str | os.PathLike, out_parquet: str | os.PathLi
         raise VerlDataError(f"{split_jsonl}: no records to convert")
     rows = [verl_row(r, i, prompt_kind, data_source, preset) for i, r in enumerate(ds)]
     out = Path(out_parquet)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(out) as tmp:
         pd.DataFrame(rows, columns=list(VERL_COLUMNS)).to_parquet(tmp, index=False)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     log.info("%s: %d verl prompts (%s prompt, %s preset) -> %s", split_jsonl, len(rows), prompt_kind, preset, out)
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("split_jsonl", help="a split file in the record schema (id, question, options, answer, ...)")
-    ap.add_argument("out_parquet")
-    ap.add_argument("--prompt", default="crpo", choices=PROMPT_KINDS)
-    ap.add_argument("--data-source", default="clinical_r1/medqa")
-    ap.add_argument("--preset", default=None, choices=sorted(PRESETS))
-    a = ap.parse_args(argv)
-    return to_verl_parquet(a.split_jsonl, a.out_parquet, prompt_kind=a.prompt, data_source=a.data_source,
-                           preset=a.preset)
-
-
-if __name__ == "__main__":
-    from clinical_r1.cli import module_entry
-
-    module_entry(main)

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from clinical_r1.data import (COLUMNS, ContaminationError, DataError, SplitSizes, decontamination_report,
-                              load_benchmark, load_split, make_splits, normalise_text, read_jsonl, write_jsonl)
+                              load_benchmark, load_split, make_splits, normalise_text)
+from clinical_r1.files import read_jsonl, write_jsonl
 
 BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
 needs_bench = pytest.mark.skipif(not BENCH.exists(), reason="../shared/benchmarks not present")
@@ -223,7 +224,7 @@ def test_split_sizes_too_large(tmp_path):
 
 
 def test_cli_split_and_its_errors(tmp_path):
-    from clinical_r1.__main__ import main
+    from clinical_r1.cli import main
 
     assert main(["split", "--train", "sample", "--out", str(tmp_path / "s"), "--sizes", "20,20,8,8"]) == 0
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())

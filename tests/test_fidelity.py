@@ -63,7 +63,7 @@ def test_every_recipe_with_a_kl_states_its_form(path):
 
 
 def test_check_config_warns_when_the_kl_form_is_left_to_trl(tmp_path, caplog):
-    from clinical_r1.__main__ import main
+    from clinical_r1.cli import main
 
     raw = yaml.safe_load((REPO / "configs/cpu_demo_crpo.yaml").read_text())
     assert C.config_warnings(C.load_config(raw)) == []

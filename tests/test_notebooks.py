@@ -48,6 +48,17 @@ def test_every_notebook_is_thin_and_parameterised():
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path.name} has saved outputs"
 
 
+def test_one_out_dir_parameter_moves_a_whole_study():
+    """Every path a notebook reads or writes derives from ``out_dir`` unless given (``papermill -p out_dir X``
+    moves the study), and the logging setup is the package's own."""
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        params = next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        assert [ln.split("=")[0].strip() for ln in params.splitlines() if "results/demo" in ln] == ["out_dir"], path.name
+        code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+        assert "basicConfig" not in code and "setup_logging(force=True)" in code, path.name
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke")

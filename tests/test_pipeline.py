@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from clinical_r1 import pipeline
+from clinical_r1.cli import main as cli_main
 from clinical_r1.grid import expand_grid, gather, run_grid
 from clinical_r1.pipeline import (PipelineError, SecretParameterError, StageError, check_secrets, load_recipe,
                                   plan_recipe, run_recipe, summary_table)
@@ -119,7 +119,7 @@ def test_failed_stage_stops_the_run_and_names_notebook_cell_and_error(tmp_path: 
     assert "boom from 02" in status["stages"]["02_maybe_fail"]["error"]
     assert "03_after" not in status["stages"] and not (out / "stage03.json").exists()
     assert calls(out) == 1
-    assert pipeline.main(["--recipe", str(recipe), "--notebooks", str(notebooks), "--no-progress"]) == 1
+    assert cli_main(["pipeline", "--recipe", str(recipe), "--notebooks", str(notebooks), "--no-progress"]) == 1
 
 
 def test_parameters_must_be_declared_by_the_notebooks(tmp_path: Path, notebooks: Path) -> None:
@@ -329,10 +329,10 @@ def test_grid_runs_resumes_reports_failures_and_gathers(grid_setup: tuple[Path, 
 
 
 def test_cli_dry_run_lists_the_project_grid(capsys: pytest.CaptureFixture[str]) -> None:
-    assert pipeline.main(["--grid", str(GRID), "--dry-run", "--seeds", "0", "--groups", "2x2"]) == 0
+    assert cli_main(["pipeline", "--grid", str(GRID), "--dry-run", "--seeds", "0", "--groups", "2x2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and all("pending" in ln or "done" in ln for ln in lines)
-    assert pipeline.main(["--recipe", "no-such-recipe"]) == 2  # a user error: one line, exit 2
+    assert cli_main(["pipeline", "--recipe", "no-such-recipe"]) == 2  # a user error: one line, exit 2
 
 
 def test_grid_summary_rows_carry_advantage_shares_and_alarms(tmp_path: Path) -> None:

@@ -160,7 +160,8 @@ def test_consistency_weighs_scripts_without_spaces_by_length(script, text):
 
 def test_gold_on_bundled_samples_scores_full():
     """Test the gold: the project's exemplary traces get the full CRPO reward on their real items."""
-    from clinical_r1.data import load_sample, read_jsonl, sample_traces_path
+    from clinical_r1.data import load_sample, sample_traces_path
+    from clinical_r1.files import read_jsonl
     from clinical_r1.formats import CRPO
 
     items = {r["id"]: r for r in load_sample()}

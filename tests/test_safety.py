@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from clinical_r1 import locks
-from clinical_r1.__main__ import main as cli
+from clinical_r1.cli import main as cli
 from clinical_r1.pipeline import SecretParameterError, StageError, check_secrets, run_recipe
 from openai_server import FakeOpenAIServer
 from test_pipeline import make_notebook, write_recipe
@@ -47,7 +47,7 @@ def test_two_pipelines_on_one_folder_one_is_refused_at_once(tmp_path: Path) -> N
     procs = []
     for seed in (1, 2):
         recipe = write_recipe(tmp_path / f"s{seed}", f"seed{seed}", {"01": {"seed": seed}})
-        procs.append(subprocess.Popen([PY, "-m", "clinical_r1.pipeline", "--recipe", str(recipe), "--out", str(out),
+        procs.append(subprocess.Popen([PY, "-m", "clinical_r1", "pipeline", "--recipe", str(recipe), "--out", str(out),
                                        "--notebooks", str(nbs), "--no-progress"], env=ENV, cwd=REPO,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = [(p.wait(timeout=120), p.stdout.read() + p.stderr.read(), p.pid) for p in procs]
@@ -292,8 +292,6 @@ def test_an_interrupted_stage_is_scrubbed_and_marked_interrupted(tmp_path: Path,
 
 
 def test_api_error_and_judge_cli_redact_url_userinfo(tmp_path: Path, monkeypatch, caplog) -> None:
-    from clinical_r1 import judge
-
     monkeypatch.setenv("PLANTED_KEY_ENV", "sk-Pl4ntedKey0123456789")
     gens, items = tmp_path / "gens.jsonl", tmp_path / "items.jsonl"
     gens.write_text(json.dumps({"id": "q1", "sample": 0, "text": "<dx>x</dx><conclusion>A</conclusion>", "model": "m"}) + "\n")
@@ -303,7 +301,7 @@ def test_api_error_and_judge_cli_redact_url_userinfo(tmp_path: Path, monkeypatch
         cfg = tmp_path / "judge.yaml"
         cfg.write_text(yaml.safe_dump({"model": "j", "base_url": f"http://leakuser:Pl4ntedPass@{host}",
                                        "api_key_env": "PLANTED_KEY_ENV", "judge_mode": "generate"}))
-        code = judge.main(["--generations", str(gens), "--items", str(items), "--config", str(cfg),
+        code = cli(["judge", "--generations", str(gens), "--items", str(items), "--config", str(cfg),
                            "--metrics", "backtracking", "--cache", str(tmp_path / "cache.jsonl"),
                            "--out", str(tmp_path / "out.jsonl")])
     assert code == 2
@@ -319,8 +317,6 @@ def test_api_error_and_judge_cli_redact_url_userinfo(tmp_path: Path, monkeypatch
 
 
 def test_judge_cli_exits_1_when_every_request_failed(tmp_path: Path, monkeypatch, caplog) -> None:
-    from clinical_r1 import judge
-
     monkeypatch.setenv("PLANTED_KEY_ENV", "k")
     gens, items = tmp_path / "gens.jsonl", tmp_path / "items.jsonl"
     gens.write_text("".join(json.dumps({"id": f"q{i}", "sample": 0, "text": "x", "model": "m"}) + "\n" for i in (1, 2)))
@@ -332,7 +328,7 @@ def test_judge_cli_exits_1_when_every_request_failed(tmp_path: Path, monkeypatch
             cfg = tmp_path / "judge.yaml"
             cfg.write_text(yaml.safe_dump({"model": "j", "base_url": srv.base_url, "api_key_env": "PLANTED_KEY_ENV",
                                            "judge_mode": "generate", "max_retries": 0}))
-            return judge.main(["--generations", str(gens), "--items", str(items), "--config", str(cfg), "--metrics",
+            return cli(["judge", "--generations", str(gens), "--items", str(items), "--config", str(cfg), "--metrics",
                                "backtracking", "--cache", str(tmp_path / f"c{time.time()}.jsonl"),
                                "--out", str(tmp_path / "out.jsonl")])
 
@@ -385,25 +381,8 @@ def test_an_evaluation_set_without_a_valid_row_is_an_error(tmp_path: Path) -> No
     assert not (tmp_path / "s").exists()
 
 
-@pytest.mark.parametrize("module,args", [("metrics", ["/nonexistent/gen.jsonl", "--benchmark", "sample"]),
-                                         ("verl_reward", ["/nonexistent/rl.jsonl", "out.parquet"])])
-def test_module_entry_points_exit_2_on_a_missing_file(tmp_path: Path, module: str, args: list) -> None:
-    """Every ``python -m clinical_r1.<module>`` ends through the same CLI tail: exit 2, one line, no traceback."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", f"clinical_r1.{module}", *args], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2, r.stderr
-    assert "/nonexistent/" in r.stderr and "Traceback" not in r.stderr
-    v = subprocess.run([sys.executable, "-m", f"clinical_r1.{module}", *args, "-v"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=120)
-    assert v.returncode == 2 and "Traceback" in v.stderr
-
-
 def test_distill_cli_fails_loudly(tmp_path: Path, monkeypatch, caplog) -> None:
     """distill: all requests failed -> exit 1 naming where; an item without an answer -> exit 2, one line."""
-    from clinical_r1 import distill
-    from clinical_r1.cli import run_cli
-
     monkeypatch.setenv("PLANTED_KEY_ENV", "k")
     items = tmp_path / "items.jsonl"
     items.write_text(json.dumps({"id": "q1", "question": "Q1?", "options": ["a", "b"], "answer": "A"}) + "\n")
@@ -414,10 +393,10 @@ def test_distill_cli_fails_loudly(tmp_path: Path, monkeypatch, caplog) -> None:
                                        "max_retries": 0}))
         args = ["--items", str(items), "--config", str(cfg), "--out", str(tmp_path / "traces.jsonl"),
                 "--cache", str(tmp_path / "cache.jsonl")]
-        assert run_cli(lambda: distill.main(args)) == 1
+        assert cli(["distill", *args]) == 1
         assert "all 1 teacher requests failed" in caplog.records[-1].getMessage()
         items.write_text(json.dumps({"id": "q1", "question": "Q1?", "options": ["a", "b"]}) + "\n")
-        assert run_cli(lambda: distill.main(args)) == 2
+        assert cli(["distill", *args]) == 2
         assert "item row 1: missing field 'answer'" in caplog.records[-1].getMessage()
 
 

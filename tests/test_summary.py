@@ -12,7 +12,8 @@ import json
 
 import pytest
 
-from clinical_r1.data import load_sample, write_json, write_jsonl
+from clinical_r1.data import load_sample
+from clinical_r1.files import write_json, write_jsonl
 from clinical_r1.evaluate import evaluate
 from clinical_r1.formats import CRPO
 from clinical_r1.textmetrics import summarize_generations
@@ -47,7 +48,7 @@ def study(tmp_path):
     (d / "data" / "eval").mkdir(parents=True)
     write_jsonl(ITEMS, d / "data" / "eval" / "sample.jsonl")
     write_json({"eval": {"sample": {"path": "eval/sample.jsonl"}}}, d / "data" / "manifest.json")
-    write_json({"recipe": "demo", "git_commit": "abc", "git_dirty": False,
+    write_json({"recipe": "demo", "provenance": {"commit": "abc", "dirty": False},
                 "stages": {"03_sft": {"duration_s": 100.0}, "04_crpo": {"duration_s": 50.5}}}, d / "pipeline.json")
     well = [CRPO.render(GOOD, f"Thyroid storm with TSH 0.01 mU/L. \\boxed{{{it['answer']}}}") for it in ITEMS]
     _answers(d, "sft", "crpo", well[:3] + ["no tags \\boxed{A}"])  # 3 of 4 well-formed
@@ -62,7 +63,7 @@ def study(tmp_path):
 
 def test_numbers_per_stage_and_method(study):
     s = build_summary(study)
-    assert s["commit"] == "abc" and s["stages_seconds"] == {"03_sft": 100.0, "04_crpo": 50.5}
+    assert s["provenance"]["commit"] == "abc" and s["stages_seconds"] == {"03_sft": 100.0, "04_crpo": 50.5}
     assert s["total_seconds"] == 150.5
     assert s["sft"]["loss_first"] == 2.0 and s["sft"]["loss_last"] == 1.0 and s["sft"]["dev_loss_best"] == 1.5
     ev = {r["method"]: r for r in s["evaluation"]}

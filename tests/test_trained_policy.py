@@ -227,7 +227,7 @@ def test_merge_mode_run_loads_as_the_trained_policy(crpo, sft_adapter):
 def test_merge_cli_writes_the_trained_policy(crpo, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from clinical_r1.__main__ import main
+    from clinical_r1.cli import main
 
     run, held, _ = crpo("merge")
     out = tmp_path / "merged"

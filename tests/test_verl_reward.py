@@ -136,7 +136,10 @@ def test_bad_split_row_names_file_row_and_field(tmp_path):
 
 
 def test_cli(tmp_path):
-    out = V.main([str(_write_split(tmp_path)), str(tmp_path / "cli.parquet"), "--data-source", "clinical_r1/dev"])
+    from clinical_r1.cli import main
+
+    out = tmp_path / "cli.parquet"
+    assert main(["verl-export", str(_write_split(tmp_path)), str(out), "--data-source", "clinical_r1/dev"]) == 0
     assert set(pd.read_parquet(out)["data_source"]) == {"clinical_r1/dev"}
 
 
