@@ -120,7 +120,7 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
     """Mean, p50, p95 and max of per-item latencies, in milliseconds."""
     a = np.asarray(seconds, dtype=float) * 1e3
     if a.size == 0:
-        raise ValueError("no latencies to summarise")
+        raise ValueError("no latencies to summarize")
     return {"n": int(a.size), "mean_ms": float(a.mean()), "p50_ms": float(np.percentile(a, 50)),
             "p95_ms": float(np.percentile(a, 95)), "max_ms": float(a.max())}
 

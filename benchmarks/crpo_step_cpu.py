@@ -55,7 +55,7 @@ def step_rows(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def summarise(rows: list[dict[str, Any]], completions_per_step: int, t_start: float) -> dict[str, Any]:
+def summarize_steps(rows: list[dict[str, Any]], completions_per_step: int, t_start: float) -> dict[str, Any]:
     walls, prev = [], t_start
     for r in rows:
         walls.append(r["time"] - prev)
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         rows = step_rows(read_metrics(run))
         # the first log line's gap includes model loading; measure it from the training start instead
         first = rows[0]["time"] - rows[0].get("step_time", 0.0) if rows[0].get("step_time") else t0
-        summary = summarise(rows, per_step, first)
+        summary = summarize_steps(rows, per_step, first)
     conf = Path(a.config).resolve()
     recipe = {"config": str(conf.relative_to(REPO_ROOT)) if conf.is_relative_to(REPO_ROOT) else str(conf),
               "overrides": [o for o in overrides if not o.startswith("output_root=")],

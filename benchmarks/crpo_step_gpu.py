@@ -224,7 +224,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     from clinical_r1.crpo import run_crpo
     from clinical_r1.data import load_benchmark
     from clinical_r1.runs import read_metrics
-    from crpo_step_cpu import step_rows, summarise
+    from crpo_step_cpu import step_rows, summarize_steps
 
     cfg = load_config(spec["recipe"], stage="crpo")
     args = trainer_args(cfg, cpu_safe=not cuda)  # the config class this process trains with (Unsloth's, if any)
@@ -244,7 +244,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     start = rows[0]["time"] - rows[0]["step_time"] if rows[0].get("step_time") else t0
     held = {k: getattr(args, k) for k in PINNED if hasattr(args, k)}
     out = {"variant": spec["variant"], "G": spec["G"], "total_seconds": time.time() - t0,
-           **summarise(rows, per_step, start),
+           **summarize_steps(rows, per_step, start),
            "questions": {"unique": len(sample), "rows": len(ds), **need},
            "recipe": {"backend": cfg["model"]["backend"], "use_vllm": bool(args.use_vllm), "dtype": cfg["model"]["dtype"],
                       "lora_r": cfg["lora"]["r"], "load_in_4bit": bool(cfg["model"]["load_in_4bit"]),

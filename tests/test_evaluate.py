@@ -161,7 +161,7 @@ def test_accuracy_with_hostile_answers(tmp_path):
     assert saved["model"] == "m" and saved["dataset"] == "medqa" and saved["prompt_kind"] == "crpo"
     assert saved["decoding"] == {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 64, "n": 1, "seed": 3}
     assert saved["bootstrap"]["seed"] == 4 and saved["bootstrap"]["n_boot"] == 300
-    assert "git_commit" in saved and "git_dirty" in saved
+    assert set(saved["provenance"]) == {"commit", "dirty", "versions", "device"}
     assert not list(tmp_path.glob(".res.json*"))  # no temporary file left behind
     row = accuracy_table([res])[0]
     assert (row["accuracy"], row["valid_ratio"], row["accuracy_valid"], row["n_questions"]) == (40.0, 50.0, 80.0, 10)

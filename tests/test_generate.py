@@ -121,7 +121,7 @@ def test_benchmark_generation_then_evaluation(benchmark_policy, tmp_path):
     assert 0.0 <= o["accuracy"] <= o["valid_ratio"] <= 1.0
     assert res["decoding"] == {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": MAX_NEW, "n": 1, "seed": 0}
     on_disk = json.loads((tmp_path / "medqa.metrics.json").read_text())
-    assert on_disk["model"] == "test-model" and on_disk["dataset"] == "medqa" and "git_commit" in on_disk
+    assert on_disk["model"] == "test-model" and on_disk["dataset"] == "medqa" and on_disk["provenance"]["commit"]
 
     before = out.read_bytes()  # a rerun of a finished file generates nothing
     generate(model, tok, ds, out, prompt_kind="cot", max_new_tokens=MAX_NEW, batch_size=2, dataset_name="medqa",
