@@ -28,7 +28,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(BIN)/python -m clinical_r1.pipeline --recipe $(RECIPE)
+	$(BIN)/python -m clinical_r1 pipeline --recipe $(RECIPE)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/

@@ -285,13 +285,15 @@ def add_judge(sub: Any) -> Handler:
                    help="generate or constrained (default: the config's judge_mode; constrained for a local judge)")
 
     def run(a: argparse.Namespace) -> Any:
-        from clinical_r1.judge import METRIC_GROUPS, attach_items, judge_responses, summarize_judgements
+        from clinical_r1.data import load_benchmark
         from clinical_r1.files import read_jsonl, read_yaml, write_csv, write_jsonl
+        from clinical_r1.judge import METRIC_GROUPS, attach_items, judge_responses, summarize_judgements
         from clinical_r1.locks import exclusive
 
         config = read_yaml(a.config, "judge config")
         metrics = a.metrics if a.metrics in METRIC_GROUPS else a.metrics.split(",")
-        rows = attach_items(read_jsonl(a.generations), read_jsonl(a.items))
+        items = load_benchmark("jsonl", path=a.items)  # validated here: the judge trusts the gold letter
+        rows = attach_items(read_jsonl(a.generations), items)
         with exclusive(a.out, "judge output"):  # one writer per output file (the cache locks itself: api)
             records = judge_responses(rows, metrics, config, a.cache, k=a.k, temperature=a.temperature, mode=a.mode)
             write_jsonl(records, a.out)

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from clinical_r1.api import JUDGE_MODES, ChatClient, ChatRequest, make_client
+from clinical_r1.errors import DataError
 from clinical_r1.files import sha256_json, sha256_text
 from clinical_r1.evaluate import spearman
 from clinical_r1.parsing import LETTERS, completion_text
@@ -180,7 +181,7 @@ def resolve_metrics(metrics: str | Sequence[str]) -> list[JudgeMetric]:
 
 
 def distractors(options: Sequence[str], answer: str) -> list[str]:
-    return [LETTERS[i] for i in range(len(options)) if LETTERS[i] != str(answer).strip().upper()]
+    return [LETTERS[i] for i in range(len(options)) if LETTERS[i] != answer]
 
 
 def judge_messages(metric: JudgeMetric, row: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -321,7 +322,7 @@ def attach_items(generations: Iterable[Mapping[str, Any]], items: Iterable[Mappi
     for i, g in enumerate(generations):
         it = by_id.get(str(g["id"]))
         if it is None:
-            raise ValueError(f"generation row {i}: id {g['id']!r} is not among the {len(by_id)} benchmark records")
+            raise DataError(f"id {g['id']!r} is not among the {len(by_id)} benchmark records", row=i + 1)
         out.append({**g, "question": it["question"], "options": list(it["options"]), "answer": it["answer"]})
     return out
 

@@ -454,7 +454,7 @@ def test_sft_loss_is_on_completion_tokens_only(tmp_path, embedded_model_dir):
 
 
 def test_cli_subcommands_and_clear_errors(capsys):
-    from clinical_r1.__main__ import SUBCOMMANDS, build_parser, main
+    from clinical_r1.cli import SUBCOMMANDS, build_parser, main
 
     assert {"sft", "crpo", "merge"} <= set(SUBCOMMANDS)
     parser, _ = build_parser()
