@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
-from clinical_r1.errors import ClinicalR1Error
+from clinical_r1.errors import ClinicalR1Error, UsageError
 from clinical_r1.files import sha256_json
 from clinical_r1.redact import redact, register_secret
 
@@ -108,16 +108,16 @@ class ChatConfig:
 
     def __post_init__(self) -> None:
         if self.backend not in ("openai", "local"):
-            raise ValueError(f"ChatConfig.backend must be 'openai' or 'local', got {self.backend!r}")
+            raise UsageError(f"ChatConfig.backend must be 'openai' or 'local', got {self.backend!r}")
         if not self.model:
-            raise ValueError("ChatConfig.model must be a non-empty model name")
+            raise UsageError("ChatConfig.model must be a non-empty model name")
         if self.judge_mode not in (None, *JUDGE_MODES):
-            raise ValueError(f"ChatConfig.judge_mode must be one of {JUDGE_MODES} or None, got {self.judge_mode!r}")
+            raise UsageError(f"ChatConfig.judge_mode must be one of {JUDGE_MODES} or None, got {self.judge_mode!r}")
         if self.judge_mode == "constrained" and self.backend != "local":
-            raise ValueError("judge_mode 'constrained' reads next-token probabilities from a local model: "
+            raise UsageError("judge_mode 'constrained' reads next-token probabilities from a local model: "
                              "use backend: local, or judge_mode: generate for an API judge")
         if self.concurrency < 1 or self.max_retries < 0:
-            raise ValueError(f"ChatConfig needs concurrency >= 1 and max_retries >= 0, got "
+            raise UsageError(f"ChatConfig needs concurrency >= 1 and max_retries >= 0, got "
                              f"{self.concurrency} and {self.max_retries}")
 
     @classmethod
@@ -126,7 +126,7 @@ class ChatConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown chat config key(s) {unknown}; known keys: {sorted(names)}")
+            raise UsageError(f"unknown chat config key(s) {unknown}; known keys: {sorted(names)}")
         return cls(**dict(d))
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
@@ -816,3 +816,9 @@ def make_client(spec: ClientSpec, cache_path: str | os.PathLike | None = None, *
     else:
         backend = OpenAIBackend(config)
     return ChatClient(backend, config, cache_path, **kw)
+
+
+if __name__ == "__main__":  # the entry point of earlier releases: an alias of `python -m clinical_r1 chat`
+    from clinical_r1.cli import alias
+
+    alias("chat")

@@ -65,8 +65,8 @@ def run_cli(job: Callable[[], Any], verbose: bool = False) -> int:
     """Run ``job`` and turn its failure into an exit code: 1 for a failed job or stage, 2 for a user error."""
     try:
         job()
-    except JobFailed as e:
-        log.error("%s", one_line(e), exc_info=verbose)
+    except JobFailed as e:  # its message as written: a failed stage names its cell and executed notebook
+        log.error("%s", redact(str(e)), exc_info=verbose)
         return 1
     except (ClinicalR1Error, *USER_OS_ERRORS) as e:
         log.error("%s", one_line(e), exc_info=verbose)
@@ -143,11 +143,12 @@ def add_distill(sub: Any) -> Handler:
     p.add_argument("--report", default=None, help="write the report as JSON here (default: <out>.report.json)")
 
     def run(a: argparse.Namespace) -> Any:
+        from clinical_r1.config import ConfigError
         from clinical_r1.distill import distill
         from clinical_r1.files import read_jsonl, read_yaml, write_json
         from clinical_r1.locks import exclusive
 
-        config = read_yaml(a.config, "teacher config")
+        config = read_yaml(a.config, "teacher config", ConfigError)
         with exclusive(a.out, "distilled traces"):  # one writer per output (the cache locks itself: api)
             report = distill(read_jsonl(a.items), config, a.out, a.cache, limit=a.limit)
             report_path = write_json(report, a.report or f"{a.out}.report.json")
@@ -285,12 +286,13 @@ def add_judge(sub: Any) -> Handler:
                    help="generate or constrained (default: the config's judge_mode; constrained for a local judge)")
 
     def run(a: argparse.Namespace) -> Any:
+        from clinical_r1.config import ConfigError
         from clinical_r1.data import load_benchmark
         from clinical_r1.files import read_jsonl, read_yaml, write_csv, write_jsonl
         from clinical_r1.judge import METRIC_GROUPS, attach_items, judge_responses, summarize_judgements
         from clinical_r1.locks import exclusive
 
-        config = read_yaml(a.config, "judge config")
+        config = read_yaml(a.config, "judge config", ConfigError)
         metrics = a.metrics if a.metrics in METRIC_GROUPS else a.metrics.split(",")
         items = load_benchmark("jsonl", path=a.items)  # validated here: the judge trusts the gold letter
         rows = attach_items(read_jsonl(a.generations), items)
@@ -516,6 +518,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     for p in sub.choices.values():  # -v also after the subcommand; SUPPRESS keeps a -v given before it
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging; tracebacks")
     return parser, handlers
+
+
+def alias(stage: str) -> None:
+    """The old ``python -m clinical_r1.<module>`` entry points: the same as ``python -m clinical_r1 <stage>``."""
+    sys.exit(main([stage, *sys.argv[1:]]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,8 +33,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from clinical_r1.errors import ClinicalR1Error, DataError
-from clinical_r1.files import RowError, iter_rows, sha256_file, write_json, write_jsonl
+from clinical_r1.errors import ClinicalR1Error, DataError, UnknownName, UsageError
+from clinical_r1.files import RowError, iter_rows, read_json, sha256_file, write_json, write_jsonl
 from clinical_r1.parsing import LETTERS
 
 log = logging.getLogger(__name__)
@@ -317,7 +317,7 @@ def sample_traces_path(style: str = "full") -> Path:
     ``compact``: ~130 tokens, derived from the full ones by ``distill.compact_trace`` (the CPU demo's cold start).
     """
     if style not in TRACE_FILES:
-        raise ValueError(f"unknown trace style {style!r}; choose one of {list(TRACE_FILES)}")
+        raise UsageError(f"unknown trace style {style!r}; choose one of {list(TRACE_FILES)}")
     return Path(str(resources.files("clinical_r1") / "resources" / TRACE_FILES[style]))
 
 
@@ -381,12 +381,12 @@ def load_benchmark(name: str, path: str | os.PathLike | None = None, split: str 
     returns ``(dataset, SkipReport)``, whose ``flagged`` lists the odd rows that were kept.
     """
     if name not in NORMALISERS:
-        raise ValueError(f"unknown benchmark {name!r}; choose one of {sorted(NORMALISERS)}")
+        raise UsageError(f"unknown benchmark {name!r}; choose one of {sorted(NORMALISERS)}")
     split = split or EVAL_SPLITS.get(name, "test")
     if name == "sample" and path is None:
         path = sample_path()
     if path is None and name == "jsonl":
-        raise ValueError("benchmark 'jsonl' needs a path")
+        raise UsageError("benchmark 'jsonl' needs a path")
     if path is not None:
         p = Path(path)
         rows = list(iter_rows(p))
@@ -422,12 +422,12 @@ def _hub_rows(name: str, split: str) -> tuple[list[tuple[int, Any]], str]:
     from datasets import load_dataset
 
     if name not in HUB_IDS:
-        raise ValueError(f"benchmark {name!r} has no hub copy; pass path=")
+        raise UsageError(f"benchmark {name!r} has no hub copy; pass path=")
     hub_id, config = HUB_IDS[name]
     try:
         ds = load_dataset(hub_id, config, split=split) if config else load_dataset(hub_id, split=split)
     except Exception as e:  # datasets raises many types (ConnectionError, DatasetNotFoundError, ...)
-        raise RuntimeError(f"could not load {hub_id} split {split!r} from the hub ({type(e).__name__}: {e}); "
+        raise DataError(f"could not load {hub_id} split {split!r} from the hub ({type(e).__name__}: {e}); "
                            f"download it and pass path= to load a local file") from e
     return list(enumerate(ds, start=1)), f"hf://{hub_id}/{split}"
 
@@ -613,9 +613,9 @@ def write_split_set(out_dir: str | os.PathLike, fill: Callable[[Path], Any]) -> 
 def load_split(out_dir: str | os.PathLike, name: str):
     """One split written by :func:`make_splits` (``sft``, ``rl`` or ``dev``), checked against its manifest hash."""
     out = Path(out_dir)
-    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8-sig"))
+    manifest = read_json(out / "manifest.json")
     if name not in manifest["files"]:
-        raise KeyError(f"{out}/manifest.json has no split {name!r}; it has {sorted(manifest['files'])}")
+        raise UnknownName(f"{out}/manifest.json has no split {name!r}; it has {sorted(manifest['files'])}")
     path = out / manifest["files"][name]["path"]
     if sha256_file(path) != manifest["files"][name]["sha256"]:
         raise DataError(f"{path}: content hash differs from manifest.json; the split was modified")

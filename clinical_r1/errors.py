@@ -39,3 +39,13 @@ class JobFailed(ClinicalR1Error, RuntimeError):
 
 class DataError(ClinicalR1Error, ValueError):
     """A malformed input row or file; the message names the file, the row and the field."""
+
+
+class UsageError(ClinicalR1Error, ValueError):
+    """A bad name, option or setting given by the user: an unknown benchmark, prompt kind or key; exit 2."""
+
+
+class UnknownName(UsageError, KeyError):
+    """An unknown registry name (reward, preset, judge metric, split); also a ``KeyError``."""
+
+    __str__ = Exception.__str__  # the message, without KeyError's quotes

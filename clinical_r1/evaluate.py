@@ -26,7 +26,6 @@ any item has one, and ``by_source`` when the dataset mixes sources.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
 from collections import Counter
@@ -37,7 +36,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from clinical_r1.errors import ClinicalR1Error
-from clinical_r1.files import REPO_ROOT, provenance, write_json
+from clinical_r1.files import REPO_ROOT, provenance, read_json, write_json
 from clinical_r1.generate import read_generations, read_meta
 from clinical_r1.parsing import extract_letter, is_correct_letter
 
@@ -318,7 +317,7 @@ def evaluate(generations_path: str | os.PathLike, dataset: Iterable[Mapping[str,
     """Accuracy of one generations file on ``dataset``; written atomically to ``out_path`` as JSON when given.
 
     The result records the model, dataset, prompt kind and decoding settings (from the generations
-    sidecar), the bootstrap seed and size, and the git commit of this checkout.
+    sidecar), the bootstrap seed and size, and the provenance record (:func:`clinical_r1.files.provenance`).
     """
     ans = load_answers(generations_path, dataset, dataset_name=dataset_name, n=n, allow_missing=allow_missing)
     meta = ans.meta
@@ -408,7 +407,7 @@ def load_paper_reference(path: str | os.PathLike | None = None) -> dict[str, Any
     """
     p = Path(path) if path is not None else PAPER_REFERENCE
     try:
-        ref = json.loads(p.read_text(encoding="utf-8"))
+        ref = read_json(p)
     except FileNotFoundError:
         raise FileNotFoundError(f"{p}: paper reference file not found") from None
     methods = ref.get("methods")
@@ -427,3 +426,9 @@ def load_paper_reference(path: str | os.PathLike | None = None) -> dict[str, Any
 # ---------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------
+
+
+if __name__ == "__main__":  # the entry point of earlier releases: an alias of `python -m clinical_r1 evaluate`
+    from clinical_r1.cli import alias
+
+    alias("evaluate")

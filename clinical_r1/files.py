@@ -17,8 +17,8 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
-from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -30,8 +30,8 @@ from clinical_r1.errors import ClinicalR1Error, DataError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark (Windows editors) is not data
 # the libraries whose versions a result records
-LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "unsloth", "vllm", "papermill",
-             "numpy", "bitsandbytes", "clinical-r1")
+LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "unsloth", "unsloth_zoo", "vllm",
+             "papermill", "numpy", "bitsandbytes", "triton", "deepspeed", "clinical-r1")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -233,13 +233,12 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
-@lru_cache(maxsize=1)
 def device_info() -> dict[str, Any]:
-    """The host, CPU and (with CUDA) GPU of this process; torch is imported only if installed."""
+    """The host, CPU and, when this process has imported torch (a training or generation stage), its threads
+    and GPU; a process without torch (the pipeline, evaluation) is not made to import it."""
     info: dict[str, Any] = {"host": platform.node(), "machine": platform.machine(), "cpu_count": os.cpu_count()}
-    try:
-        import torch
-    except ImportError:
+    torch = sys.modules.get("torch")
+    if torch is None:
         return info
     info.update(cuda=torch.cuda.is_available(), cpu_threads=torch.get_num_threads())
     if torch.cuda.is_available():

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from clinical_r1.errors import UnknownName
 from clinical_r1.parsing import Parsed, parse_structure
 
 
@@ -82,7 +83,7 @@ FORMATS: dict[str, AnswerFormat] = {f.name: f for f in (CRPO, GRPO, COT, DIRECT)
 def get_format(name: str) -> AnswerFormat:
     """The answer format called ``name``; a ``ValueError`` naming the known formats otherwise."""
     if name not in FORMATS:
-        raise ValueError(f"unknown answer format {name!r}; known formats: {sorted(FORMATS)}")
+        raise UnknownName(f"unknown answer format {name!r}; known formats: {sorted(FORMATS)}")
     return FORMATS[name]
 
 

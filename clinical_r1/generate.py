@@ -300,7 +300,7 @@ class VLLMBackend:
     def from_path(cls, path: str | os.PathLike, seed: int = 0, **llm_kwargs: Any) -> "VLLMBackend":
         """A vLLM engine for a model folder; a trained adapter folder is served as a LoRA on its base (with any
         merged cold-start adapter merged in, see ``models.serving_folders``), never merged into it: an adapter
-        trained on a 4-bit base (the T4 recipes) runs as a LoRA on the full-precision base.
+        trained on a 4-bit base (the T4 training configs) runs as a LoRA on the full-precision base.
 
         ``dtype`` defaults to bf16 on a GPU with bf16 and fp16 otherwise (``models.bf16_supported``; vLLM refuses
         a bf16 checkpoint's own dtype on a T4); ``max_lora_rank`` is the adapter's rank rounded up to a value
@@ -505,3 +505,9 @@ def _run(engine: Any, tokenizer: Any, todo: list[tuple[Mapping[str, Any], list[i
 # ---------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------
+
+
+if __name__ == "__main__":  # the entry point of earlier releases: an alias of `python -m clinical_r1 generate`
+    from clinical_r1.cli import alias
+
+    alias("generate")

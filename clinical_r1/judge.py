@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from clinical_r1.api import JUDGE_MODES, ChatClient, ChatRequest, make_client
-from clinical_r1.errors import DataError
+from clinical_r1.errors import DataError, UnknownName, UsageError
 from clinical_r1.files import sha256_json, sha256_text
 from clinical_r1.evaluate import spearman
 from clinical_r1.parsing import LETTERS, completion_text
@@ -170,7 +170,7 @@ def resolve_metrics(metrics: str | Sequence[str]) -> list[JudgeMetric]:
     names = METRIC_GROUPS.get(metrics, [metrics]) if isinstance(metrics, str) else list(metrics)
     unknown = [n for n in names if n not in JUDGE_METRICS]
     if unknown:
-        raise KeyError(f"unknown judge metric(s) {unknown}; known: {list(JUDGE_METRICS)} "
+        raise UnknownName(f"unknown judge metric(s) {unknown}; known: {list(JUDGE_METRICS)} "
                        f"or groups {list(METRIC_GROUPS)}")
     return [JUDGE_METRICS[n] for n in names]
 
@@ -332,9 +332,9 @@ def judge_mode(client: ChatClient, mode: str | None = None) -> str:
     (a :class:`~clinical_r1.api.LocalBackend` defaults to ``constrained``), else ``generate``."""
     mode = mode or client.config.judge_mode or getattr(client.backend, "judge_mode", None) or "generate"
     if mode not in JUDGE_MODES:
-        raise ValueError(f"judge mode must be one of {JUDGE_MODES}, got {mode!r}")
+        raise UsageError(f"judge mode must be one of {JUDGE_MODES}, got {mode!r}")
     if mode == "constrained" and not hasattr(client.backend, "next_token_probs"):
-        raise ValueError(f"judge {client.model!r}: constrained mode needs a local model's next-token "
+        raise UsageError(f"judge {client.model!r}: constrained mode needs a local model's next-token "
                          f"probabilities; an API judge runs in mode 'generate'")
     return mode
 
@@ -356,7 +356,7 @@ def judge_responses(rows: Iterable[Mapping[str, Any]], metrics: str | Sequence[s
     mode = judge_mode(client, mode)
     temp = temperature if temperature is not None else client.config.temperature
     if k < 1 or (k > 1 and (not temp or mode == "constrained")):
-        raise ValueError(f"k={k} judge samples: k must be >= 1, and k > 1 needs temperature > 0 (got {temp}) "
+        raise UsageError(f"k={k} judge samples: k must be >= 1, and k > 1 needs temperature > 0 (got {temp}) "
                          f"and mode 'generate' (got {mode!r}; constrained scoring is deterministic)")
     need_answer = any(m.kind == "letters" for m in ms)
     norm = [normalise_row(r, i, need_answer) for i, r in enumerate(rows)]
@@ -607,3 +607,9 @@ def agreement_with_reference(records: Sequence[Mapping[str, Any]], reference: Ma
         rho, p = spearman([vals[k] for k in keys], [reference[k[:3]] for k in keys])
         rows.append({"metric": m.name, "n": len(keys), "spearman": rho, "spearman_p": p})
     return pd.DataFrame(rows, columns=["metric", "n", "spearman", "spearman_p"])
+
+
+if __name__ == "__main__":  # the entry point of earlier releases: an alias of `python -m clinical_r1 judge`
+    from clinical_r1.cli import alias
+
+    alias("judge")

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from clinical_r1.errors import ClinicalR1Error, JobFailed
+from clinical_r1.errors import ClinicalR1Error, DataError, JobFailed
 from clinical_r1.files import REPO_ROOT, canonical_json, provenance, read_yaml, sha256_file, write_json
 from clinical_r1.redact import redact
 
@@ -617,7 +617,7 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike | None
 def summary_table(out_dir: str | os.PathLike) -> str:
     """Plain text: the stages of ``<out>/pipeline.json``, the accuracy of every evaluation result under
     ``out_dir`` (percent, 95% CI) and the judge means per method — read from the results files."""
-    from clinical_r1.results import PlotDataError, collect_eval_results, collect_judge_results
+    from clinical_r1.results import collect_eval_results, collect_judge_results
 
     out = Path(out_dir)
     status = read_status(out / STATUS_FILE)
@@ -628,7 +628,7 @@ def summary_table(out_dir: str | os.PathLike) -> str:
     try:
         acc = collect_eval_results(out)
         judged = collect_judge_results(out, n_boot=200)
-    except PlotDataError as e:
+    except DataError as e:  # a results file that is not valid JSON or lacks its fields (results.PlotDataError)
         lines.append(f"results unreadable: {e}")
         return "\n".join(lines)
     if acc.empty:
@@ -645,3 +645,9 @@ def summary_table(out_dir: str | os.PathLike) -> str:
 # ---------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------
+
+
+if __name__ == "__main__":  # the entry point of earlier releases: an alias of `python -m clinical_r1 pipeline`
+    from clinical_r1.cli import alias
+
+    alias("pipeline")

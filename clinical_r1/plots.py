@@ -732,7 +732,7 @@ def monitor_metrics(df: pd.DataFrame) -> list[str]:
 
 
 def plot_monitors(df: pd.DataFrame, thresholds: Mapping[str, Any] | None = None, ncols: int = 4) -> Figure:
-    """The reward-hacking monitors per step, one panel each (one line per run), the recipe's threshold as a
+    """The reward-hacking monitors per step, one panel each (one line per run), the training config's threshold as a
     dashed red line and every step above it as a red cross (an upward crossing is an alarm in ``metrics.json``).
     ``df``: ``run, step, metric, value``; ``thresholds``: monitor name -> value
     (:func:`results.load_alarm_thresholds`)."""
@@ -883,7 +883,7 @@ def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
     Figures: ``accuracy``, ``cognitive_behaviours``, ``faithfulness``, ``format_by_method`` (format
     compliance, cross-reference rate, valid answers), ``training_curves``, ``crpo_rewards`` (reward components
     and ``frac_reward_zero_std`` of every RL run), ``advantage_shares`` (which reward drives the advantage, per
-    RL run), ``monitors`` (reward-hacking monitors with the recipe's thresholds), ``sft_loss``,
+    RL run), ``monitors`` (reward-hacking monitors with the training config's thresholds), ``sft_loss``,
     ``response_length``, ``k_tradeoff`` (Pareto-optimal k ringed).
 
     Inputs: the evaluation, text-metric, judge, training and generation files under ``results_dir`` (a recipe
@@ -899,7 +899,7 @@ def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
     order = results.paper_methods(ref, method_map) if ref else None
     rename = dict(method_map or {})
     labels = {rename.get(m, m): v for m, v in (ref or {}).get("method_labels", {}).items()}
-    summary = pd.read_csv(ablation_summary) if ablation_summary is not None and Path(ablation_summary).exists() else None
+    summary = results.read_grid_summary(ablation_summary) if ablation_summary is not None else None
     grid_dir = Path(ablation_summary).parent if summary is not None else None
     written: dict[str, list[Path]] = {}
     from_grid: dict[str, int] = {}  # grid variant shown as a method -> its number of seeds
@@ -979,3 +979,9 @@ def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
     if skipped:
         log.info("no inputs for: %s", ", ".join(sorted(skipped)))
     return written
+
+
+if __name__ == "__main__":  # the entry point of earlier releases: an alias of `python -m clinical_r1 figures`
+    from clinical_r1.cli import alias
+
+    alias("figures")

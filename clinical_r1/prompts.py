@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from clinical_r1.errors import UsageError
 from clinical_r1.formats import FORMATS
 from clinical_r1.parsing import LETTERS
 
@@ -33,7 +34,7 @@ def build_messages(item: Mapping[str, Any], kind: str = "crpo", system: bool = T
     ``system=False`` folds the instructions into the user turn, for chat templates without a system role.
     """
     if kind not in FORMATS:
-        raise ValueError(f"unknown prompt kind {kind!r}; choose one of {list(PROMPT_KINDS)}")
+        raise UsageError(f"unknown prompt kind {kind!r}; choose one of {list(PROMPT_KINDS)}")
     instructions = FORMATS[kind].instructions
     user = user_prompt(item["question"], item["options"])
     if system:

@@ -10,7 +10,8 @@
 Every function here reads files (or a loaded table) and returns data; none draws, and nothing here imports
 matplotlib, so the pipeline (``clinical_r1.grid.gather``), the study summary (:mod:`clinical_r1.summary`) and
 the figures (:mod:`clinical_r1.plots`) read results the same way. Files are ``results/`` files, never notebook
-outputs; a file that is not what its name says raises :class:`PlotDataError` naming it.
+outputs; a file that is not what its name says raises :class:`PlotDataError` naming it (invalid JSON: its parent
+:class:`~clinical_r1.errors.DataError`).
 
 Tidy tables (columns; extra columns are ignored by the plots):
 
@@ -62,6 +63,11 @@ class PlotDataError(DataError):
 # ---------------------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------------------
+
+
+def read_grid_summary(path: str | os.PathLike) -> pd.DataFrame | None:
+    """An ablation grid's ``summary.csv`` (:func:`clinical_r1.grid.gather`), or ``None`` when it does not exist."""
+    return pd.read_csv(path) if Path(path).is_file() else None
 
 
 def result_files(root: Path, pattern: str, exclude: Iterable[str] = EXCLUDE) -> list[Path]:

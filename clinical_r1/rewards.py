@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from clinical_r1.formats import CRPO, FORMATS, GRPO, parse
+from clinical_r1.errors import UnknownName
 from clinical_r1.parsing import clear_cache, completion_text, is_correct
 
 RewardFn = Callable[..., list[float]]
@@ -519,9 +520,10 @@ class Preset:
         return sum(w * top.get(n, 0.0) for n, w in self.weights.items() if w > 0)
 
 
-def crpo_weights(k: float = 10.0, cross_reference_bonus: bool = True, consistency_weight: float = 0.5) -> dict[str, float]:
-    """The CRPO weights: ``k``·accuracy + clinical_reasoning + 0.5·consistency, with ablation switches."""
-    w = {"accuracy": float(k)}
+def crpo_weights(cross_reference_bonus: bool = True, consistency_weight: float = 0.5) -> dict[str, float]:
+    """The CRPO weights: 10·accuracy + clinical_reasoning + 0.5·consistency, with ablation switches. The paper's
+    k = 10 is the accuracy weight; ``reward.k`` replaces it (:meth:`Preset.with_weights`)."""
+    w = {"accuracy": 10.0}
     if cross_reference_bonus:
         w.update(clinical_reasoning=1.0, crpo_format=0.0, cross_reference=0.0)
     else:
@@ -549,14 +551,14 @@ PRESETS: dict[str, Preset] = {
 
 def get_reward(name: str) -> RewardFn:
     if name not in REWARDS:
-        raise KeyError(f"unknown reward {name!r}; known rewards: {sorted(REWARDS)}")
+        raise UnknownName(f"unknown reward {name!r}; known rewards: {sorted(REWARDS)}")
     return REWARDS[name]
 
 
 def get_preset(name: str) -> Preset:
     """A preset by name (its weights with :meth:`Preset.with_weights`)."""
     if name not in PRESETS:
-        raise KeyError(f"unknown reward preset {name!r}; known presets: {sorted(PRESETS)}")
+        raise UnknownName(f"unknown reward preset {name!r}; known presets: {sorted(PRESETS)}")
     return PRESETS[name]
 
 

@@ -36,7 +36,7 @@ from typing import Any, Iterator, Mapping
 from transformers import TrainerCallback
 
 from clinical_r1.config import ConfigError, run_dir
-from clinical_r1.files import provenance, read_jsonl, write_csv, write_json, write_jsonl, write_yaml
+from clinical_r1.files import provenance, read_json, read_jsonl, write_csv, write_json, write_jsonl, write_yaml
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def write_run_info(d: Path, cfg: Mapping[str, Any], **extra: Any) -> Path:
         "provenance": provenance(), **extra,
     }
     if cfg["resume"] and p.is_file():
-        info["previous"] = json.loads(p.read_text())
+        info["previous"] = read_json(p)
     return write_json(info, p)
 
 
@@ -132,7 +132,7 @@ def update_run_info(d: Path, **fields: Any) -> None:
     if not is_main_process():
         return
     p = d / "run_info.json"
-    info = json.loads(p.read_text()) if p.is_file() else {}
+    info = read_json(p) if p.is_file() else {}
     info.update(fields)
     write_json(info, p)
 

@@ -12,7 +12,6 @@ alone, and figures and tests read those files rather than notebook outputs.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -20,7 +19,8 @@ from typing import Any, Mapping, Sequence
 
 from clinical_r1.data import (EVAL_SPLITS, DataError, SplitSizes, load_benchmark, load_split, make_splits,
                               sample_traces_path, to_records, write_split_set)
-from clinical_r1.files import read_jsonl, read_yaml, sha256_file, write_json, write_jsonl
+from clinical_r1.errors import UsageError
+from clinical_r1.files import read_json, read_jsonl, read_yaml, sha256_file, write_csv, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def prepare_data(out_dir: str | os.PathLike, train_benchmark: str = "medqa", tra
 def eval_sets(splits_dir: str | os.PathLike) -> dict[str, Any]:
     """The evaluation sets written by :func:`prepare_data`, by benchmark name."""
     d = Path(splits_dir)
-    manifest = json.loads((d / "manifest.json").read_text(encoding="utf-8-sig"))
+    manifest = read_json(d / "manifest.json")
     return {name: load_benchmark("jsonl", path=d / info["path"]) for name, info in manifest.get("eval", {}).items()}
 
 
@@ -168,7 +168,7 @@ def method_prompt(model: str, prompt: str | None) -> str:
         if cand.is_file():
             cfg = read_yaml(cand, "training config")
             return get_preset(cfg["reward"]["preset"]).prompt
-    raise ValueError(f"method model {model}: prompt is null but no training config.yaml was found beside it; "
+    raise UsageError(f"method model {model}: prompt is null but no training config.yaml was found beside it; "
                      f"set prompt to one of crpo, grpo, cot, direct")
 
 
@@ -188,8 +188,8 @@ def evaluate_methods(methods: Mapping[str, Mapping[str, Any]], splits_dir: str |
                      benchmarks: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Generate and score every method on every evaluation set (or on its ``benchmarks`` list).
 
-    A method's ``model`` is ``base`` (``base_model``), a model or run folder, or such a folder under ``{out_dir}``
-    (the placeholder is replaced by ``out_dir``, so one ``out_dir`` parameter moves a whole study).
+    A method's ``model`` is ``base`` (``base_model``), a model or run folder, or such a folder under ``{out}``
+    (the recipes' placeholder, replaced by ``out_dir``, so one ``out_dir`` parameter moves a whole study).
     Writes ``<out_dir>/<method>/<benchmark>.jsonl`` (+ ``.meta.json``), ``<benchmark>.metrics.json``
     (accuracy, majority vote, CIs) and ``<benchmark>.textmetrics.json`` (judge-free metrics). Finished
     generation files are reused (resumable), so rerunning only rescoring is cheap.
@@ -203,13 +203,13 @@ def evaluate_methods(methods: Mapping[str, Mapping[str, Any]], splits_dir: str |
         sets = {k: v for k, v in sets.items() if k in benchmarks}
     rows = []
     for method, spec in methods.items():
-        model = str(spec["model"]).replace("{out_dir}", str(out_dir))
+        model = str(spec["model"]).replace("{out}", str(out_dir))
         model_ref = method_model(model, base_model)
         kind = method_prompt(model, spec.get("prompt"))
         only = spec.get("benchmarks")  # a method may be scored on some sets only (e.g. a prompt control)
         mine = {b: d for b, d in sets.items() if not only or b in only}
         if only and not mine:
-            raise ValueError(f"method {method!r}: none of its benchmarks {list(only)} is an evaluation set "
+            raise UsageError(f"method {method!r}: none of its benchmarks {list(only)} is an evaluation set "
                              f"({sorted(sets)})")
         engine = open_engine(model_ref, seed=seed)  # vLLM when installed on CUDA (the path builds its engine)
         for bench, ds in mine.items():
@@ -277,9 +277,9 @@ def judge_methods(out_dir: str | os.PathLike, splits_dir: str | os.PathLike, jud
                             for r in df.to_dict("records")]
     summary = summarize_judgements(all_records) if all_records else pd.DataFrame()
     if len(summary):
-        summary.to_csv(out / "judge_summary.csv", index=False)
+        write_csv(summary, out / "judge_summary.csv")
     rel = pd.DataFrame(reliability)
-    rel.to_csv(out / "judge_reliability.csv", index=False)
+    write_csv(rel, out / "judge_reliability.csv")
     return {"records": len(all_records), "summary": summary, "reliability": rel}
 
 

@@ -295,3 +295,9 @@ def write_summary(out_dir: str | os.PathLike, splits_dir: str | os.PathLike | No
     md = to_markdown(s)
     write_text(md, Path(out_dir) / SUMMARY_MD)
     return s
+
+
+if __name__ == "__main__":  # the entry point of earlier releases: an alias of `python -m clinical_r1 summary`
+    from clinical_r1.cli import alias
+
+    alias("summary")

@@ -45,7 +45,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from clinical_r1.errors import DataError
+from clinical_r1.errors import DataError, UsageError
 from clinical_r1.files import atomic_path
 from clinical_r1.parsing import LETTERS, is_correct
 from clinical_r1.prompts import PROMPT_KINDS, build_messages
@@ -145,7 +145,7 @@ def verl_row(record: Mapping[str, Any], index: int, prompt_kind: str, data_sourc
 
 def _default_preset(prompt_kind: str) -> str:
     if prompt_kind not in PRESET_OF_PROMPT:
-        raise ValueError(f"prompt kind {prompt_kind!r} has no matching reward preset; pass preset= "
+        raise UsageError(f"prompt kind {prompt_kind!r} has no matching reward preset; pass preset= "
                          f"(one of {sorted(PRESETS)}) explicitly")
     return PRESET_OF_PROMPT[prompt_kind]
 
@@ -165,7 +165,7 @@ def to_verl_parquet(split_jsonl: str | os.PathLike, out_parquet: str | os.PathLi
     from clinical_r1.data import load_benchmark
 
     if prompt_kind not in PROMPT_KINDS:
-        raise ValueError(f"unknown prompt kind {prompt_kind!r}; choose one of {list(PROMPT_KINDS)}")
+        raise UsageError(f"unknown prompt kind {prompt_kind!r}; choose one of {list(PROMPT_KINDS)}")
     preset = preset or _default_preset(prompt_kind)
     get_preset(preset)  # unknown names raise here, not mid-training
     ds = load_benchmark("jsonl", path=split_jsonl)
@@ -177,3 +177,9 @@ def to_verl_parquet(split_jsonl: str | os.PathLike, out_parquet: str | os.PathLi
         pd.DataFrame(rows, columns=list(VERL_COLUMNS)).to_parquet(tmp, index=False)
     log.info("%s: %d verl prompts (%s prompt, %s preset) -> %s", split_jsonl, len(rows), prompt_kind, preset, out)
     return out
+
+
+if __name__ == "__main__":  # the entry point of earlier releases: an alias of `python -m clinical_r1 verl-export`
+    from clinical_r1.cli import alias
+
+    alias("verl-export")

@@ -32,9 +32,17 @@ def test_every_stage_is_a_subcommand() -> None:
 
 
 def test_no_module_has_a_command_line_of_its_own() -> None:
-    """argparse and ``__main__`` blocks live in cli.py (and the two-line __main__.py) only."""
-    own = [p.name for p in PACKAGE.glob("*.py") if p.name not in ("cli.py", "__main__.py")
-           and re.search(r"__name__ == .__main__.|ArgumentParser\(|logging\.basicConfig", p.read_text(encoding="utf-8"))]
+    """argparse and logging setup live in cli.py only; a module's ``__main__`` block is at most the alias of its
+    earlier entry point (``python -m clinical_r1.pipeline`` = ``python -m clinical_r1 pipeline``)."""
+    alias = re.compile(r'if __name__ == "__main__":[^\n]*\n    from clinical_r1.cli import alias\n\n    alias\("[\w-]+"\)\n$')
+    own = []
+    for p in PACKAGE.glob("*.py"):
+        text = p.read_text(encoding="utf-8")
+        if p.name in ("cli.py", "__main__.py"):
+            continue
+        main_block = text[text.find('if __name__ == "__main__"'):] if "__main__" in text else ""
+        if re.search(r"ArgumentParser\(|logging\.basicConfig", text) or (main_block and not alias.fullmatch(main_block)):
+            own.append(p.name)
     assert own == []
 
 
@@ -76,9 +84,21 @@ def test_a_missing_input_is_exit_2_with_one_line_naming_it(argv: list[str], tmp_
     assert not last.exc_info  # the traceback only with -v
 
 
-def test_the_module_entry_shows_the_traceback_only_with_v(tmp_path: Path) -> None:
+@pytest.mark.parametrize("argv,says", [
+    (["evaluate", "g.jsonl", "--benchmark", "medqa2"], "unknown benchmark 'medqa2'"),
+    (["textmetrics", "g.jsonl", "--benchmark", "jsonl"], "benchmark 'jsonl' needs a path"),
+    (["generate", "--model", "m", "--benchmark", "sample", "--out", "g.jsonl", "--n", "2"], "would be identical"),
+])
+def test_a_bad_option_is_exit_2_naming_it(argv: list[str], says: str, tmp_path: Path, monkeypatch, caplog) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2 and says in caplog.records[-1].getMessage()
+
+
+@pytest.mark.parametrize("entry", [["clinical_r1", "verl-export"], ["clinical_r1.verl_reward"]])
+def test_the_command_line_shows_the_traceback_only_with_v(entry: list[str], tmp_path: Path) -> None:
+    """``python -m clinical_r1 <stage>`` and the alias kept for the old ``python -m clinical_r1.<module>``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, "-m", "clinical_r1", "verl-export", "/nonexistent/rl.jsonl", "out.parquet"]
+    args = [sys.executable, "-m", *entry, "/nonexistent/rl.jsonl", "out.parquet"]
     r = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "/nonexistent/" in r.stderr and "Traceback" not in r.stderr
     v = subprocess.run([*args, "-v"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
