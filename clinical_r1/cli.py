@@ -26,6 +26,7 @@ its arguments and returns the function to call with the parsed namespace, and li
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -164,28 +165,19 @@ def add_distill(sub: Any) -> Handler:
     return run
 
 
-def add_sft(sub: Any) -> Handler:
-    p = sub.add_parser("sft", help="cold-start LoRA SFT on reasoning traces")
-    _add_config_args(p)
+def training_stage(stage: str, help: str) -> Callable[[Any], Handler]:
+    """The registrar of a training subcommand (sft, crpo): a training config plus ``--set`` overrides, run by
+    ``clinical_r1.<stage>.run_<stage>`` (imported only when the subcommand runs: Unsloth must come first)."""
 
-    def run(a: argparse.Namespace) -> Any:
-        from clinical_r1.sft import run_sft
+    def add(sub: Any) -> Handler:
+        _add_config_args(sub.add_parser(stage, help=help))
 
-        return run_sft(a.config, a.overrides)
+        def run(a: argparse.Namespace) -> Any:
+            return getattr(importlib.import_module(f"clinical_r1.{stage}"), f"run_{stage}")(a.config, a.overrides)
 
-    return run
+        return run
 
-
-def add_crpo(sub: Any) -> Handler:
-    p = sub.add_parser("crpo", help="CRPO/GRPO reinforcement learning with a reward preset")
-    _add_config_args(p)
-
-    def run(a: argparse.Namespace) -> Any:
-        from clinical_r1.crpo import run_crpo
-
-        return run_crpo(a.config, a.overrides)
-
-    return run
+    return add
 
 
 def add_merge(sub: Any) -> Handler:
@@ -494,8 +486,8 @@ def add_check_config(sub: Any) -> Handler:
 SUBCOMMANDS: dict[str, Callable[[Any], Handler]] = {
     "split": add_split,
     "distill": add_distill,
-    "sft": add_sft,
-    "crpo": add_crpo,
+    "sft": training_stage("sft", "cold-start LoRA SFT on reasoning traces"),
+    "crpo": training_stage("crpo", "CRPO/GRPO reinforcement learning with a reward preset"),
     "merge": add_merge,
     "generate": add_generate,
     "evaluate": add_evaluate,
