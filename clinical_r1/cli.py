@@ -13,6 +13,7 @@
     python -m clinical_r1 summary  results/demo           # (re)write results/demo/summary.{json,md}
     python -m clinical_r1 figures  results/demo --out figures
     python -m clinical_r1 verl-export data/splits/rl.jsonl data/verl/rl.parquet --prompt crpo
+    python -m clinical_r1 verl-launch --recipe paper_3b --splits data/splits --out runs/verl_paper_3b
     python -m clinical_r1 chat     --model deepseek-chat --base-url https://api.deepseek.com "a question"
     python -m clinical_r1 check-config configs/*.yaml     # validate training configs without training
 
@@ -436,6 +437,28 @@ def add_verl_export(sub: Any) -> Handler:
     return run
 
 
+def add_verl_launch(sub: Any) -> Handler:
+    p = sub.add_parser("verl-launch", help="the paper's multi-GPU run in verl 0.9: parquet prompts + launch.sh")
+    p.add_argument("--recipe", default="paper_3b", help="paper_3b (the authors' 8-GPU run) or smoke (1 GPU, 0.5B, 3 steps)")
+    p.add_argument("--out", required=True, help="output folder (data/*.parquet, launch.sh)")
+    p.add_argument("--splits", default=None, help="folder with the RL and dev splits (default: the config's data.path)")
+    p.add_argument("--config", default=None, help="a CRPO training config instead of the recipe's")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a training-config key (reward.preset=grpo); repeatable")
+    p.add_argument("--lora", action="store_true", help="train LoRA (the config's lora section) instead of all parameters")
+    p.add_argument("--gdpo", action="store_true",
+                   help="ablation: verl's GDPO advantage (normalise each component, then sum); not the paper's method")
+    p.add_argument("--data-source", default="clinical_r1/medqa")
+
+    def run(a: argparse.Namespace) -> Any:
+        from clinical_r1.verl_launch import write_launch
+
+        return write_launch(a.out, recipe=a.recipe, splits=a.splits, config=a.config, config_overrides=a.overrides,
+                            lora=a.lora, gdpo=a.gdpo, data_source=a.data_source)
+
+    return run
+
+
 def add_chat(sub: Any) -> Handler:
     p = sub.add_parser("chat", help="send one chat request through clinical_r1.api (cached, retried); prints JSON")
     p.add_argument("prompt")
@@ -497,6 +520,7 @@ SUBCOMMANDS: dict[str, Callable[[Any], Handler]] = {
     "summary": add_summary,
     "figures": add_figures,
     "verl-export": add_verl_export,
+    "verl-launch": add_verl_launch,
     "chat": add_chat,
     "check-config": add_check_config,
 }

@@ -2,32 +2,37 @@
 
 verl (volcengine/verl) calls ``compute_score(data_source, solution_str, ground_truth, extra_info, **reward_kwargs)``
 once per response; a returned dict must hold ``score`` (the scalar reward) and its other keys are logged
-per sample (``acc`` is the key verl's validation reports as its core metric). The score is exactly
-:func:`clinical_r1.rewards.score` (``total``), so verl and TRL train on the same reward and the same parser.
+per sample (``acc`` is the key verl's validation reports as its core metric, the rest go under ``val-aux``).
+The score is exactly :func:`clinical_r1.rewards.score` (``total``), so verl and TRL train on the same reward and
+the same parser; every reward of the preset is returned, unweighted, under its registry name.
 
     python -m clinical_r1 verl-export data/splits/rl.jsonl data/verl/rl.parquet --prompt crpo \\
         --data-source clinical_r1/medqa                                  # split file -> verl parquet
+    python -m clinical_r1 verl-launch --recipe paper_3b --out runs/verl  # parquet + a whole verl 0.9 launch
 
     from clinical_r1.verl_reward import compute_score, to_verl_parquet
     compute_score("clinical_r1/medqa", "<dx>…</dx><conclusion>… \\\\boxed{B}</conclusion>", "B",
                   extra_info={"preset": "crpo", "options": ["…", "…"]})
-    # {"score": 12.0, "accuracy": 1.0, "clinical_reasoning": 1.5, "consistency": 1.0, "acc": 1.0}
+    # {"score": 12.0, "acc": 1.0, "accuracy": 1.0, "clinical_reasoning": 1.5, "crpo_format": 1.0,
+    #  "cross_reference": 1.0, "consistency": 1.0, "completion_length": 58.0}
 
-A verl run that uses it (Hydra overrides; newer verl nests the reward keys under ``reward.``)::
+verl 0.9 reads the custom reward only from ``reward.custom_reward_function`` (the legacy top-level
+``custom_reward_function`` still composes, but only the fully-async entry point migrates it, so the main
+trainer falls back to verl's default scorer, which raises ``NotImplementedError`` for our data source at the
+first reward). ``reward_kwargs`` is not in verl's packaged config, hence the ``+``::
 
-    python -m verl.trainer.main_ppo algorithm.adv_estimator=grpo \\
-        data.train_files=data/verl/rl.parquet data.val_files=data/verl/dev.parquet \\
-        data.prompt_key=prompt data.max_prompt_length=1024 data.max_response_length=2048 \\
-        actor_rollout_ref.model.path=Qwen/Qwen2.5-3B-Instruct actor_rollout_ref.rollout.n=8 \\
-        custom_reward_function.path=clinical_r1/verl_reward.py custom_reward_function.name=compute_score \\
-        +custom_reward_function.reward_kwargs.preset=crpo        # optional: overrides extra_info["preset"]
+    python -m verl.trainer.main_ppo algorithm.adv_estimator=grpo ... \\
+        reward.custom_reward_function.path=clinical_r1/verl_reward.py \\
+        reward.custom_reward_function.name=compute_score \\
+        +reward.custom_reward_function.reward_kwargs.preset=crpo +reward.custom_reward_function.reward_kwargs.k=10
 
 or in a YAML config::
 
-    custom_reward_function:
-      path: clinical_r1/verl_reward.py
-      name: compute_score
-      reward_kwargs: {preset: crpo}     # optional; k: 10 sets the accuracy weight
+    reward:
+      custom_reward_function:
+        path: clinical_r1/verl_reward.py
+        name: compute_score
+        reward_kwargs: {preset: crpo, k: 10}     # optional; k sets the accuracy weight
 
 verl imports the file by its path, so ``clinical_r1`` must be importable in verl's workers
 (``pip install -e .`` in the repository). The preset is chosen, first match wins, by ``reward_kwargs["preset"]`` (the run config), the row's
@@ -35,7 +40,8 @@ verl imports the file by its path, so ``clinical_r1`` must be importable in verl
 ``CLINICAL_R1_VERL_PRESET``, then ``crpo``. The accuracy weight ``k`` the same way (``reward_kwargs["k"]``,
 ``extra_info["k"]``, ``CLINICAL_R1_VERL_K``, the preset's own). The item's options come from
 ``extra_info["options"]`` (needed for answers boxed as option text). verl collects the returned keys across a
-batch, so one run should use one preset (the keys differ between presets).
+batch, so one run should use one preset (the keys differ between presets; ``verl-launch`` passes it in
+``reward_kwargs``).
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from clinical_r1.errors import DataError, UsageError
 from clinical_r1.files import atomic_path
 from clinical_r1.parsing import LETTERS, is_correct
 from clinical_r1.prompts import PROMPT_KINDS, build_messages
-from clinical_r1.rewards import PRESETS, get_preset, score
+from clinical_r1.rewards import PRESETS, Preset, get_preset, get_reward
 
 log = logging.getLogger(__name__)
 
@@ -99,31 +105,44 @@ def _gold(ground_truth: Any, options: Sequence[str] | None, where: str) -> str:
     return g
 
 
+def components(text: str, gold: str, options: Sequence[str] | None, preset: Preset) -> dict[str, float]:
+    """Every reward of ``preset`` by its registry name, zero-weight diagnostics included, unweighted: the same
+    keys for every response of a run, which is what verl needs to collect them (and what GDPO's
+    ``algorithm.gdpo_reward_keys`` name)."""
+    cols = {"answer": [gold], "options": [list(options)] if options is not None else None}
+    return {name: float(get_reward(name)([text], **cols)[0]) for name in preset.weights}
+
+
 def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_info: Mapping[str, Any] | None = None,
                   **kwargs: Any) -> dict[str, float]:
-    """verl's custom reward: ``{"score": total, <each weighted component>: value, "acc": 0/1}``.
+    """verl's custom reward: ``{"score": total, "acc": 0/1, <every reward of the preset>: its unweighted value}``.
 
-    ``score`` equals ``clinical_r1.rewards.score(solution_str, ground_truth, options, preset, k)["total"]``;
-    ``acc`` is correctness by the one parser (``parsing.is_correct``), whatever the preset.
+    ``score`` equals ``clinical_r1.rewards.score(solution_str, ground_truth, options, preset, k)["total"]``
+    (the weighted sum); ``acc`` is correctness by the one parser (``parsing.is_correct``), whatever the preset.
+    The keys depend on the preset only, never on the response or ``k``. verl's own additions to ``extra_info``
+    (``num_turns``, ``rollout_reward_scores``, ``experiment_name``) and keyword arguments other than ``preset``
+    and ``k`` (``reward_router_address``, ...) are accepted and ignored.
     """
     info = dict(extra_info or {})
     where = f"data_source {data_source!r}, id {info.get('id', info.get('index', '?'))!r}"
-    preset = str(_pick("preset", kwargs, info, PRESET_ENV) or DEFAULT_PRESET)
-    if preset not in PRESETS:
-        raise VerlDataError(f"{where}: unknown reward preset {preset!r}; known presets: {sorted(PRESETS)}")
+    name = str(_pick("preset", kwargs, info, PRESET_ENV) or DEFAULT_PRESET)
+    if name not in PRESETS:
+        raise VerlDataError(f"{where}: unknown reward preset {name!r}; known presets: {sorted(PRESETS)}")
     k_raw = _pick("k", kwargs, info, K_ENV)
     try:
         k = float(k_raw) if k_raw is not None else None
     except (TypeError, ValueError) as e:
         raise VerlDataError(f"{where}: accuracy weight k={k_raw!r} is not a number") from e
+    preset = get_preset(name).with_weights(k=k)
     options = _options(info, where)
     gold = _gold(ground_truth, options, where)
     text = solution_str if solution_str is not None else ""
-    parts = score(text, gold, options, preset=preset, k=k)
-    out = {"score": parts.pop("total")}
-    out.update(parts)
-    out["acc"] = 1.0 if is_correct(text, gold, options) else 0.0
-    return out
+    parts = components(text, gold, options, preset)
+    total = 0.0
+    for n, w in preset.weights.items():  # the order and arithmetic of rewards.score
+        if w != 0:
+            total += w * parts[n]
+    return {"score": total, "acc": 1.0 if is_correct(text, gold, options) else 0.0, **parts}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import yaml
 from clinical_r1 import verl_reward as V
 from clinical_r1.data import DataError
 from clinical_r1.prompts import build_messages
-from clinical_r1.rewards import accuracy, score
+from clinical_r1.rewards import accuracy, get_preset, score
 
 OPTS = ["Graves disease", "Hashimoto thyroiditis", "Subacute thyroiditis", "Toxic adenoma"]
 DX = ("Initial impression: primary hypothyroidism. TSH 12 mU/L with low free T4 and positive anti-TPO antibodies. "
@@ -49,8 +49,23 @@ def test_compute_score_equals_rewards_score(no_env, preset, i):
     got = V.compute_score("clinical_r1/medqa", c, "B", extra_info={"preset": preset, "options": OPTS, "id": "q1"})
     ref = score(c, "B", OPTS, preset=preset)
     assert got["score"] == ref["total"]
-    assert {k: v for k, v in got.items() if k not in ("score", "acc")} == {k: v for k, v in ref.items() if k != "total"}
+    # every reward of the preset under its registry name, unweighted: the weighted ones equal rewards.score's
+    p = get_preset(preset)
+    assert list(got) == ["score", "acc", *p.weights]
+    public = {"r1_accuracy": "accuracy", "r1_format": "format"}
+    assert all(got[n] == ref[public.get(n, n)] for n, w in p.weights.items() if w != 0)
     assert got["acc"] in (0.0, 1.0)
+
+
+def test_keys_are_the_presets_whatever_the_response_and_k(no_env):
+    """verl stacks the returned keys across a batch (and GDPO reads them): they must not depend on the response
+    or on k (k=0 once dropped the accuracy key); verl's extra_info additions and kwargs are accepted."""
+    verl_info = {"options": OPTS, "num_turns": None, "rollout_reward_scores": {}, "experiment_name": "x"}
+    for preset in ("crpo", "grpo", "r1-medical"):
+        keys = {tuple(V.compute_score("d", c, "B", verl_info, preset=preset, k=k, reward_router_address=None))
+                for c in COMPLETIONS for k in (0, 10)}
+        assert keys == {("score", "acc", *get_preset(preset).weights)}, preset
+    assert V.compute_score("d", COMPLETIONS[0], "B", verl_info, k=0)["score"] == 2.0
 
 
 def test_acc_is_the_parser_correctness(no_env):
@@ -64,7 +79,8 @@ def test_acc_is_the_parser_correctness(no_env):
 
 def test_preset_precedence(no_env, monkeypatch):
     c = COMPLETIONS[3]  # grpo-format answer: scores differ between presets
-    assert set(V.compute_score("d", c, "B")) == {"score", "accuracy", "clinical_reasoning", "consistency", "acc"}
+    assert set(V.compute_score("d", c, "B")) == {"score", "acc", "accuracy", "clinical_reasoning", "crpo_format",
+                                                "cross_reference", "consistency", "completion_length"}
     monkeypatch.setenv(V.PRESET_ENV, "grpo")
     assert V.compute_score("d", c, "B")["score"] == score(c, "B", preset="grpo")["total"] == 11.0
     assert V.compute_score("d", c, "B", {"preset": "r1-medical"})["score"] == score(c, "B", preset="r1-medical")["total"]
@@ -146,8 +162,8 @@ def test_cli(tmp_path):
 def test_docstring_config_snippet_names_a_loadable_function(no_env):
     """The YAML snippet in the module docstring points at this file and function, loaded the way verl loads it."""
     doc = V.__doc__
-    block = re.search(r"^    custom_reward_function:\n(?:^      .*\n)+", doc, re.M).group(0)
-    cfg = yaml.safe_load(block)["custom_reward_function"]
+    block = re.search(r"^    reward:\n(?:^      .*\n)+", doc, re.M).group(0)
+    cfg = yaml.safe_load(block)["reward"]["custom_reward_function"]
     repo = Path(__file__).resolve().parents[1]
     path = repo / cfg["path"]
     assert path.is_file() and cfg["name"] == "compute_score"
@@ -157,4 +173,4 @@ def test_docstring_config_snippet_names_a_loadable_function(no_env):
     fn = getattr(mod, cfg["name"])
     got = fn(data_source="clinical_r1/medqa", solution_str=COMPLETIONS[0], ground_truth="B",
              extra_info={"options": OPTS}, **cfg["reward_kwargs"])
-    assert got["score"] == 12.0 and "custom_reward_function.path=clinical_r1/verl_reward.py" in doc
+    assert got["score"] == 12.0 and " reward.custom_reward_function.path=clinical_r1/verl_reward.py" in doc
