@@ -228,3 +228,24 @@ def test_bad_requests_fail_naming_the_option(splits, tmp_path):
         L.write_launch(tmp_path, "paper_3b", splits=splits, config_overrides=["trainer.gradient_accumulation_steps=7",
                                                                             "trainer.per_device_train_batch_size=5"])
     assert not (tmp_path / "launch.sh").exists()
+
+
+def test_verl_requirements_sit_in_verls_declared_ranges(verlcfg_python):
+    """requirements-verl.txt and requirements-verlcfg.txt pin the release whose keys the launch uses, and
+    TransferQueue inside the range verl 0.9.1's own metadata declares (read from the installed package)."""
+    from packaging.requirements import Requirement
+
+    def pins(name):
+        lines = (REPO / name).read_text().splitlines()
+        return {(r := Requirement(ln.split("#")[0].strip())).name.lower(): r
+                for ln in lines if ln.split("#")[0].strip()}
+
+    verl, cfg = pins("requirements-verl.txt"), pins("requirements-verlcfg.txt")
+    assert str(verl["verl"].specifier) == str(cfg["verl"].specifier) == f"=={L.VERL_VERSION}"
+    assert "vllm" in verl["verl"].extras
+    code = ("import json; from importlib.metadata import requires; "
+            "print(json.dumps(requires('verl')))")
+    declared = [Requirement(r) for r in json.loads(subprocess.run([str(verlcfg_python), "-c", code],
+                                                                  capture_output=True, text=True, check=True).stdout)]
+    tq = next(r for r in declared if r.name.lower() == "transferqueue")
+    assert tq.specifier.contains(next(iter(verl["transferqueue"].specifier)).version)
