@@ -13,7 +13,7 @@
     python -m clinical_r1 summary  results/demo           # (re)write results/demo/summary.{json,md}
     python -m clinical_r1 figures  results/demo --out figures
     python -m clinical_r1 verl-export data/splits/rl.jsonl data/verl/rl.parquet --prompt crpo
-    python -m clinical_r1 verl-launch --recipe paper_3b --splits data/splits --out runs/verl_paper_3b
+    python -m clinical_r1 verl-launch --recipe paper_3b --splits data/splits --out results/verl_paper_3b
     python -m clinical_r1 chat     --model deepseek-chat --base-url https://api.deepseek.com "a question"
     python -m clinical_r1 check-config configs/*.yaml     # validate training configs without training
 

@@ -1,11 +1,11 @@
 """The paper's run past one GPU: a verl 0.9 launch (parquet prompts + ``launch.sh``) from a training config.
 
-    python -m clinical_r1 verl-launch --recipe paper_3b --splits data/splits --out runs/verl_paper_3b
-    NNODES=1 NGPUS_PER_NODE=8 MODEL=results/paper_3b_sft/merged bash runs/verl_paper_3b/launch.sh
-    bash runs/verl_paper_3b/launch.sh --cfg job          # Hydra prints the composed config; nothing runs
-    PRINT_OVERRIDES=1 bash runs/verl_paper_3b/launch.sh  # the override list, one a line (what the tests compose)
+    python -m clinical_r1 verl-launch --recipe paper_3b --splits data/splits --out results/verl_paper_3b
+    NNODES=1 NGPUS_PER_NODE=8 MODEL=results/paper_3b_sft/merged bash results/verl_paper_3b/launch.sh
+    bash results/verl_paper_3b/launch.sh --cfg job          # Hydra prints the composed config; nothing runs
+    PRINT_OVERRIDES=1 bash results/verl_paper_3b/launch.sh  # the override list, one a line (what the tests compose)
 
-    python -m clinical_r1 verl-launch --recipe smoke --splits data/splits --out runs/verl_smoke   # 1 GPU, 0.5B, 3 steps
+    python -m clinical_r1 verl-launch --recipe smoke --splits data/splits --out results/verl_smoke   # 1 GPU, 0.5B, 3 steps
     python -m clinical_r1 verl-launch --recipe paper_3b --lora      # LoRA instead of full-parameter training
     python -m clinical_r1 verl-launch --recipe paper_3b --gdpo      # ablation: verl's GDPO (not the paper's method)
 

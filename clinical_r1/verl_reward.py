@@ -8,7 +8,7 @@ the same parser; every reward of the preset is returned, unweighted, under its r
 
     python -m clinical_r1 verl-export data/splits/rl.jsonl data/verl/rl.parquet --prompt crpo \\
         --data-source clinical_r1/medqa                                  # split file -> verl parquet
-    python -m clinical_r1 verl-launch --recipe paper_3b --out runs/verl  # parquet + a whole verl 0.9 launch
+    python -m clinical_r1 verl-launch --recipe paper_3b --out results/verl# parquet + a whole verl 0.9 launch
 
     from clinical_r1.verl_reward import compute_score, to_verl_parquet
     compute_score("clinical_r1/medqa", "<dx>…</dx><conclusion>… \\\\boxed{B}</conclusion>", "B",
