@@ -38,8 +38,9 @@ demo: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
 
-# On a CUDA machine with the GPU runtime installed (pip install -r requirements-gpu.txt && pip install --no-deps -e .),
-# not in the CPU .venv: SFT, CRPO per generation variant, a vLLM evaluation and merge, <= 10 min, a pass/fail table.
+# On a CUDA machine with either GPU stack installed (pip install -r <the file `python -m clinical_r1.gpu_stack` names>
+# && pip install --no-deps -e .), not in the CPU .venv: SFT, CRPO per generation variant (the vLLM ones skipped on the
+# CUDA 12 stack), an evaluation and merge, <= 10 min, a pass/fail table and the stack it ran on.
 gpu-smoke:
 	$(PY) benchmarks/gpu_smoke.py
 

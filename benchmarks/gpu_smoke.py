@@ -4,8 +4,10 @@
     python benchmarks/gpu_smoke.py --model Qwen/Qwen2.5-0.5B-Instruct   # a smaller policy: faster download
     python benchmarks/gpu_smoke.py --dry-run                 # print and check the steps' commands, run nothing
 
-Needs a CUDA GPU and ``requirements-gpu.txt`` (without CUDA it exits at once with a message, code 2). Each
-step runs the project's own command line in a subprocess, with a time limit taken from what is left of
+Needs a CUDA GPU and either GPU stack (``requirements-gpu.txt``, CUDA 13 with vLLM, or
+``requirements-gpu-cu12.txt``, CUDA 12 without; ``python -m clinical_r1.gpu_stack`` says which this machine
+takes); without CUDA it exits at once with a message, code 2. It runs on whichever stack is installed and
+records which (torch, its CUDA, vLLM or none). Each step runs the project's own command line in a subprocess, with a time limit taken from what is left of
 ``--budget`` (600 s); a step whose input failed is skipped, and the others still run:
 
 1. ``sft``: 2 optimiser steps of ``configs/t4_16gb_sft.yaml`` (4-bit base, fp16, LoRA r 32) on the bundled
@@ -13,15 +15,20 @@ step runs the project's own command line in a subprocess, with a time limit take
 2. ``crpo-<variant>``: 2 CRPO steps of ``configs/t4_16gb_crpo.yaml`` (continuing that adapter, G = 4,
    256-token completions) for each generation variant: ``transformers`` (plain TRL ``generate``),
    ``unsloth``, ``vllm`` (TRL with vLLM colocated; a 16-bit base, since TRL cannot sync a 4-bit one) and
-   ``unsloth-vllm`` (Unsloth's ``fast_inference``);
-3. ``eval-vllm``: 16 bundled questions answered with vLLM by the first CRPO adapter that passed (a
-   ``LoRARequest`` on the base, never merged into 4-bit weights), then scored (``clinical_r1.evaluate``); the
-   questions were also training data, so the accuracy is a plumbing check, not a result;
+   ``unsloth-vllm`` (Unsloth's ``fast_inference``); the two vLLM variants are skipped, and say why, on a stack
+   without vLLM (the CUDA 12 one);
+3. ``eval``: 16 bundled questions answered by the first CRPO adapter that passed, with the engine evaluation
+   picks itself (``--backend auto``: vLLM where installed, a ``LoRARequest`` on the base, never merged into 4-bit
+   weights; transformers on the CUDA 12 stack), then scored (``clinical_r1.evaluate``); the questions were also
+   training data, so the accuracy is a plumbing check, not a result;
 4. ``merge``: ``python -m clinical_r1 merge`` of the same adapter into one plain folder.
 
+So on the CUDA 13 stack it covers fp16 + 4-bit (T4 recipe) with and without vLLM; on the CUDA 12 stack, fp16 +
+4-bit without vLLM (4 of the 6 training/evaluation paths; the vLLM ones show as skip).
+
 It prints a table (step, pass/FAIL/skip, seconds, detail) and writes
-``benchmarks/results/gpu_smoke-<date>.json``: the environment (GPU, driver, CUDA, library versions, commit)
-and every step's command, status, time and the tail of its output. The exit code is 0 when every step
+``benchmarks/results/gpu_smoke-<date>.json``: the stack (torch, its CUDA, vLLM or none, and which requirements
+file that is), the environment (GPU, driver, CUDA, library versions, commit) and every step's command, status, time and the tail of its output. The exit code is 0 when every step
 passed, 1 otherwise.
 """
 
@@ -41,11 +48,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import REPO_ROOT, environment, table, write_result  # noqa: E402
 
+from clinical_r1.gpu_stack import STACKS, installed_torch, vllm_installed  # noqa: E402
+
 NAME = "gpu_smoke"
 BUDGET_S = 600.0  # the whole smoke, first model download included
 SFT_RECIPE = "configs/t4_16gb_sft.yaml"
 CRPO_RECIPE = "configs/t4_16gb_crpo.yaml"
 # generation variant -> recipe overrides
+VLLM_VARIANTS = ("vllm", "unsloth-vllm")  # skipped on a stack without vLLM
 VARIANTS: dict[str, dict[str, Any]] = {
     "transformers": {"model.backend": "transformers", "trainer.use_vllm": False},
     "unsloth": {"model.backend": "unsloth", "trainer.use_vllm": False},
@@ -67,6 +77,7 @@ class Step:
     name: str
     argv: list[str]
     needs: list[str] = field(default_factory=list)  # steps that must pass first
+    needs_vllm: bool = False  # skipped where vLLM is not installed (the CUDA 12 stack)
     recipe: tuple[str, list[str]] | None = None  # (recipe file, --set overrides), checked by --dry-run
     status: str = "not run"  # pass | FAIL | skip
     seconds: float | None = None
@@ -102,16 +113,16 @@ def plan(work: Path, model: str) -> list[Step]:
                 "trainer.save_strategy": "no", "trainer.logging_steps": 1, "trainer.dataloader_num_workers": 0,
                 **over}
         steps.append(Step(f"crpo-{variant}", [py, "-m", "clinical_r1", "crpo", "--config", CRPO_RECIPE, *sets(crpo)],
-                          needs=["sft"], recipe=(CRPO_RECIPE, sets(crpo)[1::2])))
+                          needs=["sft"], recipe=(CRPO_RECIPE, sets(crpo)[1::2]), needs_vllm=variant in VLLM_VARIANTS))
     gen = work / "eval" / "sample.jsonl"
-    steps.append(Step("eval-vllm", [py, "-m", "clinical_r1.generate", "--model", "{adapter}", "--benchmark", "sample",
-                                    "--limit", str(EVAL_QUESTIONS), "--backend", "vllm", "--prompt", "crpo",
+    steps.append(Step("eval", [py, "-m", "clinical_r1.generate", "--model", "{adapter}", "--benchmark", "sample",
+                                    "--limit", str(EVAL_QUESTIONS), "--backend", "auto", "--prompt", "crpo",
                                     "--max-new-tokens", str(COMPLETION_TOKENS), "--batch-size", str(EVAL_QUESTIONS),
                                     "--out", str(gen)],
                       needs=["crpo-*"]))
     steps.append(Step("score", [py, "-m", "clinical_r1.evaluate", str(gen), "--benchmark", "sample", "--limit",
                                 str(EVAL_QUESTIONS), "--n-boot", "200", "--out", str(gen.with_suffix(".metrics.json"))],
-                      needs=["eval-vllm"]))
+                      needs=["eval"]))
     steps.append(Step("merge", [py, "-m", "clinical_r1", "merge", "--adapter", "{adapter}", "--out",
                                 str(work / "merged")], needs=["crpo-*"]))
     return steps
@@ -127,8 +138,10 @@ def trained_adapter(steps: Sequence[Step], work: Path) -> Path | None:
     return None
 
 
-def ready(step: Step, steps: Sequence[Step]) -> str | None:
-    """Why ``step`` cannot run (a needed step did not pass), or ``None``."""
+def ready(step: Step, steps: Sequence[Step], has_vllm: bool = True) -> str | None:
+    """Why ``step`` cannot run (no vLLM on this stack, or a needed step did not pass), or ``None``."""
+    if step.needs_vllm and not has_vllm:
+        return "vLLM is not installed (the CUDA 12 stack has none)"
     status = {s.name: s.status for s in steps}
     for need in step.needs:
         if need.endswith("*"):
@@ -140,7 +153,7 @@ def ready(step: Step, steps: Sequence[Step]) -> str | None:
 
 
 def run_step(step: Step, steps: Sequence[Step], work: Path, deadline: float) -> None:
-    why = ready(step, steps)
+    why = ready(step, steps, vllm_installed())
     left = deadline - time.time()
     if why or left < 5:
         step.status, step.detail = "skip", why or "the time budget is spent"
@@ -174,12 +187,31 @@ def _last_line(text: str) -> str:
     return lines[-1][-200:] if lines else ""
 
 
+def stack_record() -> dict[str, Any]:
+    """The installed GPU stack, from package metadata: torch, its CUDA major, vLLM (or None), and the requirements
+    file whose torch and vLLM pins it matches (None: neither, e.g. a hand-made install)."""
+    from importlib import metadata
+
+    torch = installed_torch()
+    try:
+        vllm = metadata.version("vllm")
+    except metadata.PackageNotFoundError:
+        vllm = None
+    match = None
+    for s in STACKS:
+        pins = s.pins()
+        if torch and torch[0].partition("+")[0] == pins.get("torch") and vllm == pins.get("vllm"):
+            match = s.requirements
+    return {"torch": torch[0] if torch else None, "torch_cuda_major": torch[1] if torch else None, "vllm": vllm,
+            "requirements": match}
+
+
 def dry_run(steps: Sequence[Step]) -> int:
     """Print every command and build each recipe's TRL config (``cpu_safe``: GPU recipes on a CPU machine)."""
     from clinical_r1.config import load_config, trainer_args
 
     for s in steps:
-        print(f"{s.name}: {' '.join(s.argv)}")
+        print(f"{s.name}: {' '.join(s.argv)}" + ("   [needs vLLM]" if s.needs_vllm else ""))
         if s.recipe:
             cfg = load_config(REPO_ROOT / s.recipe[0], s.recipe[1])
             args = trainer_args(cfg, cpu_safe=True)
@@ -205,17 +237,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if not torch.cuda.is_available():
             print(f"gpu_smoke.py needs a CUDA GPU, and torch {torch.__version__} (CUDA build: {torch.version.cuda}) "
-                  f"sees none on this machine; nothing was run. On a CUDA machine: pip install -r requirements-gpu.txt "
-                  f"&& pip install --no-deps -e . && make gpu-smoke", file=sys.stderr)
+                  f"sees none on this machine; nothing was run. On a CUDA machine: pip install -r <the file "
+                  f"`python -m clinical_r1.gpu_stack` names> && pip install --no-deps -e . && make gpu-smoke",
+                  file=sys.stderr)
             return 2
         deadline = time.time() + a.budget
         for s in steps:
             run_step(s, steps, work, deadline)
-    payload = {"name": NAME, "environment": environment(with_gpu=True), "model": a.model, "budget_seconds": a.budget,
+    payload = {"name": NAME, "stack": stack_record() | {"torch_cuda": torch.version.cuda},
+               "environment": environment(with_gpu=True), "model": a.model, "budget_seconds": a.budget,
                "passed": all(s.status == "pass" for s in steps), "steps": [asdict(s) for s in steps]}
     path = write_result(NAME, payload, Path(a.results_dir) if a.results_dir else None)
     gpu = payload["environment"]["gpu"] or {}
-    print(f"\nGPU smoke on {gpu.get('name')} (driver {gpu.get('driver')}, CUDA {gpu.get('cuda')}), {a.model}")
+    st = payload["stack"]
+    print(f"\nGPU smoke on {gpu.get('name')} (driver {gpu.get('driver')}), {a.model}; stack: torch {st['torch']} "
+          f"(CUDA {st['torch_cuda']}), vLLM {st['vllm'] or 'not installed'}, {st['requirements'] or 'no pinned file'}")
     print(table([(s.name, s.status, s.seconds, s.detail[:100]) for s in steps], ["step", "status", "seconds", "detail"]))
     print(f"\nwrote {path}")
     return 0 if payload["passed"] else 1

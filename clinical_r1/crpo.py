@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 from clinical_r1.config import ConfigError, check_paths, load_config, model_backend, config_warnings, reward_preset, trainer_args
 from clinical_r1.errors import ClinicalR1Error
+from clinical_r1.gpu_stack import vllm_installed
 from clinical_r1.parsing import LETTERS
 from clinical_r1.prompts import build_messages
 
@@ -121,6 +122,18 @@ def prompt_limit(cfg: Mapping[str, Any], args: Any, ref: str) -> int:
     return int(mpl)
 
 
+def generation_engine(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The config to train with: ``trainer.use_vllm`` turned off, with a warning, where vLLM is not installed (the
+    CUDA 12 stack, ``requirements-gpu-cu12.txt``, has none), so one recipe runs on both GPU stacks; rollouts then go
+    through Unsloth's or TRL's own ``generate``. The run's ``config.yaml`` records what was used."""
+    if not cfg["trainer"].get("use_vllm") or vllm_installed():
+        return dict(cfg)
+    log.warning("trainer.use_vllm=true but vLLM is not installed (the CUDA 12 stack, requirements-gpu-cu12.txt, has "
+                "none): generating rollouts with %s instead, several times slower",
+                "Unsloth" if cfg["model"].get("backend") in ("unsloth", "auto") else "transformers' generate")
+    return {**cfg, "trainer": {**cfg["trainer"], "use_vllm": False}}
+
+
 def run_crpo(config: Mapping[str, Any] | str | os.PathLike, overrides: Any = None, train_dataset: Any = None) -> Path:
     """Run CRPO/GRPO from a training config; returns the run folder. ``train_dataset`` replaces its data."""
     from clinical_r1 import models
@@ -128,7 +141,7 @@ def run_crpo(config: Mapping[str, Any] | str | os.PathLike, overrides: Any = Non
     models.import_unsloth_first(model_backend(config, overrides))  # before runs/load_config import transformers/TRL
     from clinical_r1 import runs
 
-    cfg = load_config(config, overrides, stage="crpo")
+    cfg = generation_engine(load_config(config, overrides, stage="crpo"))
     check_paths(cfg)  # every input exists and is the right kind, before anything is loaded or written
     preset = reward_preset(cfg)
     args = trainer_args(cfg)  # TRL's own checks (batch vs num_generations, ...) before anything heavy

@@ -373,7 +373,11 @@ def open_engine(model: str | os.PathLike, backend: str = "auto", seed: int = 0, 
     if backend not in ("auto", "vllm", "transformers"):
         raise GenerationError(f"unknown backend {backend!r}; choose auto, vllm or transformers")
     if backend == "vllm" or (backend == "auto" and vllm_available()):
+        log.info("generation engine for %s: vLLM", model)
         return VLLMBackend.from_path(_resolve_path(model), seed=seed, **llm_kwargs)
+    if backend == "auto":  # on the CUDA 12 stack (no vLLM) and on CPU
+        log.info("generation engine for %s: transformers (vLLM not available: not installed, as on the CUDA 12 "
+                 "stack, or no CUDA)", model)
     loaded, tok = load_for_inference(model)
     return TransformersBackend(loaded, tok, label=str(model))
 

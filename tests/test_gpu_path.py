@@ -34,7 +34,7 @@ def test_every_notebook_opens_with_the_same_bootstrap():
     assert len(NOTEBOOKS) == 8
     for p in NOTEBOOKS:
         assert first_code_cell(p) == BOOTSTRAP, f"{p.name}: its first code cell differs from {NOTEBOOKS[0].name}'s"
-    assert "requirements-gpu.txt" in BOOTSTRAP and "requirements-gpu-dev" not in BOOTSTRAP
+    assert "clinical_r1.gpu_stack import install" in BOOTSTRAP and "requirements-gpu-dev" not in BOOTSTRAP
 
 
 def test_bootstrap_does_nothing_outside_colab_and_kaggle(tmp_path, monkeypatch):
@@ -95,7 +95,7 @@ def colab(tmp_path_factory):
     subprocess.run([*git, "commit", "-qm", "snapshot"], cwd=src, check=True)
     bin_ = root / "bin"
     bin_.mkdir()
-    (bin_ / "nvidia-smi").write_text("#!/bin/sh\necho 'Tesla T4, 550.54.15, 15360 MiB'\n")
+    (bin_ / "nvidia-smi").write_text("#!/bin/sh\necho '550.54.15, 7.5, Tesla T4'\n")  # driver, capability, name
     (bin_ / "nvidia-smi").chmod(0o755)
     (root / "fake_pip.py").write_text("import json, os, sys\n"
                                       "open(os.environ['FAKE_PIP_LOG'], 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
@@ -135,25 +135,27 @@ def test_bootstrap_on_first_contact_and_after_a_restart(colab):
     home = colab / "content" / "clinical-r1"
     proc, res = run_cell(colab)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Tesla T4, 550.54.15, 15360 MiB" in proc.stdout  # GPU and driver
+    assert "GPU stack cu12 (requirements-gpu-cu12.txt" in proc.stdout  # the stack for a 550 driver, and why
+    assert "driver 550.54.15 >= 525 and compute capability 7.5 >= 7.0; not cu13: driver < 580" in proc.stdout
     assert "torch 2." in proc.stdout and "CUDA" in proc.stdout and "bf16: False" in proc.stdout
     assert (home / ".git").is_dir()
     assert res["cwd"] == str(home / "notebooks")
     assert res["clinical_r1"] == str(home / "clinical_r1" / "__init__.py")  # importable in the same kernel
     calls = [json.loads(x) for x in (colab / "pip.log").read_text().splitlines()]
-    assert calls == [["install", "-q", "-r", str(home / "requirements-gpu.txt")],
-                     ["install", "-q", "--no-deps", "-e", str(home)]]  # the runtime file only
+    assert calls == [["install", "-q", "-r", str(home / "requirements-gpu-cu12.txt")],
+                     ["install", "-q", "--no-deps", "-e", str(home)]]  # the chosen runtime file only
+    assert "replacing the preinstalled torch 2.13.0" in proc.stdout  # this venv's CPU torch is not the stack's
 
     proc, res = run_cell(colab)  # a restart: a fresh kernel in /content, the clone already there
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert res["cwd"] == str(home / "notebooks") and res["clinical_r1"].startswith(str(home))
-    assert len((colab / "pip.log").read_text().splitlines()) == 2  # nothing reinstalled
+    assert len((colab / "pip.log").read_text().splitlines()) == len(calls)  # nothing reinstalled
     assert "installing" not in proc.stdout
 
 
 def test_bootstrap_explains_a_torch_that_sees_no_gpu(colab):
     proc, _ = run_cell(colab, mode="old-driver")
-    assert proc.returncode != 0 and "sees no CUDA device" in proc.stderr and "550.54.15" in proc.stderr
+    assert proc.returncode != 0 and "sees no CUDA device" in proc.stderr and "cu12 stack (NVIDIA driver >= 525)" in proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -357,8 +359,10 @@ def test_gpu_smoke_steps_are_valid_recipes(tmp_path):
                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = [line.split(":")[0] for line in proc.stdout.splitlines() if not line.startswith(" ")]
-    assert names == ["sft", "crpo-transformers", "crpo-unsloth", "crpo-vllm", "crpo-unsloth-vllm", "eval-vllm", "score",
+    assert names == ["sft", "crpo-transformers", "crpo-unsloth", "crpo-vllm", "crpo-unsloth-vllm", "eval", "score",
                      "merge"]
+    assert [n for n in names if f"{n}: " in proc.stdout and proc.stdout.split(f"{n}: ", 1)[1].split("\n")[0].endswith(
+        "[needs vLLM]")] == ["crpo-vllm", "crpo-unsloth-vllm"]
     assert proc.stdout.count("    ok: ") == 5
 
 

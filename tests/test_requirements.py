@@ -1,7 +1,7 @@
-"""The pinned GPU stack holds together: every pin in requirements-gpu*.txt satisfies the ranges its neighbours
-declare. Offline: the ranges are recorded below from the packages' own metadata (``pip install --dry-run
---report`` of requirements-gpu.txt for CPython 3.11 and 3.12 on manylinux x86_64, PyPI only; README, GPU
-install). Re-record them when a pin moves.
+"""The pinned GPU stacks hold together: every pin in requirements-gpu.txt (CUDA 13) and requirements-gpu-cu12.txt
+(CUDA 12) satisfies the ranges its neighbours declare. Offline: the ranges are recorded below from the packages' own
+metadata (``pip install --dry-run --report`` of each file for CPython 3.11 and 3.12 on manylinux x86_64, PyPI only;
+``python -m clinical_r1.gpu_stack resolve`` re-measures; README, "Which GPU stack"). Re-record them when a pin moves.
 """
 
 from pathlib import Path
@@ -13,6 +13,7 @@ from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
 RUNTIME = REPO / "requirements-gpu.txt"
+CU12 = REPO / "requirements-gpu-cu12.txt"
 DEV = REPO / "requirements-gpu-dev.txt"
 CPU = REPO / "requirements.txt"
 
@@ -45,7 +46,12 @@ DECLARED: dict[tuple[str, str], dict[str, str]] = {
         "transformers": "<5.18.0,>=5.10.4",
     },
     ("peft", "0.21.2"): {"torch": ">=1.13.0", "accelerate": ">=0.21.0"},
+    ("xformers", "0.0.35"): {"torch": ">=2.10"},
+    ("bitsandbytes", "0.50.2"): {"torch": "<3,>=2.4"},
 }
+# The CUDA major of each torch release as PyPI serves it for manylinux x86_64 (its nvidia-*-cuNN / nvidia-cuda-runtime
+# dependencies in the dry-run report): torch 2.11 is the first with CUDA 13 wheels.
+TORCH_CUDA_ON_PYPI = {"2.10.0": 12, "2.11.0": 13, "2.13.0": 13}
 # Requires-Python of the pins that bind it: TRL 1.15 (and 1.16, the CPU stack) need Python >= 3.11, so
 # requirements-gpu.txt does not resolve for CPython 3.10 (measured: "No matching distribution found for trl==1.15.0").
 REQUIRES_PYTHON = {"trl": ">=3.11", "vllm": "<3.15,>=3.10", "unsloth": "<3.15,>=3.9", "transformers": ">=3.10.0"}
@@ -95,6 +101,28 @@ def test_runtime_pins_fit_what_each_pinned_release_declares():
     assert conflicts(reqs) == []
 
 
+def test_cu12_pins_fit_what_each_pinned_release_declares_and_torch_is_a_cuda_12_build():
+    reqs = parse(CU12)
+    for name in ("unsloth", "unsloth-zoo", "trl", "transformers", "torch", "peft", "datasets", "xformers", "bitsandbytes"):
+        assert pinned(reqs[name]), f"{name} must be pinned exactly in {CU12.name}"
+    assert conflicts(reqs) == []
+    assert TORCH_CUDA_ON_PYPI[pinned(reqs["torch"])] == 12 and TORCH_CUDA_ON_PYPI[pinned(parse(RUNTIME)["torch"])] == 13
+    assert "vllm" not in reqs  # none in TRL 1.15's range resolves with a CUDA 12 torch from PyPI (measured)
+
+
+def test_the_two_stacks_differ_only_in_torch_vllm_and_xformers():
+    cu13, cu12 = parse(RUNTIME), parse(CU12)
+    differ = {n for n in set(cu13) | set(cu12) if str(cu13.get(n, "")) != str(cu12.get(n, ""))}
+    assert differ == {"torch", "vllm", "xformers"}
+
+
+@pytest.mark.parametrize("dep,bad_version", [("torch", "2.3.0"), ("transformers", "5.18.0"), ("trl", "1.16.0")])
+def test_the_check_catches_a_cu12_pin_outside_a_declared_range(dep, bad_version):
+    reqs = parse(CU12)
+    reqs[dep] = Requirement(f"{dep}=={bad_version}")
+    assert any(dep in c for c in conflicts(reqs))
+
+
 def test_vllm_sits_inside_trls_supported_range():
     reqs = parse(RUNTIME)
     trl, vllm = pinned(reqs["trl"]), pinned(reqs["vllm"])
@@ -115,7 +143,8 @@ def test_the_check_catches_a_pin_outside_a_declared_range(dep, bad_version):
 
 def test_runtime_leaves_the_notebook_server_alone_and_dev_adds_it():
     runtime, dev = parse(RUNTIME), parse(DEV)
-    assert not DEV_ONLY & set(runtime), f"{RUNTIME.name} must not install {sorted(DEV_ONLY & set(runtime))}"
+    for f in (RUNTIME, CU12):
+        assert not DEV_ONLY & set(parse(f)), f"{f.name} must not install {sorted(DEV_ONLY & set(parse(f)))}"
     assert {"papermill", "ipykernel", "jupyterlab", "pytest"} <= set(dev)
     assert "-r requirements-gpu.txt" in DEV.read_text()
     assert {k: str(v.specifier) for k, v in runtime.items()} == {k: str(dev[k].specifier) for k in runtime}
