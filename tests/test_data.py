@@ -311,7 +311,7 @@ def test_published_sizes_are_checked_on_hub_loads(monkeypatch, caplog):
     from clinical_r1 import data
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    for name, split, size in (("MedQA", "test", 1273), ("MedMCQA", "validation", 4183), ("MedXpertQA", "test", 2450)):
+    for name, split, size in (("MedQA", "test", 1273), ("MedQA4", "test", 1273), ("MedMCQA", "validation", 4183), ("MedXpertQA", "test", 2450)):
         assert data.PUBLISHED_SIZES[name.lower()] == size and data.EVAL_SPLITS[name.lower()] == split
         assert f"| {name} | {split} | {size:,} |" in readme
     rows = [{"id": f"q{i}", "question": "Which?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 1}
