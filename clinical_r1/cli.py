@@ -2,6 +2,7 @@
 
     python -m clinical_r1 split    --train medqa:path/to/train.jsonl --eval medqa --eval medmcqa --out data/splits
     python -m clinical_r1 distill  --items data/splits/sft.jsonl --config teacher.yaml --out traces.jsonl --cache cache.jsonl
+    python -m clinical_r1 traces   --from hw-hwei/MedThoughts-8K --items data/splits/sft.jsonl --out traces.jsonl  # no API bill
     python -m clinical_r1 sft      --config configs/cpu_demo_sft.yaml  [--set trainer.max_steps=4 ...]
     python -m clinical_r1 crpo     --config configs/cpu_demo_crpo.yaml [--set reward.preset=grpo --set reward.k=5]
     python -m clinical_r1 merge    --adapter results/cpu_demo_crpo/adapter --out results/cpu_demo_crpo/merged
@@ -97,7 +98,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_benchmark_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--benchmark", required=True, help="medqa, medmcqa, medxpertqa, pubmedqa, jsonl or sample")
+    p.add_argument("--benchmark", required=True,
+                   help="medqa (5 options, the paper's), medqa4, medmcqa, medxpertqa, pubmedqa, jsonl or sample")
     p.add_argument("--data", default=None, help="local benchmark file (default: the hub copy)")
     p.add_argument("--split", default=None, help="hub split (default: the evaluation split, e.g. MedMCQA validation)")
     p.add_argument("--limit", type=int, default=None, help="the first N questions")
@@ -118,6 +120,10 @@ def add_split(sub: Any) -> Handler:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-limit", type=int, default=None, help="keep the first N items of each evaluation set")
     p.add_argument("--allow-overlap", action="store_true", help="proceed despite train/eval overlap (recorded)")
+    p.add_argument("--sft-traces", default=None, metavar="hub:ID|file:PATH",
+                   help="draw the SFT half and dev from questions with a kept public trace (hub:hw-hwei/MedThoughts-8K)")
+    p.add_argument("--model", default=None, help="the policy, whose tokenizer caps the traces' length (--max-length)")
+    p.add_argument("--max-length", type=int, default=None, help="SFT max length in tokens for --sft-traces")
 
     def run(a: argparse.Namespace) -> Any:
         from clinical_r1.errors import DataError
@@ -130,7 +136,8 @@ def add_split(sub: Any) -> Handler:
         train, path = _name_path(a.train)
         return prepare_data(a.out, train_benchmark=train, train_path=path, split_sizes=sizes,
                             eval_benchmarks=dict(_name_path(e) for e in a.eval), eval_limit=a.eval_limit,
-                            seed=a.seed, allow_overlap=a.allow_overlap)["files"]
+                            seed=a.seed, allow_overlap=a.allow_overlap, sft_traces=a.sft_traces, model=a.model,
+                            trace_max_length=a.max_length)["files"]
 
     return run
 
@@ -162,6 +169,44 @@ def add_distill(sub: Any) -> Handler:
         if failed:
             log.warning("%d of %d teacher requests failed (%s); rerun to retry them (answers are cached)", failed,
                         report["n_items"], where)
+
+    return run
+
+
+def add_traces(sub: Any) -> Handler:
+    p = sub.add_parser("traces", help="cold-start traces from public DeepSeek-R1 traces (MedThoughts-8K): no API bill")
+    p.add_argument("--from", dest="source", default="hw-hwei/MedThoughts-8K",
+                   help="hub dataset id or local JSONL in its schema (default: hw-hwei/MedThoughts-8K, GPL-3.0)")
+    p.add_argument("--items", required=True, help="JSONL of records to match (the SFT half: split --sft-traces)")
+    p.add_argument("--out", required=True, help="output JSONL of kept traces (distill's schema)")
+    p.add_argument("--eval", action="append", default=None, metavar="NAME[:PATH]",
+                   help="evaluation set to decontaminate against; repeatable (default: the hub's medqa, medqa4, "
+                        "medmcqa, medxpertqa)")
+    p.add_argument("--model", default=None, help="the policy, whose tokenizer counts the tokens (with --max-length)")
+    p.add_argument("--max-length", type=int, default=None, help="drop traces whose SFT row exceeds this many tokens")
+    p.add_argument("--min-match-rate", type=float, default=None, help="fail below this match rate (default 0.9)")
+    p.add_argument("--report", default=None, help="write the report as JSON here (default: <out>.report.json)")
+
+    def run(a: argparse.Namespace) -> Any:
+        from clinical_r1.data import EVAL_SPLITS, load_benchmark
+        from clinical_r1.files import read_jsonl, write_json, write_jsonl
+        from clinical_r1.locks import exclusive
+        from clinical_r1.study import trace_cap
+        from clinical_r1.traces import MIN_MATCH_RATE, import_traces, load_public_traces
+
+        evals = {}
+        for spec in a.eval or ["medqa", "medqa4", "medmcqa", "medxpertqa"]:
+            name, path = _name_path(spec)
+            evals[name] = load_benchmark(name, path=path, split=EVAL_SPLITS.get(name, "test"), strict=False)[0]
+        rate = MIN_MATCH_RATE if a.min_match_rate is None else a.min_match_rate
+        with exclusive(a.out, "imported traces"):
+            kept, report = import_traces(load_public_traces(a.source), read_jsonl(a.items), evals,
+                                         *trace_cap(a.model, a.max_length), min_match_rate=rate, source=a.source)
+            write_jsonl(kept, a.out)
+            report_path = write_json(report, a.report or f"{a.out}.report.json")
+        log.info("kept %d of %d traces; report written to %s", report["kept"], report["n_traces"], report_path)
+        if not kept:
+            raise JobFailed(f"no trace kept ({report_path})")
 
     return run
 
@@ -509,6 +554,7 @@ def add_check_config(sub: Any) -> Handler:
 SUBCOMMANDS: dict[str, Callable[[Any], Handler]] = {
     "split": add_split,
     "distill": add_distill,
+    "traces": add_traces,
     "sft": training_stage("sft", "cold-start LoRA SFT on reasoning traces"),
     "crpo": training_stage("crpo", "CRPO/GRPO reinforcement learning with a reward preset"),
     "merge": add_merge,

@@ -1,11 +1,21 @@
 """Benchmarks -> one record schema; the paper's MedQA split; decontamination.
 
     from clinical_r1.data import load_benchmark, make_splits
-    medqa = load_benchmark("medqa", path="data/medqa/train.jsonl")          # local file, any MedQA release
-    medqa = load_benchmark("medqa", split="train")                           # hub (online)
+    medqa = load_benchmark("medqa", path="data/medqa/US/train.jsonl")       # local jind11 file, 5 options (the paper's)
+    medqa = load_benchmark("medqa", split="train")                           # hub (online): bigbio/med_qa, 5 options
+    medqa4 = load_benchmark("medqa4")                                        # GBaker/MedQA-USMLE-4-options test
     manifest = make_splits(medqa, "data/splits", eval_sets={"medqa_test": load_benchmark("medqa")})
 
     python -m clinical_r1 split --train medqa:path/to/train.jsonl --out data/splits
+
+MedQA comes in two variants, each a benchmark name of its own, so that every result names the one it used:
+``medqa`` is the US **5-option** release (options A–E; train 10,178, dev 1,272, test 1,273), the one the authors
+read (BoyangGu1/Clinical-R1-3B ``raw2csv.py``) and the one the paper's MedQA numbers are on; ``medqa4`` is the
+4-option release (one distractor deleted per question; same questions and sizes), ``GBaker/MedQA-USMLE-4-options``
+on the hub. A file whose rows have another number of options than its variant raises (load a 4-option file as
+``medqa4``). The hub copy of ``medqa`` is the parquet conversion of ``bigbio/med_qa`` config ``med_qa_en_source``
+(its loading script no longer runs in current ``datasets``; the hub's ``refs/convert/parquet`` revision keeps
+per-config parquet files), whose options are a list of ``{"key", "value"}``; see the README for what was verified.
 
 Every loader returns a ``datasets.Dataset`` with the columns of ``COLUMNS``:
 ``id`` (str), ``question`` (the stem), ``options`` (list of str in letter order A, B, C, …), ``answer``
@@ -42,18 +52,22 @@ log = logging.getLogger(__name__)
 COLUMNS = ("id", "question", "options", "answer", "source", "subgroup", "explanation", "meta")
 
 HUB_IDS = {
-    "medqa": ("GBaker/MedQA-USMLE-4-options", None),
+    "medqa": ("bigbio/med_qa", None),  # read from HUB_PARQUET below
+    "medqa4": ("GBaker/MedQA-USMLE-4-options", None),
     "medmcqa": ("openlifescienceai/medmcqa", None),
     "medxpertqa": ("TsinghuaC3I/MedXpertQA", "Text"),
     "pubmedqa": ("qiaojin/PubMedQA", "pqa_labeled"),
 }
+# Hub copies read from a parquet conversion: name -> (revision, folder of the config's split folders)
+HUB_PARQUET = {"medqa": ("refs/convert/parquet", "med_qa_en_source")}
+MEDQA_OPTIONS = {"medqa": 5, "medqa4": 4}  # the options every row of a MedQA variant has
 PUBMEDQA_CHOICES = ("yes", "no", "maybe")
 # The split each benchmark is evaluated on, and its full published size: the denominators of every
-# published accuracy (MedQA-USMLE-4 test, MedMCQA validation — its test answers are hidden —, MedXpertQA
+# published accuracy (MedQA-USMLE test, 5 or 4 options, MedMCQA validation — its test answers are hidden —, MedXpertQA
 # Text test). A hub load of that split with another row count logs a warning. PubMedQA's labelled set has
 # one split of 1,000.
-EVAL_SPLITS = {"medqa": "test", "medmcqa": "validation", "medxpertqa": "test", "pubmedqa": "train"}
-PUBLISHED_SIZES = {"medqa": 1273, "medmcqa": 4183, "medxpertqa": 2450, "pubmedqa": 1000}
+EVAL_SPLITS = {"medqa": "test", "medqa4": "test", "medmcqa": "validation", "medxpertqa": "test", "pubmedqa": "train"}
+PUBLISHED_SIZES = {"medqa": 1273, "medqa4": 1273, "medmcqa": 4183, "medxpertqa": 2450, "pubmedqa": 1000}
 
 
 @dataclass
@@ -114,6 +128,8 @@ def _options(v: Any, key: str = "options") -> list[str]:
         if sorted(str(k).strip().upper() for k in keys) != expected:
             raise RowError(key, f"option letters {keys} are not A.. in sequence")
         opts = [v[k] for k in sorted(keys, key=lambda k: str(k).strip().upper())]
+    elif isinstance(v, (list, tuple)) and v and all(isinstance(o, Mapping) and set(o) == {"key", "value"} for o in v):
+        return _options({o["key"]: o["value"] for o in v}, key)  # bigbio's [{"key": "A", "value": ...}, ...]
     elif isinstance(v, (list, tuple)):
         opts = list(v)
     else:
@@ -188,10 +204,16 @@ def _id(raw: Mapping[str, Any], prefix: str, row: int, *keys: str) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _medqa(raw: Mapping[str, Any], row: int, src: str, **_: Any) -> dict[str, Any]:
-    """MedQA USMLE 4/5-option: hub GBaker/MedQA-USMLE-4-options, jind11 JSONL, MedAgentsBench, uniform."""
+def _medqa(raw: Mapping[str, Any], row: int, src: str, variant: str = "medqa", **_: Any) -> dict[str, Any]:
+    """MedQA USMLE, ``medqa`` (5 options) or ``medqa4``: jind11 JSONL, hub (bigbio source parquet, GBaker
+    4-option), MedAgentsBench, uniform. A row with another number of options than the variant's raises."""
     question = _text(raw, "question")
     options = _options(_req(raw, "options"))
+    want = MEDQA_OPTIONS[variant]
+    if len(options) != want:
+        other = next((n for n, k in MEDQA_OPTIONS.items() if k == len(options)), None)
+        raise RowError("options", f"{len(options)} options, but {variant} is the {want}-option MedQA release"
+                                  + (f"; load this file as {other}" if other else ""))
     notes = []
     if "answer_idx" in raw:
         answer = _letter(raw["answer_idx"], options, "answer_idx")
@@ -201,7 +223,7 @@ def _medqa(raw: Mapping[str, Any], row: int, src: str, **_: Any) -> dict[str, An
     else:
         answer = _letter(_req(raw, "answer"), options, "answer")
     meta = {k: raw[k] for k in ("meta_info", "metamap_phrases") if k in raw}
-    rec = _record(raw.get("id") or _id(raw, "medqa", row, "realidx"), question, options, answer,
+    rec = _record(raw.get("id") or _id(raw, variant, row, "realidx"), question, options, answer,
                   raw.get("source") or src, raw.get("subgroup") or raw.get("meta_info", ""),
                   raw.get("explanation", ""), meta)
     rec[_NOTES] += notes
@@ -287,8 +309,13 @@ def _uniform(raw: Mapping[str, Any], row: int, src: str, **_: Any) -> dict[str, 
                    raw.get("subgroup") or raw.get("specialty", ""), raw.get("explanation", ""), extra)
 
 
+def _medqa4(raw: Mapping[str, Any], row: int, src: str, **kw: Any) -> dict[str, Any]:
+    return _medqa(raw, row, src, variant="medqa4", **kw)
+
+
 NORMALISERS: dict[str, Callable[..., dict[str, Any]]] = {
     "medqa": _medqa,
+    "medqa4": _medqa4,
     "medmcqa": _medmcqa,
     "medxpertqa": _medxpertqa,
     "pubmedqa": _pubmedqa,
@@ -369,7 +396,7 @@ def load_benchmark(name: str, path: str | os.PathLike | None = None, split: str 
                    limit: int | None = None, cop_base: int | None = None, with_report: bool = False):
     """Load a benchmark as a ``datasets.Dataset`` in the record schema.
 
-    ``name``: ``medqa``, ``medmcqa``, ``medxpertqa``, ``pubmedqa``, ``jsonl`` (the uniform schema) or
+    ``name``: ``medqa`` (5 options, the paper's), ``medqa4`` (4 options), ``medmcqa``, ``medxpertqa``, ``pubmedqa``, ``jsonl`` (the uniform schema) or
     ``sample`` (the bundled questions). With ``path`` a local ``.jsonl``/``.json``/``.parquet`` file is
     read (always offline); without it the hub copy of ``split`` is downloaded (``HUB_IDS``; default: the
     evaluation split of ``EVAL_SPLITS``). ``cop_base`` is MedMCQA's
@@ -425,7 +452,13 @@ def _hub_rows(name: str, split: str) -> tuple[list[tuple[int, Any]], str]:
         raise UsageError(f"benchmark {name!r} has no hub copy; pass path=")
     hub_id, config = HUB_IDS[name]
     try:
-        ds = load_dataset(hub_id, config, split=split) if config else load_dataset(hub_id, split=split)
+        if name in HUB_PARQUET:  # the parquet conversion of a dataset whose loading script is gone
+            revision, data_dir = HUB_PARQUET[name]
+            ds = load_dataset(hub_id, revision=revision, data_dir=data_dir, split=split)
+        elif config:
+            ds = load_dataset(hub_id, config, split=split)
+        else:
+            ds = load_dataset(hub_id, split=split)
     except Exception as e:  # datasets raises many types (ConnectionError, DatasetNotFoundError, ...)
         raise DataError(f"could not load {hub_id} split {split!r} from the hub ({type(e).__name__}: {e}); "
                            f"download it and pass path= to load a local file") from e
@@ -483,6 +516,13 @@ def decontamination_report(train_splits: Mapping[str, Any], eval_sets: Mapping[s
     return {"pairs": pairs, "overlap": sum(p["normalised"] for p in pairs), "counts": counts}
 
 
+def contaminated_ids(train, eval_sets: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The ids of ``train`` rows whose normalised stem is in an evaluation set, by evaluation set: the rows that
+    :func:`decontamination_report` counts, for a caller that drops them (imported traces)."""
+    mine = _keys(train)[1]
+    return {name: sorted(mine[k] for k in set(mine) & set(_keys(ds)[1])) for name, ds in eval_sets.items()}
+
+
 class ContaminationError(ClinicalR1Error, RuntimeError):
     """Training and evaluation items overlap; the message lists the pairs."""
 
@@ -505,13 +545,17 @@ def _link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
 def make_splits(train, out_dir: str | os.PathLike, sizes: SplitSizes | Mapping[str, int] = SplitSizes(),
                 seed: int = 42, eval_sets: Mapping[str, Any] | None = None, allow_overlap: bool = False,
-                dedupe: bool = True) -> dict[str, Any]:
+                dedupe: bool = True, sft_from: Iterable[str] | None = None) -> dict[str, Any]:
     """Split ``train`` into disjoint ``sft``/``rl``/``dev`` (and optional ``test``) JSONL files plus ``manifest.json``.
 
     Seeded (numpy ``default_rng(seed).permutation``) and reproducible. Items whose normalised stem repeats
     an earlier one are dropped first when ``dedupe`` (so halves are disjoint in text, not only in id).
     The decontamination check runs before anything is written; any overlap with ``eval_sets`` (or between
     the halves) raises :class:`ContaminationError` unless ``allow_overlap``.
+
+    ``sft_from``: ids of the items that may go to the SFT half and the dev slice (those with a kept public
+    trace, :mod:`clinical_r1.traces`): both are drawn, seeded, from them; the RL half and the test slice from
+    the rest. RL then over-represents the questions without a kept trace (those the teacher got wrong).
     """
     import numpy as np
 
@@ -534,6 +578,15 @@ def make_splits(train, out_dir: str | os.PathLike, sizes: SplitSizes | Mapping[s
         raise DataError(f"split sizes sft={sizes.sft} + rl={sizes.rl} + dev={sizes.dev} + test={sizes.test} = {need} "
                          f"exceed the {len(train)} training items available")
     order = np.random.default_rng(seed).permutation(len(train)).tolist()
+    if sft_from is not None:  # sft, then dev, from the eligible items; the rest after them, in seeded order
+        eligible, ids = set(sft_from), train["id"]
+        pool = [i for i in order if ids[i] in eligible]
+        if sizes.sft + sizes.dev > len(pool):
+            raise DataError(f"split sizes sft={sizes.sft} + dev={sizes.dev} exceed the {len(pool)} training items "
+                            f"with a kept trace (sft_from)")
+        chosen = set(pool[: sizes.sft + sizes.dev])
+        others = [i for i in order if i not in chosen]  # seeded order: questions without a trace and unused ones
+        order = pool[: sizes.sft] + others[: sizes.rl] + pool[sizes.sft : sizes.sft + sizes.dev] + others[sizes.rl :]
     bounds = np.cumsum([0, sizes.sft, sizes.rl, sizes.dev, sizes.test]).tolist()
     idx = {n: order[bounds[i] : bounds[i + 1]] for i, n in enumerate(("sft", "rl", "dev", "test"))}
     splits = {n: train.select(sorted(i)) for n, i in idx.items() if n != "test" or sizes.test}
@@ -549,6 +602,7 @@ def make_splits(train, out_dir: str | os.PathLike, sizes: SplitSizes | Mapping[s
         "sizes": {"sft": sizes.sft, "rl": sizes.rl, "dev": sizes.dev, "test": sizes.test},
         "source_count": len(train) + dropped,
         "duplicates_dropped": dropped,
+        "sft_from": None if sft_from is None else len(eligible),  # items eligible for sft/dev (kept traces)
         "files": {},
         "decontamination": report,
         "allow_overlap": allow_overlap,

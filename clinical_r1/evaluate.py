@@ -5,8 +5,8 @@
     res["overall"]["accuracy"], res["overall"]["accuracy_ci"]
     cmp = compare("results/crpo/medqa.jsonl", "results/grpo/medqa.jsonl", medqa)   # paired bootstrap + McNemar
 
-    python -m clinical_r1 evaluate results/run/medqa.jsonl --benchmark medqa \\
-        --data ../shared/benchmarks/medqa_usmle4_test_sample.jsonl --out results/run/medqa.metrics.json
+    python -m clinical_r1 evaluate results/run/medqa4.jsonl --benchmark medqa4 \\
+        --data ../shared/benchmarks/medqa_usmle4_test_sample.jsonl --out results/run/medqa4.metrics.json
 
 Every answer letter comes from the one parser, ``clinical_r1.parsing.extract_letter(text, item options)``,
 and is judged by its one rule, ``clinical_r1.parsing.is_correct_letter`` (the rule of ``is_correct``, which

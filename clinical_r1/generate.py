@@ -4,8 +4,8 @@
     generate(model, tokenizer, medqa, "results/run/medqa.jsonl", prompt_kind="crpo", n=1,
              temperature=0.0, max_new_tokens=1024, batch_size=16, dataset_name="medqa", model_name="crpo-3b")
 
-    python -m clinical_r1 generate --model path/to/model_or_adapter --benchmark medqa \\
-        --data ../shared/benchmarks/medqa_usmle4_test_sample.jsonl --out results/run/medqa.jsonl --prompt crpo
+    python -m clinical_r1 generate --model path/to/model_or_adapter --benchmark medqa4 \\
+        --data ../shared/benchmarks/medqa_usmle4_test_sample.jsonl --out results/run/medqa4.jsonl --prompt crpo
 
 The model may be a loaded ``transformers``/``peft`` model (generated with ``transformers``, left padding,
 batched ``generate``), a ``vllm.LLM``, an engine from :func:`open_engine` (one engine for several datasets, as

@@ -66,7 +66,7 @@ LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 METHOD_HATCHES = ("", "..", "xx", "\\\\", "oo", "++", "--", "||")  # per-method texture in box/violin plots
 DPI = 200  # PNG resolution
-BENCHMARK_NAMES = {"medqa": "MedQA", "medmcqa": "MedMCQA", "medxpertqa": "MedXpertQA", "pubmedqa": "PubMedQA",
+BENCHMARK_NAMES = {"medqa": "MedQA (5 options)", "medqa4": "MedQA (4 options)", "medmcqa": "MedMCQA", "medxpertqa": "MedXpertQA", "pubmedqa": "PubMedQA",
                    "sample": "bundled sample"}
 LOWER_IS_BETTER = ("halluc",)  # metric names containing one of these are marked "lower is better"
 METRIC_LABELS = {

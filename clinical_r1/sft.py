@@ -125,7 +125,8 @@ def split_dev(rows: Sequence[Any], dev_size: float | int, seed: int) -> tuple[li
     return [r for i, r in enumerate(rows) if i not in dev], [r for i, r in enumerate(rows) if i in dev]
 
 
-def _token_length(tok: Any, row: Mapping[str, Any]) -> int:
+def token_length(tok: Any, row: Mapping[str, Any]) -> int:
+    """Tokens of one SFT row (prompt and completion through the chat template): what ``max_length`` caps."""
     text = tok.apply_chat_template(list(row["prompt"]) + list(row["completion"]), tokenize=False)
     return len(tok(text, add_special_tokens=False)["input_ids"])
 
@@ -136,7 +137,7 @@ def drop_too_long(rows: list[dict[str, Any]], tok: Any, max_length: int | None, 
         return rows
     kept, dropped = [], []
     for r in rows:
-        n = _token_length(tok, r)
+        n = token_length(tok, r)
         if n <= max_length:
             kept.append(r)
         else:

@@ -36,7 +36,8 @@ TRACE_FILES = {"sft": "traces_sft.jsonl", "dev": "traces_dev.jsonl"}
 def prepare_data(out_dir: str | os.PathLike, train_benchmark: str = "medqa", train_path: str | None = None,
                  split_sizes: Mapping[str, int] | None = None, eval_benchmarks: Mapping[str, str | None] | None = None,
                  eval_limit: int | None = None, seed: int = 0, allow_overlap: bool = False,
-                 eval_optional: bool = False) -> dict[str, Any]:
+                 eval_optional: bool = False, sft_traces: str | None = None, model: str | None = None,
+                 trace_max_length: int | None = None) -> dict[str, Any]:
     """Load the training benchmark, split it, check decontamination and write the evaluation sets.
 
     ``eval_benchmarks`` maps a loader name to a local file (``None``: the hub copy). With ``eval_optional``
@@ -45,6 +46,11 @@ def prepare_data(out_dir: str | os.PathLike, train_benchmark: str = "medqa", tra
     few duplicate options) are kept, as in the published denominators, and listed as ``flagged_rows``.
     A ``test`` split size > 0 adds the held-out part of the training benchmark as the evaluation set
     named after it (the demo's in-domain set).
+
+    ``sft_traces`` (a public-trace source, e.g. ``hub:hw-hwei/MedThoughts-8K`` or ``file:<path>``): the SFT half
+    and the dev slice are drawn from the training questions with a kept trace (:mod:`clinical_r1.traces`,
+    token-length cap ``trace_max_length`` with ``model``'s tokenizer), the RL half from the rest; the import
+    report goes to ``<out_dir>/public_traces_report.json``.
     """
     out = Path(out_dir)
     train = load_benchmark(train_benchmark, path=train_path, split="train")
@@ -65,10 +71,18 @@ def prepare_data(out_dir: str | os.PathLike, train_benchmark: str = "medqa", tra
             raise DataError(f"evaluation set {name} ({reports[name]['source']}): no valid row; "
                             f"{len(reports[name]['skipped'])} skipped, e.g. {bad}")
 
+    pool, trace_report = None, None
+    if sft_traces:
+        from clinical_r1.traces import sft_pool
+
+        pool, trace_report = sft_pool(trace_source(sft_traces), train, evals, *trace_cap(model, trace_max_length))
+
     def fill(tmp: Path) -> dict[str, Any]:  # the split, the evaluation sets and the manifest: one set
         nonlocal evals
         manifest = make_splits(train, tmp, SplitSizes(**(split_sizes or {})), seed=seed, eval_sets=evals,
-                               allow_overlap=allow_overlap)
+                               allow_overlap=allow_overlap, sft_from=pool)
+        if trace_report is not None:
+            write_json(trace_report, tmp / "public_traces_report.json")
         if manifest["sizes"]["test"]:
             evals = {train_benchmark: load_split(tmp, "test"), **evals}
             reports[train_benchmark] = {"source": str(out / "test.jsonl"), "total": manifest["sizes"]["test"]}
@@ -82,7 +96,7 @@ def prepare_data(out_dir: str | os.PathLike, train_benchmark: str = "medqa", tra
                                 "flagged_rows": reports[name].get("flagged", [])}
         manifest["eval"] = eval_files
         manifest["eval_skipped"] = {n: r["skipped"] for n, r in reports.items() if isinstance(r.get("skipped"), str)}
-        manifest["train"] = {"benchmark": train_benchmark, "path": train_path}
+        manifest["train"] = {"benchmark": train_benchmark, "path": train_path, "sft_traces": sft_traces}
         write_json(manifest, tmp / "manifest.json")
         return manifest
 
@@ -99,6 +113,26 @@ def eval_sets(splits_dir: str | os.PathLike) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 # 02: cold-start traces
 # ---------------------------------------------------------------------------------------------------
+
+
+TRACE_PREFIXES = ("hub:", "file:")  # a teacher given as text: public traces from the hub or a local file
+
+
+def trace_source(spec: str) -> str:
+    """``hub:<dataset id>`` -> the id, ``file:<path>`` -> the path (public traces, :mod:`clinical_r1.traces`)."""
+    if not isinstance(spec, str) or not spec.startswith(TRACE_PREFIXES):
+        raise UsageError(f"public traces {spec!r}: write hub:<dataset id> (e.g. hub:hw-hwei/MedThoughts-8K) or "
+                         f"file:<path to its JSONL>")
+    return spec.split(":", 1)[1]
+
+
+def trace_cap(model: str | None, max_length: int | None) -> tuple[Any, int | None]:
+    """(the policy's tokenizer, max_length) for the token-length cap of imported traces; (None, None) without one."""
+    if max_length is None:
+        return None, None
+    from clinical_r1.models import load_tokenizer, resolve_model
+
+    return load_tokenizer(resolve_model(model)), int(max_length)
 
 
 def bundled_traces(items: Sequence[Mapping[str, Any]], style: str = "full") -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -126,24 +160,38 @@ def bundled_traces(items: Sequence[Mapping[str, Any]], style: str = "full") -> t
     return kept, report
 
 
-def cold_start_traces(splits_dir: str | os.PathLike, teacher: Mapping[str, Any] | None = None,
+def cold_start_traces(splits_dir: str | os.PathLike, teacher: Mapping[str, Any] | str | None = None,
                       limit: int | None = None, splits: Sequence[str] = ("sft", "dev"),
-                      trace_style: str = "full") -> dict[str, Any]:
+                      trace_style: str = "full", model: str | None = None,
+                      trace_max_length: int | None = None) -> dict[str, Any]:
     """Teacher traces for the SFT half (and the dev slice, for checkpoint selection).
 
-    ``teacher=None`` uses the bundled exemplary traces in ``trace_style`` (offline demo); otherwise a
-    :class:`clinical_r1.api.ChatConfig` mapping (OpenAI-compatible endpoint or local model) through
-    :func:`clinical_r1.distill.distill`, with a resumable cache beside the traces.
+    ``teacher=None`` uses the bundled exemplary traces in ``trace_style`` (offline demo); ``hub:<dataset id>``
+    or ``file:<path>`` imports public DeepSeek-R1 traces (:mod:`clinical_r1.traces`; no API call), matched,
+    filtered (token-length cap ``trace_max_length`` with ``model``'s tokenizer) and decontaminated against this
+    study's evaluation sets; otherwise a :class:`clinical_r1.api.ChatConfig` mapping (OpenAI-compatible endpoint
+    or local model) through :func:`clinical_r1.distill.distill`, with a resumable cache beside the traces.
     """
     from clinical_r1.distill import distill
 
     d = Path(splits_dir)
     reports = {}
+    public = None
+    if isinstance(teacher, str):
+        from clinical_r1.traces import load_public_traces
+
+        public = load_public_traces(trace_source(teacher))
+        cap = trace_cap(model, trace_max_length)
     for split in splits:
         items = to_records(load_split(d, split))[: limit] if limit else to_records(load_split(d, split))
         out = d / TRACE_FILES[split]
         if teacher is None:
             kept, report = bundled_traces(items, trace_style)
+            write_jsonl(kept, out)
+        elif public is not None:
+            from clinical_r1.traces import import_traces
+
+            kept, report = import_traces(public, items, eval_sets(d), *cap, source=trace_source(teacher))
             write_jsonl(kept, out)
         else:
             report = distill(items, dict(teacher), out, d / f"teacher_cache_{split}.jsonl")

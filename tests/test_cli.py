@@ -18,7 +18,7 @@ from clinical_r1.errors import ClinicalR1Error
 
 PACKAGE = Path(cli.__file__).parent
 REPO = PACKAGE.parent
-STAGES = ["split", "distill", "sft", "crpo", "merge", "generate", "evaluate", "judge", "textmetrics", "pipeline",
+STAGES = ["split", "distill", "traces", "sft", "crpo", "merge", "generate", "evaluate", "judge", "textmetrics", "pipeline",
           "figures", "verl-export", "check-config"]
 
 

@@ -13,7 +13,7 @@ BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
 needs_bench = pytest.mark.skipif(not BENCH.exists(), reason="../shared/benchmarks not present")
 
 FILES = {
-    "medqa": "medqa_usmle4_test_sample.jsonl",
+    "medqa4": "medqa_usmle4_test_sample.jsonl",
     "medmcqa": "medmcqa_dev_sample.jsonl",
     "medxpertqa": "medxpertqa_text_reasoning_test_sample.jsonl",
     "pubmedqa": "pubmedqa_labeled_test_sample.jsonl",
@@ -40,7 +40,7 @@ def test_real_samples(name, form):
     if name == "medxpertqa":
         assert all(len(r["options"]) == 10 for r in ds)
         assert not any("Answer Choices:" in r["question"] for r in ds)
-    if name == "medqa" and form == "raw/":
+    if name == "medqa4" and form == "raw/":
         assert set(ds["subgroup"]) == {"step1", "step2&3"}
     if name == "pubmedqa":
         assert ds[0]["options"] == ["yes", "no", "maybe"]
@@ -70,8 +70,9 @@ def test_odd_but_answerable_rows_load_with_a_note(tmp_path):
     assert len(ds) == 3 and [(f["row"], f["field"]) for f in report.flagged] == [(1, "options"), (2, "explanation"),
                                                                                   (3, "subgroup")]
     assert ds[1]["explanation"] == '["x", 1]' and ds[2]["subgroup"] == "7"
-    medqa = {"question": "q?", "options": {"A": "x", "B": "y"}, "answer_idx": "B", "answer": "something else"}
-    ds, report = load_benchmark("medqa", path=write(tmp_path, [medqa], "m.jsonl"), with_report=True)
+    medqa = {"question": "q?", "options": {"A": "x", "B": "y", "C": "z", "D": "w"}, "answer_idx": "B",
+             "answer": "something else"}
+    ds, report = load_benchmark("medqa4", path=write(tmp_path, [medqa], "m.jsonl"), with_report=True)
     assert ds[0]["answer"] == "B" and report.flagged[0]["field"] == "answer"
 
 
@@ -81,6 +82,36 @@ def test_hub_schema_medqa_5_options_jind11(tmp_path):
     ds = load_benchmark("medqa", path=write(tmp_path, [row]))
     assert ds[0]["options"] == ["First", "Second", "Third", "4th", "5th"] and ds[0]["answer"] == "C"
     assert ds[0]["subgroup"] == "step2&3" and json.loads(ds[0]["meta"])["meta_info"] == "step2&3"
+
+
+def test_medqa_variants_refuse_the_other_option_count(tmp_path):
+    """``medqa`` is the 5-option release (the paper's), ``medqa4`` the 4-option one: a file of the other kind is
+    an error naming the row, the field and the variant to use, never a silently mixed benchmark."""
+    four = {"question": "Q?", "options": {"A": "a", "B": "b", "C": "c", "D": "d"}, "answer_idx": "A"}
+    five = {"question": "Q?", "options": {"A": "a", "B": "b", "C": "c", "D": "d", "E": "e"}, "answer_idx": "E"}
+    with pytest.raises(DataError, match=r"row 1: field 'options': 4 options, but medqa is the 5-option MedQA "
+                                        r"release; load this file as medqa4"):
+        load_benchmark("medqa", path=write(tmp_path, [four]))
+    with pytest.raises(DataError, match=r"5 options, but medqa4 is the 4-option MedQA release; load this file as medqa$"):
+        load_benchmark("medqa4", path=write(tmp_path, [five]))
+    assert load_benchmark("medqa4", path=write(tmp_path, [four]))[0]["id"] == "medqa4-1"
+    assert load_benchmark("medqa", path=write(tmp_path, [five]))[0]["id"] == "medqa-1"
+
+
+def test_hub_schema_medqa_bigbio_source(tmp_path):
+    """bigbio/med_qa ``med_qa_en_source`` (the hub copy of ``medqa``): options as a list of key/value pairs."""
+    row = {"meta_info": "step1", "question": "Stem?", "answer_idx": "D", "answer": "Dd",
+           "options": [{"key": k, "value": k * 2} for k in "ABCDE"]}
+    r = load_benchmark("medqa", path=write(tmp_path, [row]))[0]
+    assert r["options"] == ["AA", "BB", "CC", "DD", "EE"] and r["answer"] == "D" and r["subgroup"] == "step1"
+
+
+def test_hub_copies_of_the_two_medqa_variants():
+    from clinical_r1.data import EVAL_SPLITS, HUB_IDS, HUB_PARQUET, PUBLISHED_SIZES
+
+    assert HUB_IDS["medqa"][0] == "bigbio/med_qa" and HUB_PARQUET["medqa"] == ("refs/convert/parquet", "med_qa_en_source")
+    assert HUB_IDS["medqa4"][0] == "GBaker/MedQA-USMLE-4-options"
+    assert PUBLISHED_SIZES["medqa"] == PUBLISHED_SIZES["medqa4"] == 1273 and EVAL_SPLITS["medqa4"] == "test"
 
 
 @pytest.mark.parametrize("cop,base,letter", [(0, None, "A"), (2, 0, "C"), (3, 1, "C"), (4, None, "D")])
@@ -217,6 +248,22 @@ def test_decontamination_report_exact_vs_normalised(tmp_path):
     assert normalise_text("A  Patient, aged 40!") == "a patient aged 40"
 
 
+def test_split_draws_sft_and_dev_from_items_with_a_trace(tmp_path):
+    """``sft_from`` (items with a kept public trace): SFT and dev come from them only, seeded; RL is the rest,
+    disjoint by normalised text; too few eligible items is an error naming them."""
+    ds = load_benchmark("jsonl", path=write(tmp_path, _items(40)))
+    eligible = {f"q{i}" for i in range(0, 40, 2)}  # 20 items have a trace
+    m = make_splits(ds, tmp_path / "s", SplitSizes(sft=12, rl=24, dev=4), seed=1, sft_from=eligible)
+    ids = {n: set(load_split(tmp_path / "s", n)["id"]) for n in ("sft", "rl", "dev")}
+    assert ids["sft"] <= eligible and ids["dev"] <= eligible and len(ids["sft"]) == 12 and len(ids["dev"]) == 4
+    assert ids["rl"] == {f"q{i}" for i in range(40)} - ids["sft"] - ids["dev"]  # every remaining question
+    assert m["sft_from"] == 20 and not ids["sft"] & ids["rl"]
+    again = make_splits(ds, tmp_path / "s2", SplitSizes(sft=12, rl=24, dev=4), seed=1, sft_from=eligible)
+    assert again["files"]["sft"]["sha256"] == m["files"]["sft"]["sha256"]
+    with pytest.raises(DataError, match="sft=18 \\+ dev=4 exceed the 20 training items with a kept trace"):
+        make_splits(ds, tmp_path / "s3", SplitSizes(sft=18, rl=10, dev=4), sft_from=eligible)
+
+
 def test_split_sizes_too_large(tmp_path):
     ds = load_benchmark("jsonl", path=write(tmp_path, _items(10)))
     with pytest.raises(ValueError, match="exceed the 10 training items"):
@@ -264,7 +311,7 @@ def test_published_sizes_are_checked_on_hub_loads(monkeypatch, caplog):
     from clinical_r1 import data
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    for name, split, size in (("MedQA", "test", 1273), ("MedMCQA", "validation", 4183), ("MedXpertQA", "test", 2450)):
+    for name, split, size in (("MedQA", "test", 1273), ("MedQA4", "test", 1273), ("MedMCQA", "validation", 4183), ("MedXpertQA", "test", 2450)):
         assert data.PUBLISHED_SIZES[name.lower()] == size and data.EVAL_SPLITS[name.lower()] == split
         assert f"| {name} | {split} | {size:,} |" in readme
     rows = [{"id": f"q{i}", "question": "Which?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 1}

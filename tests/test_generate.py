@@ -99,32 +99,32 @@ def test_benchmark_generation_then_evaluation(benchmark_policy, tmp_path):
     from clinical_r1.data import load_benchmark
     from clinical_r1.evaluate import evaluate
 
-    ds = load_benchmark("medqa", path=MEDQA_SAMPLE, limit=3)
+    ds = load_benchmark("medqa4", path=MEDQA_SAMPLE, limit=3)
     model, tok = benchmark_policy
     out = tmp_path / "medqa.jsonl"
-    generate(model, tok, ds, out, prompt_kind="cot", max_new_tokens=MAX_NEW, batch_size=2, dataset_name="medqa",
+    generate(model, tok, ds, out, prompt_kind="cot", max_new_tokens=MAX_NEW, batch_size=2, dataset_name="medqa4",
              model_name="test-model", progress=False)
     rows = _lines(out)
     assert [(r["id"], r["sample"]) for r in rows] == [(i, 0) for i in ds["id"]]
     for r in rows:
         assert set(r) == {"id", "sample", "text", "n_tokens", "finish_reason", "dataset", "model", "prompt_kind"}
-        assert (r["dataset"], r["model"], r["prompt_kind"]) == ("medqa", "test-model", "cot")
+        assert (r["dataset"], r["model"], r["prompt_kind"]) == ("medqa4", "test-model", "cot")
         assert 1 <= r["n_tokens"] <= MAX_NEW and r["finish_reason"] in ("stop", "length")
         assert r["finish_reason"] == "stop" or r["n_tokens"] == MAX_NEW
     meta = read_meta(out)
-    assert meta == {"model": "test-model", "dataset": "medqa", "prompt_kind": "cot", "temperature": 0.0,
+    assert meta == {"model": "test-model", "dataset": "medqa4", "prompt_kind": "cot", "temperature": 0.0,
                     "top_p": 1.0, "max_new_tokens": MAX_NEW, "n": 1, "seed": 0, "backend": "transformers"}
 
-    res = evaluate(out, ds, out_path=tmp_path / "medqa.metrics.json", n_boot=200, dataset_name="medqa")
+    res = evaluate(out, ds, out_path=tmp_path / "medqa.metrics.json", n_boot=200, dataset_name="medqa4")
     o = res["overall"]
     assert o["n_questions"] == 3 and o["n_answers"] == 3 and o["n_missing"] == 0
     assert 0.0 <= o["accuracy"] <= o["valid_ratio"] <= 1.0
     assert res["decoding"] == {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": MAX_NEW, "n": 1, "seed": 0}
     on_disk = json.loads((tmp_path / "medqa.metrics.json").read_text())
-    assert on_disk["model"] == "test-model" and on_disk["dataset"] == "medqa" and on_disk["provenance"]["commit"]
+    assert on_disk["model"] == "test-model" and on_disk["dataset"] == "medqa4" and on_disk["provenance"]["commit"]
 
     before = out.read_bytes()  # a rerun of a finished file generates nothing
-    generate(model, tok, ds, out, prompt_kind="cot", max_new_tokens=MAX_NEW, batch_size=2, dataset_name="medqa",
+    generate(model, tok, ds, out, prompt_kind="cot", max_new_tokens=MAX_NEW, batch_size=2, dataset_name="medqa4",
              model_name="test-model", progress=False)
     assert out.read_bytes() == before
 

@@ -80,7 +80,7 @@ def test_accuracy_beside_the_paper(tmp_path: Path) -> None:
     paper = results.paper_table(REF, "accuracy")
     assert set(paper["method"]) == set(METHODS) and len(paper) == 15
     fig = plots.plot_accuracy(accuracy_table(), paper, order=METHODS, labels=REF["method_labels"])
-    assert [ax.get_title() for ax in fig.axes] == ["MedQA", "MedMCQA", "MedXpertQA"]
+    assert [ax.get_title() for ax in fig.axes] == ["MedQA (5 options)", "MedMCQA", "MedXpertQA"]  # the paper's variant
     hatched = [p for ax in fig.axes for p in ax.patches if p.get_hatch() == plots.PAPER_HATCH]
     assert len(hatched) == 15  # one white hatched bar per paper number: readable in greyscale
     assert all(p.get_facecolor()[:3] == (1.0, 1.0, 1.0) for p in hatched)
@@ -485,7 +485,7 @@ def test_format_rewards_and_sft_loss_figures(study: Path, figures: dict) -> None
     assert sum(t.get_text() == "n/a" for t in xref.texts) == 3  # untagged cot answers: no cross-reference
     assert "75" in annotations(xref)
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert legend == ["MedQA", "MedMCQA", "MedXpertQA"]
+    assert legend == ["MedQA (5 options)", "MedMCQA", "MedXpertQA"]
 
     fig = figures["crpo_rewards"][0]
     titles = [ax.get_title() for ax in drawn_axes(fig)]
