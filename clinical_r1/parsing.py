@@ -275,3 +275,113 @@ def is_correct(completion: Any, answer: str, options: Sequence[str] | None = Non
     """The one correctness rule of training and evaluation: the completion holds exactly one ``\\boxed{}``
     and its letter (:func:`extract_letter`) is the gold ``answer``."""
     return is_correct_letter(extract_letter(completion, options), answer)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The option a box-less answer commits to (public teacher answers written without \boxed{})
+# ---------------------------------------------------------------------------------------------------
+
+# "answer is", "Answer:", "**Answer**:", a heading that ends in "Answer", "correct option is": what follows states it
+_ANSWER_CUE = re.compile(
+    r"(?im)\banswer(?:\s+is\b|[*_ \t]*:|(?=[*_# \t]*$))|\b(?:correct|best|right)\s+(?:option|choice|response)\s+is\b")
+_BOLD = re.compile(r"\*\*([^*\n]{1,200})\*\*")
+MARKUP = "*_`#"  # markdown emphasis and heading marks, stripped from statements and tokens
+MIN_NAMED_OPTION = 4  # option texts shorter than this (normalised characters) are read by letter only
+
+
+@dataclass(frozen=True)
+class Commitment:
+    """The option a free-form answer commits to: ``letter`` when its answer statements name exactly one option
+    (else ``None``), every letter they name (``named``), and ``end``, where the first statement naming it ends."""
+
+    letter: str | None
+    named: tuple[str, ...]
+    end: int
+
+
+def committed_answer(text: str, options: Sequence[str]) -> Commitment:
+    """The one option a box-less answer commits to, read from its answer statements only:
+
+    - the opening: the first sentence of the first non-empty line, by a leading letter statement (``C. …``,
+      ``(C)``), a bold span (``**C.**``, ``**C. Nitrofurantoin**``) or the option texts it names;
+    - each cue statement: the sentence after ``answer is`` / ``Answer:`` / a heading ending in ``Answer`` (then the
+      next line) / ``correct option is``, by every letter token in it (:func:`box_letter` per token) and the
+      option texts it names.
+
+    An option is named by text when its normalised text (at least ``MIN_NAMED_OPTION`` characters) occurs as whole
+    words; an option whose text lies inside another named option's text is not counted. Explanations elsewhere
+    (one bullet per option) are not statements. ``letter`` is ``None`` when the statements name no option or more
+    than one: such an answer is not guessed."""
+    opts = list(options)
+    statements = [(s, e, False) for s, e in _cue_statements(text)]
+    first = next((ln for ln in _lines(text) if text[ln[0]:ln[1]].strip()), None)
+    if first is not None:
+        statements.append((first[0], _sentence_end(text, first[0], first[1]), True))
+    named: set[int] = set()
+    end = len(text)
+    for s, e, opening in statements:
+        found = _statement_options(text[s:e], opts, opening)
+        named |= found
+        if found:
+            end = min(end, e)
+    letters = tuple(LETTERS[i] for i in sorted(named))
+    if len(letters) != 1:
+        return Commitment(None, letters, 0)
+    return Commitment(letters[0], letters, end)
+
+
+def _lines(text: str) -> list[tuple[int, int]]:
+    spans, pos = [], 0
+    for line in text.split("\n"):
+        spans.append((pos, pos + len(line)))
+        pos += len(line) + 1
+    return spans
+
+
+def _sentence_end(text: str, start: int, stop: int) -> int:
+    """End of the sentence that starts at ``start`` (before ``stop``, a line end): after ``.``, ``;``, ``!`` or
+    ``?`` followed by a space, except the period of an option letter (``C. Nitrofurantoin``)."""
+    for i in range(start, stop):
+        if text[i] in ".;!?" and (i + 1 == stop or text[i + 1] in " \t"):
+            initial = (text[i] == "." and i > start and text[i - 1] in LETTERS
+                       and (i - 1 == start or not text[i - 2].isalnum()))
+            if not initial:
+                return i + 1
+    return stop
+
+
+def _cue_statements(text: str) -> list[tuple[int, int]]:
+    """(start, end) of the sentence after each answer cue; a cue that ends its line states on the next one."""
+    out = []
+    for m in _ANSWER_CUE.finditer(text):
+        s = m.end()
+        stop = text.find("\n", s)
+        stop = len(text) if stop == -1 else stop
+        if not text[s:stop].strip(MARKUP + " \t:-"):
+            nxt = next((ln for ln in _lines(text[stop:]) if text[stop + ln[0]:stop + ln[1]].strip()), None)
+            if nxt is None:
+                continue
+            s, stop = stop + nxt[0], stop + nxt[1]
+        out.append((s, _sentence_end(text, s, stop)))
+    return out
+
+
+def _statement_options(statement: str, options: list[str], opening: bool) -> set[int]:
+    """Indices of the options one statement names. The opening's letters count only with a separator or in
+    bold (its first word may be an article, "A 30-year-old ..."); a cue statement's every letter token counts."""
+    found = _named_by_text(statement, options)
+    clean = statement.replace("**", "").strip(MARKUP + " \t:-–—")
+    pieces = [clean.split()[0]] if opening and clean and _LETTER_WITH_TEXT.match(clean) else []
+    pieces += [t for b in _BOLD.findall(statement) for t in b.split()] if opening else clean.split()
+    for tok in pieces:
+        letter = box_letter(tok.strip(MARKUP + ",;:.!?"), options)
+        if letter is not None:
+            found.add(LETTERS.index(letter))
+    return found
+
+
+def _named_by_text(statement: str, options: list[str]) -> set[int]:
+    s = f" {_norm_text(statement)} "
+    norms = [_norm_text(o) for o in options]
+    hits = {i for i, o in enumerate(norms) if len(o.replace(" ", "")) >= MIN_NAMED_OPTION and f" {o} " in s}
+    return {i for i in hits if not any(j != i and norms[i] in norms[j] and norms[i] != norms[j] for j in hits)}

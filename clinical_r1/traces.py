@@ -17,13 +17,17 @@ path for a local copy; the traces are never part of this repository.
 
 Each trace is matched to one of ``items`` (a training split in the record schema) and converted as
 :func:`clinical_r1.distill.convert` converts a reasoner's answer: ``ds_think`` becomes ``<dx>``, ``ds_answer``
-becomes ``<conclusion>``, cut after its one box. The first failing check names the drop reason (``DROP_REASONS``):
+becomes ``<conclusion>``, cut after its one box (a box-less answer is first boxed at the option it commits to:
+:func:`box_committed_answer`). The first failing check names the drop reason (``DROP_REASONS``):
 
 - ``unmatched``: no item has its normalised question text (:func:`clinical_r1.data.normalise_text`);
 - ``options_differ`` / ``gold_mismatch``: the item's options (as texts, in order) are not the trace's, or the gold
   option's *text* differs (the 4- and 5-option releases letter the same question differently);
 - ``truncated``: no final answer (R1 stopped inside its reasoning);
-- distill's ``no_box``, ``multiple_boxes``, ``unreadable_box``, ``wrong_answer`` (our own parse, not the
+- ``no_committed_answer``: the final answer has no box and its answer statements do not name exactly one option
+  (:func:`box_committed_answer`; R1 answered plain MedQA questions, so its ``ds_answer`` is usually box-less:
+  "**Answer:** C. Nitrofurantoin", "The correct answer is **B. ...**");
+- distill's ``multiple_boxes``, ``unreadable_box``, ``wrong_answer`` (our own parse, not the
   dataset's judge), ``empty_reasoning``, ``invalid_format``;
 - ``non_english``: letters of another script than Latin or Greek in the reasoning or answer (mixed-language R1);
 - ``contaminated``: the item's stem is in an evaluation set (:func:`clinical_r1.data.contaminated_ids`);
@@ -48,7 +52,7 @@ from clinical_r1.data import contaminated_ids, decontamination_report, normalise
 from clinical_r1.distill import DROP_REASONS as DISTILL_REASONS
 from clinical_r1.distill import convert
 from clinical_r1.errors import DataError
-from clinical_r1.parsing import LETTERS
+from clinical_r1.parsing import LETTERS, committed_answer, find_boxes
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +65,9 @@ TRACE_FIELDS = {"question_id": (str, int), "question": (str,), "options": (dict,
 # Traces and items are the same MedQA US release, so all but a handful should match; under 90% something else
 # is wrong (another release, the 4-option variant, a half that was not drawn from the traces).
 MIN_MATCH_RATE = 0.9
-DROP_REASONS = ("unmatched", "options_differ", "gold_mismatch", "truncated",
-                *(r for r in DISTILL_REASONS if r != "api_failure"), "non_english", "contaminated", "duplicate",
-                "too_long")
+DROP_REASONS = ("unmatched", "options_differ", "gold_mismatch", "truncated", "no_committed_answer",
+                *(r for r in DISTILL_REASONS if r not in ("api_failure", "no_box")), "non_english", "contaminated",
+                "duplicate", "too_long")
 SCRIPTS_OK = ("LATIN", "GREEK")  # Greek letters are medical notation (α-blocker, β-hCG)
 
 
@@ -137,6 +141,21 @@ def is_mixed_script(text: str) -> bool:
                for ch in text)
 
 
+def box_committed_answer(answer: str, trace_opts: Sequence[str], item_opts: Sequence[str]) -> str | None:
+    """R1's final answer with one box: unchanged when it has a box (distill's checks judge it); else cut after its
+    first statement that names the option it commits to (:func:`clinical_r1.parsing.committed_answer`), and that
+    option boxed in the *item's* lettering (found by option text), as distill cuts a conclusion after its box.
+    ``None`` when the answer names no option or several: it is dropped, never guessed."""
+    if find_boxes(answer):
+        return answer
+    c = committed_answer(answer, trace_opts)
+    if c.letter is None:
+        return None
+    chosen = normalise_text(trace_opts[LETTERS.index(c.letter)])
+    letter = LETTERS[[normalise_text(o) for o in item_opts].index(chosen)]
+    return f"{answer[: c.end].rstrip()} \\boxed{{{letter}}}"
+
+
 def import_traces(traces, items: Sequence[Mapping[str, Any]], eval_sets: Mapping[str, Any] | None = None,
                   tokenizer: Any = None, max_length: int | None = None, min_match_rate: float = MIN_MATCH_RATE,
                   source: str = DEFAULT_SOURCE) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -177,8 +196,10 @@ def import_traces(traces, items: Sequence[Mapping[str, Any]], eval_sets: Mapping
                 reason = "gold_mismatch"
             elif not r["ds_answer"].strip():
                 reason = "truncated"
+            elif (final := box_committed_answer(r["ds_answer"], t_opts, i_opts)) is None:
+                reason = "no_committed_answer"
             else:
-                conv = convert(r["ds_answer"], r["ds_think"], it["answer"], i_opts)
+                conv = convert(final, r["ds_think"], it["answer"], i_opts)
                 reason = conv.reason
             if reason is None and is_mixed_script(conv.dx + conv.conclusion):
                 reason = "non_english"

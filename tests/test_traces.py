@@ -15,6 +15,7 @@ from clinical_r1.traces import DROP_REASONS, import_traces, is_mixed_script, loa
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "embedded:smollm2-135m-instruct"
 N_CORRECT = 10
+N_BOXLESS = 6  # box-less answers that commit to the gold option: kept, boxed by us
 MAX_LENGTH = 640  # the CPU demo's SFT max_length; the "too long" trace is ~3,000 tokens
 
 
@@ -50,7 +51,8 @@ def _trace(i: int, qid: str, kind: str = "train", *, think: str | None = None, a
 def fixture_files(tmp_path):
     """Train items, an evaluation set and public traces: N_CORRECT correct rows plus one row per drop reason."""
     n = N_CORRECT
-    train = [_medqa_row(i) for i in range(n + 6)]  # n correct + wrong, truncated, mixed, long, contaminated, gold
+    train = [_medqa_row(i) for i in range(n + 6 + len(BOXLESS))]  # n correct + wrong, truncated, mixed, long,
+    # contaminated, gold, then one item per box-less answer
     leak = n + 4
     evalset = [dict(_medqa_row(leak), question=_question(leak).upper())] + [_medqa_row(i, "test") for i in range(3)]
     traces = [_trace(i, f"t{i}") for i in range(n)]
@@ -65,6 +67,7 @@ def fixture_files(tmp_path):
         _trace(0, "dup"),                                                              # second trace of item 0
         _trace(99, "unmatched", kind="other"),                                         # question not in train
     ]
+    traces += [_trace(n + 6 + k, name, answer=_boxless(shape, n + 6 + k)) for k, (name, shape) in enumerate(BOXLESS)]
     paths = {}
     for name, rows in (("train", train), ("test", evalset), ("traces", traces)):
         paths[name] = tmp_path / f"{name}.jsonl"
@@ -72,8 +75,31 @@ def fixture_files(tmp_path):
     return paths
 
 
-EXPECTED = {"unmatched": 1, "gold_mismatch": 1, "truncated": 1, "wrong_answer": 1, "non_english": 1,
-            "contaminated": 1, "duplicate": 1, "too_long": 1}
+# R1's final answers as the API returns them for plain MedQA questions: no box (name, shape; {L}/{T} is the gold
+# option's letter/text, {W}/{V} another option's)
+BOXLESS = [
+    ("bl_answer", "**Answer:** {L}. {T}\n\n**Explanation:**\n- **{L}. {T}**: fits the fever.\n"
+                  "- **{W}. {V}**: does not explain the tachycardia."),
+    ("bl_correct_is", "The correct answer is **{L}. {T}**.\n\n{V} would not cause a heart rate this high."),
+    ("bl_letter_first", "{L}. {T}\n\nFever with tachycardia fits it best; {V} does not."),
+    ("bl_bold_letter", "The most likely diagnosis is **{L}.** {T}, given the fever.\n\n**Why not {W}?** No rash."),
+    ("bl_final_heading", "Fever and tachycardia for days.\n\n**Final Answer**\n\n{L}"),
+    ("bl_text_only", "The most likely diagnosis is **{T}**.\n\nThe fever and tachycardia point to it."),
+    ("bl_ambiguous", "**Answer:** {L}. {T} or {W}. {V}\n\nBoth fit the fever."),      # two options: not guessed
+    ("bl_none", "Fever with tachycardia suggests an infection; more history is needed."),  # no option named
+    ("bl_wrong", "**Answer:** {W}. {V}\n\n**Explanation:** the tachycardia."),          # commits to a wrong one
+]
+
+
+def _boxless(shape: str, i: int) -> str:
+    gold, other = "ABCDE"[i % 5], "ABCDE"[(i + 1) % 5]
+    return shape.format(L=gold, T=_options(i)[gold], W=other, V=_options(i)[other])
+
+
+EXPECTED = {"unmatched": 1, "gold_mismatch": 1, "truncated": 1, "no_committed_answer": 2, "wrong_answer": 2,
+            "non_english": 1, "contaminated": 1, "duplicate": 1, "too_long": 1}
+N_TRACES = N_CORRECT + 8 + len(BOXLESS)
+N_ITEMS = N_CORRECT + 6 + len(BOXLESS)
 
 
 def test_each_drop_reason_counted_exactly(fixture_files):
@@ -82,27 +108,38 @@ def test_each_drop_reason_counted_exactly(fixture_files):
     items = to_records(load_benchmark("medqa", path=fixture_files["train"], split="train"))
     evals = {"medqa": load_benchmark("medqa", path=fixture_files["test"])}
     traces = load_public_traces(fixture_files["traces"])  # load_dataset("json"), as for the hub file
-    assert len(traces) == N_CORRECT + 8 and traces.column_names[:3] == ["question_id", "question", "options"]
+    assert len(traces) == N_TRACES and traces.column_names[:3] == ["question_id", "question", "options"]
     kept, report = import_traces(traces, items, evals, *trace_cap(MODEL, MAX_LENGTH), source=str(fixture_files["traces"]))
     assert report["dropped"] == {r: EXPECTED.get(r, 0) for r in DROP_REASONS}
     assert {r: ids for r, ids in report["dropped_ids"].items() if ids} == {
-        "unmatched": ["unmatched"], "gold_mismatch": ["gold"], "truncated": ["truncated"], "wrong_answer": ["wrong"],
+        "unmatched": ["unmatched"], "gold_mismatch": ["gold"], "truncated": ["truncated"],
+        "no_committed_answer": ["bl_ambiguous", "bl_none"], "wrong_answer": ["wrong", "bl_wrong"],
         "non_english": ["mixed"], "contaminated": ["contaminated"], "duplicate": ["dup"], "too_long": ["long"]}
-    assert report["kept"] == len(kept) == N_CORRECT and report["n_traces"] == N_CORRECT + 8
-    assert report["matched"] == N_CORRECT + 6 and report["match_rate"] == 1.0  # every item found its trace
+    assert report["kept"] == len(kept) == N_CORRECT + N_BOXLESS and report["n_traces"] == N_TRACES
+    assert report["matched"] == N_ITEMS and report["match_rate"] == 1.0  # every item found its trace
     assert report["decontamination"]["pairs"][0]["normalised"] == 1
     k = kept[3]  # distill's schema, the item's fields, R1's reasoning in <dx>, its answer cut after the box
     assert set(k) == {"id", "question", "options", "answer", "dx", "conclusion", "teacher", "source"}
     assert k["id"] == "medqa-4" and k["answer"] == "D" and len(k["options"]) == 5
     assert k["dx"].startswith("Fever with tachycardia") and k["conclusion"].endswith("\\boxed{D}")
     assert "**Answer:**" in k["conclusion"]
+    # the box-less answers: boxed at the gold letter, cut after the statement that commits to it
+    conclusions = {k["id"]: k["conclusion"] for k in kept[N_CORRECT:]}
+    assert conclusions == {
+        "medqa-17": "**Answer:** B. Diagnosis b16 \\boxed{B}",
+        "medqa-18": "The correct answer is **C. Diagnosis c17**. \\boxed{C}",
+        "medqa-19": "D. Diagnosis d18 \\boxed{D}",
+        "medqa-20": "The most likely diagnosis is **E.** Diagnosis e19, given the fever. \\boxed{E}",
+        "medqa-21": "Fever and tachycardia for days.\n\n**Final Answer**\n\nA \\boxed{A}",
+        "medqa-22": "The most likely diagnosis is **Diagnosis b21**. \\boxed{B}",
+    }
 
 
 def test_without_a_cap_the_long_trace_is_kept_and_a_half_cap_is_refused(fixture_files):
     items = to_records(load_benchmark("medqa", path=fixture_files["train"], split="train"))
     kept, report = import_traces(load_public_traces(fixture_files["traces"]), items)
     assert report["dropped"]["too_long"] == 0 and report["dropped"]["contaminated"] == 0  # no eval sets given
-    assert report["kept"] == N_CORRECT + 2
+    assert report["kept"] == N_CORRECT + N_BOXLESS + 2
     with pytest.raises(DataError, match="needs both a tokenizer and max_length"):
         import_traces(load_public_traces(fixture_files["traces"]), items, max_length=100)
 
@@ -112,7 +149,7 @@ def test_match_rate_below_the_threshold_fails_loudly(fixture_files):
     of the smaller side unmatched: a clear error, not a near-empty SFT set."""
     items = to_records(load_benchmark("medqa", path=fixture_files["train"], split="train"))
     others = [dict(it, id=f"x{i}", question=f"Another question {i}?") for i, it in enumerate(items)]
-    with pytest.raises(DataError, match=r"only 3 of min\(18 traces, 16 items\) matched .*18\.8% < 90%"):
+    with pytest.raises(DataError, match=r"only 3 of min\(27 traces, 25 items\) matched .*12\.0% < 90%"):
         import_traces(load_public_traces(fixture_files["traces"]), items[:3] + others[3:])
 
 
@@ -152,7 +189,7 @@ def test_cli_traces_writes_distill_schema_and_report(fixture_files, tmp_path):
                  "--eval", f"medqa:{fixture_files['test']}"])
     assert code == 0
     report = read_json(f"{out}.report.json")
-    assert report["kept"] == len(read_jsonl(out)) == N_CORRECT + 1 and report["dropped"]["contaminated"] == 1
+    assert report["kept"] == len(read_jsonl(out)) == N_CORRECT + N_BOXLESS + 1 and report["dropped"]["contaminated"] == 1
     assert main(["traces", "--from", str(tmp_path / "nope.jsonl"), "--items", str(items), "--out", str(out),
                  "--eval", f"medqa:{fixture_files['test']}"]) == 2
 
