@@ -373,9 +373,9 @@ def _statement_options(statement: str, options: list[str], opening: bool) -> set
     clean = statement.replace("**", "").strip(MARKUP + " \t:-–—")
     pieces = [clean.split()[0]] if opening and clean and _LETTER_WITH_TEXT.match(clean) else []
     pieces += [t for b in _BOLD.findall(statement) for t in b.split()] if opening else clean.split()
-    for tok in pieces:
-        letter = box_letter(tok.strip(MARKUP + ",;:.!?"), options)
-        if letter is not None:
+    for tok in pieces:  # letters only (box_letter without options): option texts are read by _named_by_text
+        letter = box_letter(tok.strip(MARKUP + ",;:.!?"))
+        if letter is not None and LETTERS.index(letter) < len(options):
             found.add(LETTERS.index(letter))
     return found
 

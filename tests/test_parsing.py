@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from clinical_r1.formats import CRPO, FORMATS, AnswerFormat, get_format, parse
-from clinical_r1.parsing import (box_letter, completion_text, extract_letter, find_boxes, is_correct,
+from clinical_r1.parsing import (box_letter, committed_answer, completion_text, extract_letter, find_boxes, is_correct,
                                  is_correct_letter)
 
 OPTS = ["Graves disease", "Hashimoto thyroiditis", "Subacute thyroiditis", "Toxic adenoma"]
@@ -123,3 +123,42 @@ def test_parser_never_raises(text):
     assert p.letter in (None, "A", "B", "C", "D")
     assert isinstance(p.report(), dict)
     assert p.n_boxes == text.count("\\boxed")
+
+
+# ---------------------------------------------------------------------------------------------------
+# committed_answer: the one option a box-less answer (public R1 traces) commits to
+# ---------------------------------------------------------------------------------------------------
+
+RX = ["Ampicillin", "Ceftriaxone", "Nitrofurantoin", "Doxycycline", "Autoimmune hepatitis"]
+
+
+@pytest.mark.parametrize("text,letter,kept", [
+    ("**Answer:** C. Nitrofurantoin\n\n**Explanation:**\n- **A. Ampicillin**: resistance.\n- **B. Ceftriaxone**: no.",
+     "C", "**Answer:** C. Nitrofurantoin"),
+    ("The correct answer is **B. Ceftriaxone**.\n\n**Key points:** Ampicillin (A) fails.", "B",
+     "The correct answer is **B. Ceftriaxone**."),
+    ("C. Nitrofurantoin\n\nIt is safe in pregnancy, unlike D.", "C", "C. Nitrofurantoin"),
+    ("The best choice is **C.** Nitrofurantoin", "C", "The best choice is **C.** Nitrofurantoin"),
+    ("**Final Answer**\n\nD. Doxycycline\n\nAmpicillin is wrong.", "D", "**Final Answer**\n\nD. Doxycycline"),
+    ("The answer is (C). Ampicillin (A) is wrong.", "C", "The answer is (C)."),
+    ("Nitrofurantoin is the treatment of choice.\n\nAmpicillin resistance is common.", "C",
+     "Nitrofurantoin is the treatment of choice."),
+    ("A 25-year-old woman: treat with **Nitrofurantoin**.", "C", "A 25-year-old woman: treat with **Nitrofurantoin**."),
+    ("**Answer: E. Autoimmune hepatitis**", "E", "**Answer: E. Autoimmune hepatitis**"),
+    ("**Answer:** B. Ceftriaxone or C. Nitrofurantoin", None, ""),          # two options in one statement
+    ("**Answer:** C\n\nIn summary, the answer is B.", None, ""),             # two statements disagree
+    ("Ampicillin fails here.\n\n**Answer:** C", None, ""),                    # the opening names another option
+    ("The patient has cystitis; several drugs work.", None, ""),             # no option named
+    ("A urinary infection in pregnancy.", None, ""),                          # an article is not a letter
+])
+def test_committed_answer(text, letter, kept):
+    c = committed_answer(text, RX)
+    assert c.letter == letter and text[: c.end] == kept
+    assert c.letter is None or c.named == (letter,)
+
+
+def test_committed_answer_counts_the_longer_option_text_only():
+    opts = ["Hepatitis", "Autoimmune hepatitis", "Cholangitis"]
+    assert committed_answer("The answer is autoimmune hepatitis.", opts).letter == "B"
+    assert committed_answer("The answer is hepatitis.", opts).letter == "A"
+    assert committed_answer("The answer is F.", RX).letter is None  # beyond the options

@@ -10,7 +10,7 @@ import pytest
 from clinical_r1.data import load_benchmark, to_records
 from clinical_r1.errors import DataError
 from clinical_r1.files import read_json, read_jsonl
-from clinical_r1.traces import DROP_REASONS, import_traces, is_mixed_script, load_public_traces
+from clinical_r1.traces import DROP_REASONS, box_committed_answer, import_traces, is_mixed_script, load_public_traces
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "embedded:smollm2-135m-instruct"
@@ -135,6 +135,17 @@ def test_each_drop_reason_counted_exactly(fixture_files):
     }
 
 
+def test_box_committed_answer_boxes_in_the_items_lettering():
+    """R1 saw the 5-option lettering; the box holds the same option's letter in the item's (here 4 options,
+    another order), found by its text. A boxed answer is left to distill's checks; an ambiguous one is None."""
+    r1 = ["Ampicillin", "Ceftriaxone", "Nitrofurantoin", "Doxycycline", "Cephalexin"]
+    ours = ["Nitrofurantoin", "Ampicillin", "Ceftriaxone", "Doxycycline"]
+    answer = "**Answer:** C. Nitrofurantoin\n\n**Explanation:** - **A. Ampicillin**: resistance is common."
+    assert box_committed_answer(answer, r1, ours) == "**Answer:** C. Nitrofurantoin \\boxed{A}"
+    assert box_committed_answer("So \\boxed{B}", r1, ours) == "So \\boxed{B}"
+    assert box_committed_answer("**Answer:** C or A", r1, ours) is None
+
+
 def test_without_a_cap_the_long_trace_is_kept_and_a_half_cap_is_refused(fixture_files):
     items = to_records(load_benchmark("medqa", path=fixture_files["train"], split="train"))
     kept, report = import_traces(load_public_traces(fixture_files["traces"]), items)
@@ -209,7 +220,7 @@ name: imported
 out: {tmp_path / "run"}
 common: {{out_dir: "{{out}}", seed: 0, model: "{MODEL}", splits_dir: "{{recipe_out}}/data", trace_max_length: {MAX_LENGTH}}}
 stages:
-  "01": {{train_benchmark: medqa, train_path: "{clean}", split_sizes: {{sft: 6, rl: 6, dev: 2}},
+  "01": {{train_benchmark: medqa, train_path: "{clean}", split_sizes: {{sft: 6, rl: 16, dev: 2}},
          eval_benchmarks: {{medqa: "{fixture_files['test']}"}}, eval_limit: null, eval_optional: false,
          sft_traces: "file:{fixture_files['traces']}"}}
   "02": {{teacher: "file:{fixture_files['traces']}", distill_limit: null}}
@@ -220,12 +231,13 @@ stages:
     run_recipe(load_recipe(recipe), out=out, progress=False)
     data = out / "data"
     pool = read_json(data / "public_traces_report.json")
-    assert pool["kept"] == N_CORRECT and pool["dropped"]["unmatched"] == 2 and pool["dropped"]["too_long"] == 1
+    assert pool["kept"] == N_CORRECT + N_BOXLESS and pool["dropped"]["unmatched"] == 2 and pool["dropped"]["too_long"] == 1
     manifest = read_json(data / "manifest.json")
-    assert manifest["sft_from"] == N_CORRECT and manifest["train"]["sft_traces"].startswith("file:")
+    assert manifest["sft_from"] == N_CORRECT + N_BOXLESS and manifest["train"]["sft_traces"].startswith("file:")
     sft_ids = {r["id"] for r in read_jsonl(data / "sft.jsonl")}
     rl_ids = {r["id"] for r in read_jsonl(data / "rl.jsonl")}
-    kept_ids = {f"medqa-{i + 1}" for i in range(N_CORRECT)}
+    boxless_kept = range(N_CORRECT + 6, N_CORRECT + 6 + N_BOXLESS)
+    kept_ids = {f"medqa-{i + 1}" for i in [*range(N_CORRECT), *boxless_kept]}
     assert sft_ids <= kept_ids and not sft_ids & rl_ids and "medqa-11" in rl_ids  # R1's wrong one goes to RL
     reports = read_json(data / "traces_report.json")
     assert reports["sft"]["kept"] == 6 and reports["dev"]["kept"] == 2 and reports["sft"]["match_rate"] == 1.0
