@@ -187,6 +187,19 @@ def read_yaml(path: str | os.PathLike, what: str = "YAML file",
 # ---------------------------------------------------------------------------------------------------
 
 
+def relative_to_repo(path: str | os.PathLike) -> str:
+    """An absolute path inside the repository as a path relative to its root (POSIX), so committed results and
+    executed notebooks do not carry the folders of the machine that ran them; anything else unchanged (model
+    names such as ``embedded:smollm2-135m-instruct``, paths outside the repository)."""
+    s = os.fspath(path)
+    if not os.path.isabs(s):
+        return s
+    try:
+        return Path(s).resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return s
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

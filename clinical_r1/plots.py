@@ -870,6 +870,48 @@ def plot_response_length(df: pd.DataFrame, kind: str = "box", order: Sequence[st
 # ---------------------------------------------------------------------------------------------------
 
 
+EFFECT_LABELS = {"reward_without_accuracy": "reward without accuracy\n(what RL can teach here)",
+                 "reward": "total reward", "valid": "valid answers"}
+
+
+def plot_rl_effect(effects: Mapping[str, Mapping[str, Any]], labels: Mapping[str, str] | None = None) -> Figure:
+    """The held-out RL effect of each arm (:mod:`clinical_r1.rleffect`): one panel per arm, one row per reward
+    component of that arm's own preset (plus the total, the total without accuracy and the valid ratio), the
+    paired difference trained policy minus cold start with its 95% bootstrap CI; the before → after means are
+    written beside each row. A difference whose CI lies above 0 is drawn filled, one that crosses 0 hollow."""
+    table = results.effect_table(effects)
+    if table.empty:
+        raise PlotDataError("no held-out RL effects to plot (run notebook 05 with probe_runs)")
+    arms = list(dict.fromkeys(table["arm"]))
+    rows = max(table.groupby("arm").size())
+    fig, axes = plt.subplots(1, len(arms), figsize=(6.2 * len(arms), 0.62 * rows + 1.6), squeeze=False)
+    colors = _palette(len(arms))
+    for ax, arm, color in zip(axes[0], arms, colors):
+        t = table[table["arm"] == arm].reset_index(drop=True)
+        y = np.arange(len(t))[::-1]
+        for yi, r in zip(y, t.itertuples()):
+            above = r.ci_low > 0
+            ax.errorbar(r.diff, yi, xerr=[[r.diff - r.ci_low], [r.ci_high - r.diff]], fmt="o", ms=7, capsize=4,
+                        color=color, mfc=color if above else "white", mew=1.6)
+        ax.axvline(0, color="0.3", lw=1, ls="--")
+        names = []
+        for r in t.itertuples():
+            w = "" if r.weight is None or (isinstance(r.weight, float) and math.isnan(r.weight)) else f" (×{r.weight:g})"
+            names.append(f"{EFFECT_LABELS.get(r.component, r.component.replace('_', ' '))}{w}\n"
+                         f"{r.before:.2f} → {r.after:.2f}")
+        ax.set_yticks(y)
+        ax.set_yticklabels(names, fontsize=9)
+        ax.set_ylim(-0.6, len(t) - 0.4)
+        ax.set_xlabel("trained − cold start (paired, 95% CI)")
+        e = effects[arm]
+        n_q, n_s = int(t["n_questions"].iloc[0]), int(t["n_samples"].iloc[0])
+        ax.set_title(f"{(labels or {}).get(arm, arm)}\n{n_q} held-out questions × {n_s} samples, "
+                     f"T = {e['temperature']:g}", fontsize=10)
+    fig.suptitle("Held-out effect of RL: does each arm move toward its own reward?", y=1.0)
+    fig.tight_layout()
+    return fig
+
+
 def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
              paper_reference: str | os.PathLike | Mapping[str, Any] | None = None,
              method_map: Mapping[str, str] | None = None, ablation_summary: str | os.PathLike | None = None,
@@ -884,7 +926,8 @@ def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
     compliance, cross-reference rate, valid answers), ``training_curves``, ``crpo_rewards`` (reward components
     and ``frac_reward_zero_std`` of every RL run), ``advantage_shares`` (which reward drives the advantage, per
     RL run), ``monitors`` (reward-hacking monitors with the training config's thresholds), ``sft_loss``,
-    ``response_length``, ``k_tradeoff`` (Pareto-optimal k ringed).
+    ``response_length``, ``rl_effect`` (each RL arm's held-out effect on its own reward components),
+    ``k_tradeoff`` (Pareto-optimal k ringed).
 
     Inputs: the evaluation, text-metric, judge, training and generation files under ``results_dir`` (a recipe
     run), and optionally the grid's ``summary.csv`` (``ablation_summary``): its ``comparison_group`` variants
@@ -970,12 +1013,16 @@ def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
     lengths = results.collect_lengths(results_dir)
     if not lengths.empty:
         emit("response_length", plot_response_length(lengths, order=order, labels=labels))
+    effects = results.collect_rl_effects(Path(results_dir))
+    if effects:
+        emit("rl_effect", plot_rl_effect(effects, labels=labels))
     if summary is not None:
         wide = results.k_table(summary, k_metric)
         if wide is not None:
             emit("k_tradeoff", plot_k_tradeoff(wide, x=wide.attrs["x"]))
     skipped = {"accuracy", "cognitive_behaviours", "faithfulness", "format_by_method", "training_curves",
-               "crpo_rewards", "advantage_shares", "monitors", "sft_loss", "response_length", "k_tradeoff"} - set(written)
+               "crpo_rewards", "advantage_shares", "monitors", "sft_loss", "response_length", "rl_effect",
+               "k_tradeoff"} - set(written)
     if skipped:
         log.info("no inputs for: %s", ", ".join(sorted(skipped)))
     return written

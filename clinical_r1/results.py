@@ -50,7 +50,8 @@ from clinical_r1.files import read_json, read_jsonl, read_yaml
 log = logging.getLogger(__name__)
 
 GRID_DIR = "ablations"  # a study's ablation grid folder (results/<study>/ablations/<run_id>/)
-EXCLUDE = (GRID_DIR, "notebooks", ".ipynb_checkpoints")  # folders the loaders do not descend into
+EFFECT_DIR = "rl_effect"  # <RL run>/rl_effect/: the held-out probe's answers and effect.json (clinical_r1.rleffect)
+EXCLUDE = (GRID_DIR, "notebooks", ".ipynb_checkpoints", EFFECT_DIR)  # folders the loaders do not descend into
 SKIP_DIRS = {"data", "notebooks", GRID_DIR, "figures"}  # top-level study folders that hold no method
 TRAINING_EXTRA = ("reward", "kl", "completions/mean_length")  # panels after the reward components
 K_STAND_IN = "rewards/cross_reference/mean"  # the k trade-off's judge-free faithfulness axis
@@ -454,6 +455,29 @@ def rl_run_dirs(out: Path) -> dict[str, Path]:
             if is_rl(cfg):
                 found.setdefault(rec["variant"], cfg.parent)
     return found
+
+
+def collect_rl_effects(out: Path) -> dict[str, dict[str, Any]]:
+    """Arm name -> its held-out RL effect (``<run>/rl_effect/effect.json``, :mod:`clinical_r1.rleffect`), for every
+    RL run of the study (:func:`rl_run_dirs`) that has one."""
+    found = {}
+    for name, run in rl_run_dirs(Path(out)).items():
+        p = run / EFFECT_DIR / "effect.json"
+        if p.is_file():
+            found[name] = read_json(p)
+    return found
+
+
+def effect_table(effects: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per arm × component of held-out RL effects: weight, before, after, diff and its 95% CI."""
+    rows = []
+    for arm, e in effects.items():
+        for comp, c in e["components"].items():
+            rows.append({"arm": arm, "component": comp, "weight": e["weights"].get(comp), "before": c["before"],
+                         "after": c["after"], "diff": c["diff"], "ci_low": c["ci"][0], "ci_high": c["ci"][1],
+                         "n_questions": c["n_questions"], "n_samples": c["n_samples"]})
+    cols = ["arm", "component", "weight", "before", "after", "diff", "ci_low", "ci_high", "n_questions", "n_samples"]
+    return pd.DataFrame(rows, columns=cols)
 
 
 # ---------------------------------------------------------------------------------------------------

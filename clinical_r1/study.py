@@ -279,6 +279,38 @@ def evaluate_methods(methods: Mapping[str, Mapping[str, Any]], splits_dir: str |
     return rows
 
 
+def probe_items(splits_dir: str | os.PathLike, benchmarks: Sequence[str] | None = None,
+                limit: int | None = None) -> list[dict[str, Any]]:
+    """The held-out probe questions of the RL effect: the first ``limit`` of each evaluation set in ``benchmarks``
+    (None: every set), ids prefixed with their set (``medqa4/q17``) so sets never collide."""
+    sets = eval_sets(splits_dir)
+    names = list(benchmarks) if benchmarks else list(sets)
+    unknown = [b for b in names if b not in sets]
+    if unknown:
+        raise UsageError(f"probe_benchmarks {unknown} are not evaluation sets of {splits_dir} ({sorted(sets)})")
+    items = []
+    for b in names:
+        rows = to_records(sets[b])
+        items += [{**r, "id": f"{b}/{r['id']}"} for r in (rows[:limit] if limit else rows)]
+    return items
+
+
+def measure_rl_effects(runs: Sequence[str], splits_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                       benchmarks: Sequence[str] | None = None, limit: int | None = None, n: int = 4,
+                       batch_size: int = 8, seed: int = 0, n_boot: int = 2000) -> dict[str, dict[str, Any]]:
+    """The held-out RL effect of each RL run folder in ``runs`` (``{out}`` is ``out_dir``) on the probe questions:
+    :func:`clinical_r1.rleffect.measure_run` (each run against its own cold start, under its own prompt and
+    reward). Returns run folder name -> effect."""
+    from clinical_r1.rleffect import measure_run
+
+    items = probe_items(splits_dir, benchmarks, limit)
+    out = {}
+    for run in runs:
+        path = Path(str(run).replace("{out}", str(out_dir)))
+        out[path.name] = measure_run(path, items, n=n, batch_size=batch_size, seed=seed, n_boot=n_boot)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # 06: judge
 # ---------------------------------------------------------------------------------------------------

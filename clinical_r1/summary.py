@@ -30,8 +30,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from clinical_r1.files import read_json, read_jsonl, read_yaml, write_json, write_text
-from clinical_r1.results import PlotDataError, method_dirs, rl_run_dirs
+from clinical_r1.files import read_json, read_jsonl, read_yaml, relative_to_repo, write_json, write_text
+from clinical_r1.results import PlotDataError, collect_rl_effects, method_dirs, rl_run_dirs
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def rl_summary(run: Path, n_boot: int = 2000) -> dict[str, Any] | None:
     if cfg.is_file():
         preset = read_yaml(cfg, "training config", PlotDataError).get("reward", {}).get("preset")
     return {
-        "run": str(run), "preset": preset, "steps": len(rows),
+        "run": relative_to_repo(run.resolve()), "preset": preset, "steps": len(rows),
         "frac_reward_zero_std_mean": float(np.mean(zero_std)) if zero_std else None,
         "steps_with_nonzero_loss": sum(abs(_finite(r.get("loss")) or 0.0) > 0 for r in rows),
         "steps_with_nonzero_grad": sum(abs(_finite(r.get("grad_norm")) or 0.0) > 0 for r in rows),
@@ -124,6 +124,13 @@ def inside_summary(run: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, An
     alarms = read_json(metrics).get("alarms") if metrics.is_file() else None
     return {"advantage_share_mean": means("advantage_share/"), "reward_varies_mean": means("reward_varies/"),
             "alarms": alarms}
+
+
+def effect_summary(e: Mapping[str, Any]) -> dict[str, Any]:
+    """The held-out RL effect of one arm (``<run>/rl_effect/effect.json``) as the summary keeps it."""
+    keep = ("prompt", "weights", "accuracy_reward", "cold_start", "temperature", "max_new_tokens", "n", "seed")
+    return {**{k: e.get(k) for k in keep}, "n_questions": len(e.get("probe_ids") or []),
+            "components": e["components"]}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -195,7 +202,8 @@ def _pooled(rows: Iterable[Mapping[str, Any]], method: str, key: str) -> float |
 
 
 def _target(name: str, value: Any, op: str, bound: float) -> dict[str, Any]:
-    ok = None if value is None else (value >= bound if op == ">=" else value <= bound)
+    ops = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b}
+    ok = None if value is None else bool(ops[op](value, bound))
     return {"target": name, "value": value, "rule": f"{op} {bound}", "holds": ok}
 
 
@@ -214,6 +222,14 @@ def targets(s: Mapping[str, Any], sft_method: str = "sft", base_method: str = "b
         out.append(_target(f"{name}: mean frac_reward_zero_std", r["frac_reward_zero_std_mean"], "<=", 0.5))
         out.append(_target(f"{name}: steps with a non-zero loss", r["steps_with_nonzero_loss"], ">=", r["steps"]))
         out.append(_target(f"{name}: training steps", r["steps"], ">=", 8))
+    for name, e in (s.get("rl_effect") or {}).items():
+        c = e["components"]
+        shaping = c.get("reward_without_accuracy")
+        out.append(_target(f"{name}: held-out reward without accuracy, paired difference CI low",
+                            shaping and shaping["ci"][0], ">", 0))
+        valid = c.get("valid")
+        out.append(_target(f"{name}: held-out valid ratio does not fall (difference CI high)",
+                           valid and valid["ci"][1], ">=", 0))
     if s["judge"]:
         rec = sum(j["records"] for j in s["judge"])
         out.append(_target("judge parse rate", sum(j["parsed"] for j in s["judge"]) / rec, ">=", 0.95))
@@ -229,12 +245,14 @@ def build_summary(out_dir: str | os.PathLike, splits_dir: str | os.PathLike | No
     splits = Path(splits_dir) if splits_dir else out / "data"
     stages = {n: st.get("duration_s") for n, st in status.get("stages", {}).items()}
     s: dict[str, Any] = {
-        "out": str(out), "recipe": status.get("recipe"), "provenance": status.get("provenance") or {},
+        "out": relative_to_repo(out.resolve()), "recipe": status.get("recipe"),
+        "provenance": status.get("provenance") or {},
         "stages_seconds": stages, "total_seconds": round(sum(v or 0 for v in stages.values()), 1),
         "sft": sft_summary(out / "sft"),
         "rl": {name: r for name, p in rl_run_dirs(out).items() if (r := rl_summary(p)) is not None},
         "evaluation": eval_rows(out, splits),
         "judge": judge_rows(out),
+        "rl_effect": {name: effect_summary(e) for name, e in collect_rl_effects(out).items()},
     }
     s["targets"] = targets(s)
     return s
@@ -248,8 +266,11 @@ def to_markdown(s: Mapping[str, Any]) -> str:
     """A short human summary: stages, the evaluation table, RL signal, judge and the targets."""
     lines = [f"# Study summary: {s.get('recipe') or s['out']}", "",
              f"commit `{s['provenance'].get('commit')}`{' (dirty tree)' if s['provenance'].get('dirty') else ''}; "
-             f"stages {s['total_seconds']:.0f} s: "
-             + ", ".join(f"{k} {_fmt(v, '.0f')} s" for k, v in s["stages_seconds"].items()), ""]
+             f"stages {s['total_seconds']:.0f} s ({s['total_seconds'] / 60:.1f} min)", "",
+             "| stage | seconds | share |", "|---|---|---|"]
+    total = s["total_seconds"] or 1
+    lines += [f"| {k} | {_fmt(v, '.0f')} | {(v or 0) / total:.0%} |" for k, v in s["stages_seconds"].items()]
+    lines.append("")
     if s.get("sft"):
         f = s["sft"]
         lines += [f"SFT: {f['steps']} steps, train loss {_fmt(f['loss_first'])} -> {_fmt(f['loss_last'])}, "
@@ -274,6 +295,18 @@ def to_markdown(s: Mapping[str, Any]) -> str:
             lines.append(f"| {r['method']} | {r['benchmark']} | {r['n']} | {acc} | {_fmt(r['valid_ratio'])} | "
                          f"{_fmt(r['format_compliance'])} | {_fmt(r['crpo_format'])} | {_fmt(r['cross_reference'])} | "
                          f"{_fmt(r['mean_tokens'], '.0f')} |")
+        lines.append("")
+    if s.get("rl_effect"):
+        lines += ["Held-out RL effect (trained policy minus its cold start, same prompt and reward; paired by question, "
+                  "95% bootstrap CI):", "",
+                  "| arm | component | weight | cold start | trained | difference [95% CI] |", "|---|---|---|---|---|---|"]
+        for name, e in s["rl_effect"].items():
+            for comp, c in e["components"].items():
+                w = e["weights"].get(comp)
+                lines.append(f"| {name} | {comp} | {_fmt(w, 'g')} | {c['before']:.3f} | {c['after']:.3f} | "
+                             f"{c['diff']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] |")
+            lines.append(f"| {name} | (probe) | | {e['n_questions']} questions × {e['n']} samples, "
+                         f"T {e['temperature']:g}, ≤ {e['max_new_tokens']} tokens | | |")
         lines.append("")
     for j in s["judge"]:
         lines.append(f"judge `{j['method']}`: {j['parsed']}/{j['records']} judgements parsed ({j['parse_rate']:.0%})")
