@@ -441,6 +441,65 @@ def execute_notebook(plan: StagePlan, kernel: str = KERNEL, progress: bool = Tru
     return time.monotonic() - start
 
 
+HEARTBEAT_S = 30.0  # seconds between progress lines while a stage runs
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+def training_progress(out_dir: Path, since: float) -> str | None:
+    """``"<run> step n/N"`` of the training run under ``out_dir`` whose ``metrics.jsonl`` changed last after
+    ``since`` (a time.time()), read from its last line and its ``config.yaml``; None when no run is training."""
+    newest = None
+    for p in out_dir.glob("**/metrics.jsonl"):
+        try:
+            mtime = p.stat().st_mtime
+        except OSError:
+            continue
+        if mtime >= since and (newest is None or mtime > newest[0]):
+            newest = (mtime, p)
+    if newest is None:
+        return None
+    path = newest[1]
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 4096))
+            step = json.loads(f.read().decode("utf-8", "replace").strip().splitlines()[-1]).get("step")
+        total = read_yaml(path.parent / "config.yaml", "training config").get("trainer", {}).get("max_steps")
+    except (OSError, ValueError, IndexError, DataError):  # a line being written, a config not yet there
+        return None
+    return f"{path.parent.name} step {step}/{total}" if step is not None else None
+
+
+class Heartbeat:
+    """While a stage runs: every ``HEARTBEAT_S`` a log line with the stage, its elapsed time, the study's, and the
+    training step of the run being trained (``training_progress``), so a long pipeline is never silent."""
+
+    def __init__(self, label: str, out_dir: Path, study_start: float, interval: float = HEARTBEAT_S):
+        import threading
+
+        self.label, self.out_dir, self.study_start, self.interval = label, out_dir, study_start, interval
+        self.start, self.wall = time.monotonic(), time.time()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pipeline-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            step = training_progress(self.out_dir, self.wall)
+            log.info("%s: %s elapsed (study %s)%s", self.label, _clock(time.monotonic() - self.start),
+                     _clock(time.monotonic() - self.study_start), f"; {step}" if step else "")
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _first_lines(src: str, n: int = 3) -> str:
     lines = [ln for ln in (src or "").splitlines() if ln.strip()]
     return " | ".join(lines[:n]) + (" | ..." if len(lines) > n else "")
@@ -466,6 +525,7 @@ def run_stages(plans: Sequence[StagePlan], status_path: Path, header: Mapping[st
         status.setdefault("created", _now())
         stages = status.setdefault("stages", {})
         ran = False
+        study_start = time.monotonic()
         for i, plan in enumerate(plans, start=1):
             sha = sha256_file(plan.notebook)
             prev = stages.get(plan.name, {})
@@ -483,7 +543,8 @@ def run_stages(plans: Sequence[StagePlan], status_path: Path, header: Mapping[st
             before = _listing(out_dir)
             start = time.monotonic()
             try:
-                execute_notebook(plan, kernel=kernel, progress=progress, timeout=timeout)
+                with Heartbeat(f"[{i}/{len(plans)}] {plan.name}", out_dir, study_start):
+                    execute_notebook(plan, kernel=kernel, progress=progress, timeout=timeout)
             except StageError as e:
                 message = redact(str(e))
                 entry.update(status="failed", finished=_now(), duration_s=round(time.monotonic() - start, 2),
@@ -504,6 +565,8 @@ def run_stages(plans: Sequence[StagePlan], status_path: Path, header: Mapping[st
             entry.update(status="done", finished=_now(), duration_s=round(time.monotonic() - start, 2),
                          outputs=outputs)
             _save_status(status, status_path)
+            log.info("[%d/%d] %s: done in %s (study %s)", i, len(plans), plan.name, _clock(entry["duration_s"]),
+                     _clock(time.monotonic() - study_start))
             ran = True
         return status
 
