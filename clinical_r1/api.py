@@ -816,9 +816,3 @@ def make_client(spec: ClientSpec, cache_path: str | os.PathLike | None = None, *
     else:
         backend = OpenAIBackend(config)
     return ChatClient(backend, config, cache_path, **kw)
-
-
-if __name__ == "__main__":  # the entry point of earlier releases: an alias of `python -m clinical_r1 chat`
-    from clinical_r1.cli import alias
-
-    alias("chat")

@@ -979,9 +979,3 @@ def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
     if skipped:
         log.info("no inputs for: %s", ", ".join(sorted(skipped)))
     return written
-
-
-if __name__ == "__main__":  # the entry point of earlier releases: an alias of `python -m clinical_r1 figures`
-    from clinical_r1.cli import alias
-
-    alias("figures")

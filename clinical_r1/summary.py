@@ -31,6 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from clinical_r1.files import read_json, read_jsonl, read_yaml, write_json, write_text
+from clinical_r1.records import STATUS_FILE, read_status
 from clinical_r1.results import PlotDataError, method_dirs, rl_run_dirs
 
 log = logging.getLogger(__name__)
@@ -222,8 +223,6 @@ def targets(s: Mapping[str, Any], sft_method: str = "sft", base_method: str = "b
 
 def build_summary(out_dir: str | os.PathLike, splits_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Every number of a study folder (see the module docstring); reads files only."""
-    from clinical_r1.pipeline import STATUS_FILE, read_status
-
     out = Path(out_dir)
     status = read_status(out / STATUS_FILE)
     splits = Path(splits_dir) if splits_dir else out / "data"
@@ -295,9 +294,3 @@ def write_summary(out_dir: str | os.PathLike, splits_dir: str | os.PathLike | No
     md = to_markdown(s)
     write_text(md, Path(out_dir) / SUMMARY_MD)
     return s
-
-
-if __name__ == "__main__":  # the entry point of earlier releases: an alias of `python -m clinical_r1 summary`
-    from clinical_r1.cli import alias
-
-    alias("summary")
