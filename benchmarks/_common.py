@@ -62,9 +62,9 @@ def _nvml_driver() -> str | None:
 
 
 def environment(with_gpu: bool = False) -> dict[str, Any]:
-    """Date, CPU, load and command, plus :func:`clinical_r1.files.provenance` (commit, dirty, versions, device):
+    """Date, CPU, load and command, plus :func:`clinical_r1.records.provenance` (commit, dirty, versions, device):
     what makes a number reproducible."""
-    from clinical_r1.files import provenance
+    from clinical_r1.records import provenance
 
     try:
         usable = len(os.sched_getaffinity(0))

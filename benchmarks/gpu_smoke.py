@@ -5,7 +5,7 @@
     python benchmarks/gpu_smoke.py --dry-run                 # print and check the steps' commands, run nothing
 
 Needs a CUDA GPU and either GPU stack (``requirements-gpu.txt``, CUDA 13 with vLLM, or
-``requirements-gpu-cu12.txt``, CUDA 12 without; ``python -m clinical_r1.gpu_stack`` says which this machine
+``requirements-gpu-cu12.txt``, CUDA 12 without; ``python -m clinical_r1 gpu-stack`` says which this machine
 takes); without CUDA it exits at once with a message, code 2. It runs on whichever stack is installed and
 records which (torch, its CUDA, vLLM or none). Each step runs the project's own command line in a subprocess, with a time limit taken from what is left of
 ``--budget`` (600 s); a step whose input failed is skipped, and the others still run:
@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not torch.cuda.is_available():
             print(f"gpu_smoke.py needs a CUDA GPU, and torch {torch.__version__} (CUDA build: {torch.version.cuda}) "
                   f"sees none on this machine; nothing was run. On a CUDA machine: pip install -r <the file "
-                  f"`python -m clinical_r1.gpu_stack` names> && pip install --no-deps -e . && make gpu-smoke",
+                  f"`python -m clinical_r1 gpu-stack` names> && pip install --no-deps -e . && make gpu-smoke",
                   file=sys.stderr)
             return 2
         deadline = time.time() + a.budget

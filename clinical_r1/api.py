@@ -37,10 +37,12 @@ import random
 import threading
 import time
 from collections import Counter
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+
+from tqdm.auto import tqdm
 
 from clinical_r1.errors import ClinicalR1Error, UsageError
 from clinical_r1.files import sha256_json
@@ -689,10 +691,15 @@ class ChatClient:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chat")
         try:
             futures = {pool.submit(self._call, r, k): k for k, r in todo.items()}
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            for f in done:
-                if f.exception() is not None:
-                    raise f.exception()
+            pending = set(futures)
+            # a widget in Jupyter (tqdm.auto), a bar on a terminal, nothing when stderr is not a terminal
+            with tqdm(total=len(futures), desc=self.model, unit="request", disable=None) as bar:
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    bar.update(len(done))  # from this thread only: widgets are not updated from the workers
+                    for f in done:
+                        if f.exception() is not None:
+                            raise f.exception()
             for f, k in futures.items():
                 out[k] = f.result()
         except BaseException:  # a fatal API error, or Ctrl-C: in-flight requests finish, nothing new is sent
@@ -816,9 +823,3 @@ def make_client(spec: ClientSpec, cache_path: str | os.PathLike | None = None, *
     else:
         backend = OpenAIBackend(config)
     return ChatClient(backend, config, cache_path, **kw)
-
-
-if __name__ == "__main__":  # the entry point of earlier releases: an alias of `python -m clinical_r1 chat`
-    from clinical_r1.cli import alias
-
-    alias("chat")

@@ -152,7 +152,7 @@ def add_distill(sub: Any) -> Handler:
     p.add_argument("--report", default=None, help="write the report as JSON here (default: <out>.report.json)")
 
     def run(a: argparse.Namespace) -> Any:
-        from clinical_r1.config import ConfigError
+        from clinical_r1.errors import ConfigError
         from clinical_r1.distill import distill
         from clinical_r1.files import read_jsonl, read_yaml, write_json
         from clinical_r1.locks import exclusive
@@ -279,7 +279,8 @@ def add_generate(sub: Any) -> Handler:
 def add_evaluate(sub: Any) -> Handler:
     from clinical_r1.evaluate import N_BOOT
 
-    p = sub.add_parser("evaluate", help="accuracy (all / valid), majority vote, subgroups, 95% bootstrap CIs")
+    # "%%": argparse formats help strings with %
+    p = sub.add_parser("evaluate", help="accuracy (all / valid), majority vote, subgroups, 95%% bootstrap CIs")
     p.add_argument("generations", help="generations JSONL written by `generate`")
     p.add_argument("--compare", default=None, help="a second generations file: paired comparison instead")
     _add_benchmark_args(p)
@@ -324,7 +325,7 @@ def add_judge(sub: Any) -> Handler:
                    help="generate or constrained (default: the config's judge_mode; constrained for a local judge)")
 
     def run(a: argparse.Namespace) -> Any:
-        from clinical_r1.config import ConfigError
+        from clinical_r1.errors import ConfigError
         from clinical_r1.data import load_benchmark
         from clinical_r1.files import read_jsonl, read_yaml, write_csv, write_jsonl
         from clinical_r1.judge import METRIC_GROUPS, attach_items, judge_responses, summarize_judgements
@@ -551,6 +552,27 @@ def add_check_config(sub: Any) -> Handler:
 
 
 # name -> registrar, in the order of the study
+def add_gpu_stack(sub: Any) -> Handler:
+    p = sub.add_parser("gpu-stack", help="the GPU stack (requirements file) this machine's NVIDIA driver and GPU can run")
+    p.add_argument("action", nargs="?", default="choose", choices=("choose", "resolve"),
+                   help="choose: read nvidia-smi and print the choice; resolve: pip --dry-run both files against PyPI")
+    p.add_argument("--python", action="append", help="resolve: CPython version(s) (default 3.11 and 3.12)")
+
+    def run(a: argparse.Namespace) -> None:
+        from clinical_r1 import gpu_stack
+
+        if a.action == "resolve":
+            for py in a.python or ["3.11", "3.12"]:
+                for stack in gpu_stack.STACKS:
+                    print(json.dumps(gpu_stack.resolve(stack, py)), flush=True)
+            return
+        gpus = gpu_stack.query_gpus()
+        stack, why = gpu_stack.choose(gpus)
+        print(gpu_stack.describe(stack, gpus, why))
+
+    return run
+
+
 SUBCOMMANDS: dict[str, Callable[[Any], Handler]] = {
     "split": add_split,
     "distill": add_distill,
@@ -569,6 +591,7 @@ SUBCOMMANDS: dict[str, Callable[[Any], Handler]] = {
     "verl-launch": add_verl_launch,
     "chat": add_chat,
     "check-config": add_check_config,
+    "gpu-stack": add_gpu_stack,
 }
 
 
@@ -580,11 +603,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     for p in sub.choices.values():  # -v also after the subcommand; SUPPRESS keeps a -v given before it
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging; tracebacks")
     return parser, handlers
-
-
-def alias(stage: str) -> None:
-    """The old ``python -m clinical_r1.<module>`` entry points: the same as ``python -m clinical_r1 <stage>``."""
-    sys.exit(main([stage, *sys.argv[1:]]))
 
 
 def main(argv: list[str] | None = None) -> int:

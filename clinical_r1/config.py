@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from clinical_r1.errors import ClinicalR1Error
+from clinical_r1.errors import ConfigError
 from clinical_r1.files import read_yaml
 from clinical_r1.models import BACKENDS, DTYPES, EMBEDDED_DEFAULT
 
@@ -100,10 +100,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         },
     },
 }
-
-
-class ConfigError(ClinicalR1Error, ValueError):
-    """A training config that cannot run: unknown key, bad value, inconsistent settings."""
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -275,9 +275,3 @@ def compact_trace(trace: Mapping[str, Any], item: Mapping[str, Any]) -> dict[str
     # through "impression <words>": 3 content words in a row, found in <dx> and not in any option.
     conclusion = f"Option {answer} fits the impression of {impression}. \\boxed{{{answer}}}"
     return {"id": str(trace["id"]), "dx": body, "conclusion": conclusion}
-
-
-if __name__ == "__main__":  # the entry point of earlier releases: an alias of `python -m clinical_r1 distill`
-    from clinical_r1.cli import alias
-
-    alias("distill")

@@ -41,6 +41,11 @@ class DataError(ClinicalR1Error, ValueError):
     """A malformed input row or file; the message names the file, the row and the field."""
 
 
+class ConfigError(ClinicalR1Error, ValueError):
+    """A training config that cannot run: unknown key, bad value, inconsistent settings. Here, not in
+    :mod:`clinical_r1.config`, because the modules config builds on (monitors) raise it too."""
+
+
 class UsageError(ClinicalR1Error, ValueError):
     """A bad name, option or setting given by the user: an unknown benchmark, prompt kind or key; exit 2."""
 

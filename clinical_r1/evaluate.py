@@ -25,7 +25,6 @@ any item has one, and ``by_source`` when the dataset mixes sources.
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import os
 from collections import Counter
@@ -36,9 +35,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from clinical_r1.errors import ClinicalR1Error
-from clinical_r1.files import REPO_ROOT, provenance, read_json, write_json
+from clinical_r1.files import REPO_ROOT, read_json, write_json
 from clinical_r1.generate import read_generations, read_meta
 from clinical_r1.parsing import extract_letter, is_correct_letter
+from clinical_r1.records import provenance, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +317,7 @@ def evaluate(generations_path: str | os.PathLike, dataset: Iterable[Mapping[str,
     """Accuracy of one generations file on ``dataset``; written atomically to ``out_path`` as JSON when given.
 
     The result records the model, dataset, prompt kind and decoding settings (from the generations
-    sidecar), the bootstrap seed and size, and the provenance record (:func:`clinical_r1.files.provenance`).
+    sidecar), the bootstrap seed and size, and the provenance record (:func:`clinical_r1.records.provenance`).
     """
     ans = load_answers(generations_path, dataset, dataset_name=dataset_name, n=n, allow_missing=allow_missing)
     meta = ans.meta
@@ -331,7 +331,7 @@ def evaluate(generations_path: str | os.PathLike, dataset: Iterable[Mapping[str,
         "n_samples": ans.n,
         "bootstrap": {"n_boot": n_boot, "seed": seed, "confidence": CONFIDENCE},
         "provenance": provenance(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": utc_now(),
         "scale": "fraction",
         **accuracy_figures(ans, n_boot=n_boot, seed=seed),
         "missing": ans.missing,
@@ -421,14 +421,3 @@ def load_paper_reference(path: str | os.PathLike | None = None) -> dict[str, Any
             if set(by_method) != set(methods):
                 raise ValueError(f"{p}: {table}.{row} has methods {sorted(by_method)}, expected {sorted(methods)}")
     return ref
-
-
-# ---------------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------------
-
-
-if __name__ == "__main__":  # the entry point of earlier releases: an alias of `python -m clinical_r1 evaluate`
-    from clinical_r1.cli import alias
-
-    alias("evaluate")

@@ -1,12 +1,13 @@
-"""Reading and writing the package's files: atomic writes, JSON/JSONL/YAML, sha256 and provenance.
+"""Reading and writing the package's files: atomic writes, JSON/JSONL/YAML (and the checks of a mapping read
+from one), sha256.
 
-    from clinical_r1.files import write_json, read_jsonl, provenance
-    write_json({"accuracy": 0.5, "provenance": provenance()}, "results/x/medqa.metrics.json")
+    from clinical_r1.files import write_json, read_jsonl
+    write_json({"accuracy": 0.5}, "results/x/medqa.metrics.json")
 
 Every writer goes through :func:`atomic_path`: the content is written to a temporary file in the same folder,
 fsynced, and renamed over the target (``os.replace``), so a crash leaves the old file or none, never half a
-file. :func:`provenance` is the one record of where a result came from (commit, dirty tree, library
-versions, device), used by run folders, evaluation results, the pipeline status and the benchmarks.
+file. What a result records about itself (provenance, timestamps, status files) is :mod:`clinical_r1.records`;
+this module is the floor everything stands on and imports nothing of the package but its errors.
 """
 
 from __future__ import annotations
@@ -15,11 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
-import subprocess
-import sys
 import tempfile
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -29,9 +26,6 @@ from clinical_r1.errors import ClinicalR1Error, DataError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark (Windows editors) is not data
-# the libraries whose versions a result records
-LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "unsloth", "unsloth_zoo", "vllm",
-             "papermill", "numpy", "bitsandbytes", "triton", "deepspeed", "clinical-r1")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -182,22 +176,29 @@ def read_yaml(path: str | os.PathLike, what: str = "YAML file",
     return data
 
 
-# ---------------------------------------------------------------------------------------------------
-# Hashes and provenance
-# ---------------------------------------------------------------------------------------------------
+def check_keys(data: Mapping[str, Any], allowed: set[str], where: str,
+               error: type[ClinicalR1Error] = ClinicalR1Error) -> None:
+    """A mapping read from a file has only ``allowed`` keys; otherwise ``error`` names ``where`` and the extra keys."""
+    extra = sorted(set(data) - allowed)
+    if extra:
+        raise error(f"{where}: unknown key(s) {extra}; allowed: {sorted(allowed)}")
 
 
-def relative_to_repo(path: str | os.PathLike) -> str:
-    """An absolute path inside the repository as a path relative to its root (POSIX), so committed results and
-    executed notebooks do not carry the folders of the machine that ran them; anything else unchanged (model
-    names such as ``embedded:smollm2-135m-instruct``, paths outside the repository)."""
-    s = os.fspath(path)
-    if not os.path.isabs(s):
-        return s
-    try:
-        return Path(s).resolve().relative_to(REPO_ROOT).as_posix()
-    except ValueError:
-        return s
+def parameter_mapping(value: Any, where: str, error: type[ClinicalR1Error] = ClinicalR1Error) -> dict[str, Any]:
+    """A mapping of parameter names (Python identifiers) to values, ``{}`` for None; otherwise ``error`` names ``where``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise error(f"{where} must be a mapping of parameter names to values, got {type(value).__name__}")
+    bad = [k for k in value if not isinstance(k, str) or not k.isidentifier()]
+    if bad:
+        raise error(f"{where}: parameter names must be Python identifiers, got {bad}")
+    return dict(value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hashes
+# ---------------------------------------------------------------------------------------------------
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -221,48 +222,3 @@ def canonical_json(obj: Any) -> str:
 def sha256_json(obj: Any) -> str:
     """The sha256 of ``obj``'s canonical JSON: equal objects hash equal whatever their key order."""
     return sha256_text(canonical_json(obj))
-
-
-def git_state(repo: str | os.PathLike = REPO_ROOT) -> dict[str, Any]:
-    """``{"commit", "dirty"}``: HEAD and whether tracked files differ from it (``None`` outside a git checkout)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    if head.returncode != 0:
-        return {"commit": None, "dirty": None}
-    return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-
-
-def library_versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for lib in LIBRARIES:
-        try:
-            out[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            out[lib] = None
-    return out
-
-
-def device_info() -> dict[str, Any]:
-    """The host, CPU and, when this process has imported torch (a training or generation stage), its threads
-    and GPU; a process without torch (the pipeline, evaluation) is not made to import it."""
-    info: dict[str, Any] = {"host": platform.node(), "machine": platform.machine(), "cpu_count": os.cpu_count()}
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return info
-    info.update(cuda=torch.cuda.is_available(), cpu_threads=torch.get_num_threads())
-    if torch.cuda.is_available():
-        from clinical_r1.models import bf16_supported
-
-        p = torch.cuda.get_device_properties(0)
-        info.update(gpu=p.name, gpu_count=torch.cuda.device_count(), memory_gib=round(p.total_memory / 2**30, 1),
-                    capability=f"{p.major}.{p.minor}", bf16=bf16_supported(0), cuda_version=torch.version.cuda)
-    return info
-
-
-def provenance(repo: str | os.PathLike = REPO_ROOT) -> dict[str, Any]:
-    """Where a result came from, one schema everywhere: ``commit``, ``dirty``, ``versions``, ``device``."""
-    return {**git_state(repo), "versions": library_versions(), "device": device_info()}

@@ -504,14 +504,3 @@ def _run(engine: Any, tokenizer: Any, todo: list[tuple[Mapping[str, Any], list[i
             f.flush()
             os.fsync(f.fileno())
             bar.update(len(lines))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------------
-
-
-if __name__ == "__main__":  # the entry point of earlier releases: an alias of `python -m clinical_r1 generate`
-    from clinical_r1.cli import alias
-
-    alias("generate")

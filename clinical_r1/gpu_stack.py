@@ -1,7 +1,7 @@
 """Which GPU stack this machine can run, chosen from the NVIDIA driver and the GPU before torch is imported.
 
-    python -m clinical_r1.gpu_stack                       # print the choice for this machine and why; install nothing
-    python -m clinical_r1.gpu_stack resolve --python 3.12 # re-measure both files against PyPI (pip --dry-run, network)
+    python -m clinical_r1 gpu-stack                       # print the choice for this machine and why; install nothing
+    python -m clinical_r1 gpu-stack resolve --python 3.12 # re-measure both files against PyPI (pip --dry-run, network)
 
     from clinical_r1.gpu_stack import install             # the notebooks' first cell (Colab / Kaggle)
     stack = install(home)                                 # choose, print why, pip install that file once
@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from clinical_r1.errors import ClinicalR1Error
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUERY = ["nvidia-smi", "--query-gpu=driver_version,compute_cap,name", "--format=csv,noheader"]
 STAMP = ".clinical_r1_installed"  # under the clone: the installed file's name and sha256
@@ -41,7 +43,7 @@ CONSTRAINTS = ".clinical_r1_keep_torch.txt"  # under the clone: torch==<the prei
 PICK_A_T4 = "Colab: Runtime > Change runtime type > T4 GPU; Kaggle: Settings > Accelerator > GPU T4 x2"
 
 
-class GpuStackError(RuntimeError):
+class GpuStackError(ClinicalR1Error, RuntimeError):
     """No GPU, or no stack this driver and GPU can run; the message says what to click."""
 
 
@@ -267,29 +269,3 @@ def resolve(stack: Stack, python: str, root: Path = REPO_ROOT) -> dict[str, obje
             "torch": torch["version"], "torch_cuda_major": cuda_major(torch["version"], torch.get("requires_dist", [])),
             "vllm": dists.get("vllm", {}).get("version"), "transformers": dists["transformers"]["version"],
             "trl": dists["trl"]["version"]}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("action", nargs="?", default="choose", choices=("choose", "resolve"))
-    ap.add_argument("--python", action="append", help="resolve: CPython version(s) (default 3.11 and 3.12)")
-    a = ap.parse_args(argv)
-    if a.action == "resolve":
-        for py in a.python or ["3.11", "3.12"]:
-            for stack in STACKS:
-                print(json.dumps(resolve(stack, py)), flush=True)
-        return 0
-    try:
-        gpus = query_gpus()
-        stack, why = choose(gpus)
-        print(describe(stack, gpus, why))
-    except GpuStackError as e:
-        print(e, file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -34,13 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from clinical_r1.files import (REPO_ROOT, canonical_json, provenance, read_jsonl, read_yaml, sha256_text, write_csv,
-                               write_json)
-from clinical_r1.pipeline import (_STAGE_KEY, DONE_FILE, KERNEL, NOTEBOOKS_DIR, STATUS_FILE, Layer,
-                                  PipelineError, Recipe, StageError, StagePlan, _check_used,
-                                  _mapping, _now, _rel, _unknown, check_secrets,
-                                  declared_parameters, load_recipe, read_status, resolve_notebook, run_stages,
-                                  stage_parameters)
+from clinical_r1.files import (REPO_ROOT, canonical_json, check_keys, parameter_mapping, read_jsonl, read_yaml,
+                               sha256_text, write_csv, write_json)
+from clinical_r1.pipeline import (KERNEL, NOTEBOOKS_DIR, STAGE_KEY, Layer, PipelineError, Recipe, StageError, StagePlan,
+                                  check_secrets, check_used, declared_parameters, load_recipe, resolve_notebook,
+                                  run_stages, stage_parameters)
+from clinical_r1.records import DONE_FILE, STATUS_FILE, provenance, read_status, repo_relative, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +87,9 @@ def load_grid(path: str | os.PathLike = GRID_FILE) -> Grid:
     """Read and check a grid file (known keys, variant names, sweeps, no secrets)."""
     p = Path(path)
     data = read_yaml(p, "grid", PipelineError)
-    _unknown(data, GRID_KEYS, str(p))
+    check_keys(data, GRID_KEYS, str(p), PipelineError)
     nbs = data.get("notebooks")
-    if not isinstance(nbs, list) or not nbs or not all(_STAGE_KEY.match(str(n)) for n in nbs):
+    if not isinstance(nbs, list) or not nbs or not all(STAGE_KEY.match(str(n)) for n in nbs):
         raise PipelineError(f"{p}: 'notebooks' must list stage keys such as ['04', '05'], got {nbs!r}")
     seeds = data.get("seeds")
     if seeds is None:
@@ -104,12 +103,13 @@ def load_grid(path: str | os.PathLike = GRID_FILE) -> Grid:
         where = f"{p}: variants[{i}]"
         if not isinstance(v, dict) or not v.get("name"):
             raise PipelineError(f"{where}: each variant is a mapping with at least a 'name'")
-        _unknown(v, VARIANT_KEYS, where)
-        check_secrets(_mapping(v.get("overrides"), f"{where} ({v['name']}): overrides"), f"{where} ({v['name']})")
-        sweep = _mapping(v.get("sweep"), f"{where}: sweep")
+        check_keys(v, VARIANT_KEYS, where, PipelineError)
+        overrides = parameter_mapping(v.get("overrides"), f"{where} ({v['name']}): overrides", PipelineError)
+        check_secrets(overrides, f"{where} ({v['name']})")
+        sweep = parameter_mapping(v.get("sweep"), f"{where}: sweep", PipelineError)
         if any(not isinstance(vals, list) or not vals for vals in sweep.values()):
             raise PipelineError(f"{where}: each sweep entry must be a non-empty list of values")
-    base = _mapping(data.get("base"), f"{p}: base")
+    base = parameter_mapping(data.get("base"), f"{p}: base", PipelineError)
     check_secrets(base, f"{p}: base")
     return Grid(name=str(data.get("name") or p.stem), path=p, out=str(data.get("out") or "results/ablations"),
                 notebooks=tuple(str(n) for n in nbs), base_recipe=data.get("base_recipe"), base=base,
@@ -235,7 +235,7 @@ def plan_run(grid: Grid, run: Run, out_dir: Path, recipe: str | None = None,
         layers += grid_layers
         plans.append(StagePlan(nb.stem, nb, run_dir / "notebooks" / nb.name, stage_parameters(nb, layers, context)))
         declared[nb.stem] = declared_parameters(nb)
-    _check_used(grid_layers, declared)
+    check_used(grid_layers, declared)
     return plans
 
 
@@ -302,7 +302,7 @@ def run_grid(path: str | os.PathLike = GRID_FILE, out: str | os.PathLike | None 
                 continue
             done_path.unlink(missing_ok=True)
             start = time.monotonic()
-            header = {"kind": "grid-run", "grid": grid.name, "grid_file": _rel(grid.path), "run_id": run.run_id,
+            header = {"kind": "grid-run", "grid": grid.name, "grid_file": repo_relative(grid.path), "run_id": run.run_id,
                       "out": str(run_dir), "provenance": provenance()}
             try:
                 run_stages(plans, run_dir / STATUS_FILE, header, force=force, kernel=kernel, progress=progress,
@@ -313,7 +313,7 @@ def run_grid(path: str | os.PathLike = GRID_FILE, out: str | os.PathLike | None 
                     raise StageError(f"grid run {run.run_id}: {e}") from None
                 failures.append(f"{run.run_id}: {e}")
                 continue
-            record = {**_done_record(run, plans), "finished": _now(),
+            record = {**_done_record(run, plans), "finished": utc_now(),
                       "duration_s": round(time.monotonic() - start, 2), "provenance": provenance()}
             write_json(record, done_path)  # last: marks the run finished
         _set(report, run.run_id, "done")

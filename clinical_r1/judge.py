@@ -607,9 +607,3 @@ def agreement_with_reference(records: Sequence[Mapping[str, Any]], reference: Ma
         rho, p = spearman([vals[k] for k in keys], [reference[k[:3]] for k in keys])
         rows.append({"metric": m.name, "n": len(keys), "spearman": rho, "spearman_p": p})
     return pd.DataFrame(rows, columns=["metric", "n", "spearman", "spearman_p"])
-
-
-if __name__ == "__main__":  # the entry point of earlier releases: an alias of `python -m clinical_r1 judge`
-    from clinical_r1.cli import alias
-
-    alias("judge")

@@ -37,8 +37,10 @@ import importlib.util
 import json
 import logging
 import os
+import platform
 import re
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -361,6 +363,22 @@ def bf16_supported(device: int = 0) -> bool:
     if not torch.cuda.is_available():
         return False
     return tuple(torch.cuda.get_device_capability(device)) >= BF16_MIN_CAPABILITY
+
+
+def device_info() -> dict[str, Any]:
+    """The device record of :func:`clinical_r1.records.provenance`: host and CPU and, when this process has
+    imported torch (a training or generation stage), its threads and GPU. A process without torch (the pipeline,
+    evaluation) is not made to import it."""
+    info: dict[str, Any] = {"host": platform.node(), "machine": platform.machine(), "cpu_count": os.cpu_count()}
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return info
+    info.update(cuda=torch.cuda.is_available(), cpu_threads=torch.get_num_threads())
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info.update(gpu=p.name, gpu_count=torch.cuda.device_count(), memory_gib=round(p.total_memory / 2**30, 1),
+                    capability=f"{p.major}.{p.minor}", bf16=bf16_supported(0), cuda_version=torch.version.cuda)
+    return info
 
 
 def half_dtype_name() -> str:

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from clinical_r1.advantage import advantage_parts, advantage_shares, scale_mode, varies
+from clinical_r1.errors import ConfigError
 from clinical_r1.formats import FORMATS, parse
 from clinical_r1.parsing import completion_text, find_boxes
 
@@ -306,8 +307,6 @@ class AlarmWatch:
 
 def check_thresholds(monitors: Mapping[str, Any]) -> None:
     """A training config's ``monitors`` section: a number or null (off) per monitor, and ``window`` an integer >= 2."""
-    from clinical_r1.config import ConfigError
-
     for k, v in monitors.items():
         if k == "window":
             if isinstance(v, bool) or not isinstance(v, int) or v < 2:

@@ -46,7 +46,6 @@ Notebooks run with kernel ``python3`` (the venv's ipykernel) in the ``notebooks/
 from __future__ import annotations
 
 import copy
-import datetime as _dt
 import json
 import logging
 import os
@@ -57,7 +56,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from clinical_r1.errors import ClinicalR1Error, DataError, JobFailed
-from clinical_r1.files import REPO_ROOT, canonical_json, provenance, read_yaml, sha256_file, write_json
+from clinical_r1.files import (REPO_ROOT, canonical_json, check_keys, parameter_mapping, read_yaml, sha256_file,
+                               write_json)
+from clinical_r1.records import DONE_FILE, STATUS_FILE, provenance, read_status, repo_relative, utc_now
 from clinical_r1.redact import redact
 
 log = logging.getLogger(__name__)
@@ -66,10 +67,8 @@ NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 RECIPES_DIR = REPO_ROOT / "configs" / "recipes"
 KERNEL = "python3"  # the venv's ipykernel kernelspec
 NO_BOOTSTRAP = "CLINICAL_R1_NO_BOOTSTRAP"  # set for the kernels we start: the notebooks' first cell then does nothing
-STATUS_FILE = "pipeline.json"
-DONE_FILE = "done.json"
 RECIPE_KEYS = {"name", "description", "out", "common", "stages"}
-_STAGE_KEY = re.compile(r"^(\d{2})(?:_[\w-]+)?$")
+STAGE_KEY = re.compile(r"^(\d{2})(?:_[\w-]+)?$")
 _PLACEHOLDERS = ("{out}", "{repo}", "{recipe_out}", "{run_id}")
 
 
@@ -88,27 +87,6 @@ class SecretParameterError(PipelineError):
 # ---------------------------------------------------------------------------------------------------
 # Small utilities
 # ---------------------------------------------------------------------------------------------------
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _mapping(value: Any, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise PipelineError(f"{where} must be a mapping of parameter names to values, got {type(value).__name__}")
-    bad = [k for k in value if not isinstance(k, str) or not k.isidentifier()]
-    if bad:
-        raise PipelineError(f"{where}: parameter names must be Python identifiers, got {bad}")
-    return dict(value)
-
-
-def _unknown(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    extra = sorted(set(data) - allowed)
-    if extra:
-        raise PipelineError(f"{where}: unknown key(s) {extra}; allowed: {sorted(allowed)}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -253,7 +231,7 @@ def load_recipe(name_or_path: str | os.PathLike, recipes_dir: str | os.PathLike 
     mappings, no secrets. Notebooks are not opened here (see :func:`plan_recipe`)."""
     path = recipe_path(name_or_path, recipes_dir)
     data = read_yaml(path, "recipe", PipelineError)
-    _unknown(data, RECIPE_KEYS, str(path))
+    check_keys(data, RECIPE_KEYS, str(path), PipelineError)
     name = str(data.get("name") or path.stem)
     if name != path.stem:
         raise PipelineError(f"{path}: name {name!r} differs from the file name {path.stem!r}")
@@ -264,16 +242,16 @@ def load_recipe(name_or_path: str | os.PathLike, recipes_dir: str | os.PathLike 
     numbers: dict[str, str] = {}
     for key, params in stages_raw.items():
         key = f"{key:02d}" if isinstance(key, int) else str(key)
-        m = _STAGE_KEY.match(key)
+        m = STAGE_KEY.match(key)
         if not m:
             raise PipelineError(f"{path}: stage key {key!r} must be a two-digit notebook number ('04') or a notebook "
                                 f"name ('04_crpo_train')")
         if m.group(1) in numbers:
             raise PipelineError(f"{path}: stages {numbers[m.group(1)]!r} and {key!r} share number {m.group(1)}")
         numbers[m.group(1)] = key
-        stages[key] = _mapping(params, f"{path}: stage {key}")
+        stages[key] = parameter_mapping(params, f"{path}: stage {key}", PipelineError)
     stages = dict(sorted(stages.items(), key=lambda kv: kv[0][:2]))
-    common = _mapping(data.get("common"), f"{path}: common")
+    common = parameter_mapping(data.get("common"), f"{path}: common", PipelineError)
     check_secrets(common, f"{path}: common")
     for key, params in stages.items():
         check_secrets(params, f"{path}: stage {key}")
@@ -359,7 +337,7 @@ def stage_parameters(notebook: Path, layers: Sequence[Layer], context: Mapping[s
     return out
 
 
-def _check_used(layers: Sequence[Layer], plans_declared: Mapping[str, Iterable[str]]) -> None:
+def check_used(layers: Sequence[Layer], plans_declared: Mapping[str, Iterable[str]]) -> None:
     """A non-strict parameter that no notebook declares is a typo, not a default: refuse it."""
     everywhere = set().union(*map(set, plans_declared.values())) if plans_declared else set()
     for layer in layers:
@@ -389,22 +367,13 @@ def plan_recipe(recipe: Recipe, out: str | os.PathLike | None = None, only: Iter
         plans.append(StagePlan(nb.stem, nb, out_dir / "notebooks" / nb.name, stage_parameters(nb, layers, context)))
         declared[nb.stem] = declared_parameters(nb)
     if not only:
-        _check_used([Layer(f"{recipe.path}: common", recipe.common)], declared)
+        check_used([Layer(f"{recipe.path}: common", recipe.common)], declared)
     return plans
 
 
 # ---------------------------------------------------------------------------------------------------
 # Executing stages
 # ---------------------------------------------------------------------------------------------------
-
-
-def read_status(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as e:
-        raise PipelineError(f"{path}: status file is not valid JSON ({e}); delete it to start over") from None
 
 
 def execute_notebook(plan: StagePlan, kernel: str = KERNEL, progress: bool = True,
@@ -522,7 +491,7 @@ def run_stages(plans: Sequence[StagePlan], status_path: Path, header: Mapping[st
     with exclusive(out_dir, "pipeline run folder"):
         status = read_status(status_path)
         status.update(header)
-        status.setdefault("created", _now())
+        status.setdefault("created", utc_now())
         stages = status.setdefault("stages", {})
         ran = False
         study_start = time.monotonic()
@@ -535,8 +504,8 @@ def run_stages(plans: Sequence[StagePlan], status_path: Path, header: Mapping[st
                          prev.get("duration_s", 0))
                 continue
             log.info("[%d/%d] %s: running (%s)", i, len(plans), plan.name, reason)
-            entry = {"status": "running", "notebook": _rel(plan.notebook), "notebook_sha256": sha,
-                     "executed": _rel(plan.executed), "parameters": plan.parameters, "started": _now(),
+            entry = {"status": "running", "notebook": repo_relative(plan.notebook), "notebook_sha256": sha,
+                     "executed": repo_relative(plan.executed), "parameters": plan.parameters, "started": utc_now(),
                      "finished": None, "duration_s": None, "error": None, "outputs": {}}
             stages[plan.name] = entry
             _save_status(status, status_path)
@@ -547,12 +516,12 @@ def run_stages(plans: Sequence[StagePlan], status_path: Path, header: Mapping[st
                     execute_notebook(plan, kernel=kernel, progress=progress, timeout=timeout)
             except StageError as e:
                 message = redact(str(e))
-                entry.update(status="failed", finished=_now(), duration_s=round(time.monotonic() - start, 2),
+                entry.update(status="failed", finished=utc_now(), duration_s=round(time.monotonic() - start, 2),
                              error=message)
                 _save_status(status, status_path)
                 raise StageError(message) from None
             except BaseException as e:  # Ctrl-C, a kill (SystemExit): not left "running"; re-raised
-                entry.update(status="interrupted", finished=_now(),
+                entry.update(status="interrupted", finished=utc_now(),
                              duration_s=round(time.monotonic() - start, 2), error=redact(type(e).__name__))
                 _save_status(status, status_path)
                 raise
@@ -562,7 +531,7 @@ def run_stages(plans: Sequence[StagePlan], status_path: Path, header: Mapping[st
             for other in stages.values():  # a file belongs to the last stage that wrote it
                 for rel in outputs:
                     other.get("outputs", {}).pop(rel, None)
-            entry.update(status="done", finished=_now(), duration_s=round(time.monotonic() - start, 2),
+            entry.update(status="done", finished=utc_now(), duration_s=round(time.monotonic() - start, 2),
                          outputs=outputs)
             _save_status(status, status_path)
             log.info("[%d/%d] %s: done in %s (study %s)", i, len(plans), plan.name, _clock(entry["duration_s"]),
@@ -635,15 +604,8 @@ def _scrub(executed: Path) -> None:
 
 
 def _save_status(status: dict[str, Any], path: Path) -> None:
-    status["updated"] = _now()
+    status["updated"] = utc_now()
     write_json(status, path)
-
-
-def _rel(path: Path) -> str:
-    try:
-        return path.resolve().relative_to(REPO_ROOT).as_posix()
-    except ValueError:
-        return str(path)
 
 
 def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike | None = None,
@@ -660,8 +622,8 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike | None
         for p in plans:
             log.info("%s -> %s\n  %s", p.notebook, p.executed, json.dumps(p.parameters, default=str))
         return {"recipe": r.name, "out": str(out_dir), "plan": [p.__dict__ for p in plans]}
-    header = {"kind": "recipe", "recipe": r.name, "recipe_file": _rel(r.path), "recipe_sha256": sha256_file(r.path),
-              "out": str(out_dir), "provenance": provenance()}
+    header = {"kind": "recipe", "recipe": r.name, "recipe_file": repo_relative(r.path),
+              "recipe_sha256": sha256_file(r.path), "out": str(out_dir), "provenance": provenance()}
     from clinical_r1.locks import exclusive
     from clinical_r1.summary import write_summary
 
@@ -704,13 +666,3 @@ def summary_table(out_dir: str | os.PathLike) -> str:
         table = judged.pivot_table(index="method", columns="metric", values="value", aggfunc="mean")
         lines += ["", "judge metrics (mean over judged responses)", table.round(2).to_string()]
     return "\n".join(lines)
-
-# ---------------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------------
-
-
-if __name__ == "__main__":  # the entry point of earlier releases: an alias of `python -m clinical_r1 pipeline`
-    from clinical_r1.cli import alias
-
-    alias("pipeline")

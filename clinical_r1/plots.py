@@ -42,6 +42,7 @@ import logging
 import math
 import os
 import re
+import textwrap
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -70,7 +71,7 @@ BENCHMARK_NAMES = {"medqa": "MedQA (5 options)", "medqa4": "MedQA (4 options)", 
                    "sample": "bundled sample"}
 LOWER_IS_BETTER = ("halluc",)  # metric names containing one of these are marked "lower is better"
 METRIC_LABELS = {
-    K_STAND_IN: "cross-reference rate at the end of training (judge-free)",
+    K_STAND_IN: "cross-reference reward",
     "reward": "total reward",
     "kl": "KL to reference",
     "completions/mean_length": "completion length (tokens)",
@@ -84,7 +85,13 @@ METRIC_LABELS = {
     "cross_reference": "cross-reference rate (%)",
     "valid_ratio": "valid answers (%)",
 }
-Y_LABELS = {"frac_reward_zero_std": "share of groups"}  # y labels shorter than the panel title
+# Per-step panels: the title names the metric, the y label says what the numbers are, in a word or two (a long
+# y label on a 2.6-inch panel runs into the panel below it).
+Y_LABELS = {"frac_reward_zero_std": "share of groups", "reward": "weighted sum", "kl": "KL",
+            "completions/mean_length": "tokens", "rewards/completion_length/mean": "words", "loss": "loss",
+            "eval_loss": "loss"}
+K_AXIS_LABELS = {K_STAND_IN: "cross-reference rate at the end of training (judge-free)"}  # the k trade-off's x
+TITLE_CHARS = 40  # a panel title longer than this wraps (a 3.4-inch panel at 9 pt)
 # Natural range of bounded metrics: a panel whose values are all equal is drawn on this range. Rewards are
 # TRL's unweighted per-function means (clinical_r1.rewards: 0/1 scores, clinical_reasoning in {0, 1, 1.5}).
 REWARD_RANGES = {"accuracy": (0.0, 1.0), "crpo_format": (0.0, 1.0), "cross_reference": (0.0, 1.0),
@@ -182,6 +189,16 @@ def pretty_metric(name: str) -> str:
         return f"{m.group(1).replace('_', ' ')} reward"
     label = name.replace("_", " ")
     return label + " (lower is better)" if is_lower_better(name) else label
+
+
+def y_label(metric: str) -> str:
+    """The short y label of a per-step panel: a reward's panel shows TRL's unweighted mean score."""
+    return Y_LABELS.get(metric) or ("mean score" if re.fullmatch(r"rewards/.+/mean", metric) else pretty_metric(metric))
+
+
+def wrap(text: str, chars: int = TITLE_CHARS) -> str:
+    """``text`` broken into lines of at most ``chars`` characters, at spaces."""
+    return textwrap.fill(text, chars, break_long_words=False, break_on_hyphens=False)
 
 
 def is_lower_better(metric: str, extra: Iterable[str] = ()) -> bool:
@@ -600,8 +617,8 @@ def plot_training_curves(df: pd.DataFrame, metrics: Sequence[str] | None = None,
                     **_run_style(i))
             drawn += list(v)
         _mark_constant(ax, drawn, metric)
-        ax.set_title(pretty_metric(metric), fontsize=9)
-        ax.set_ylabel(Y_LABELS.get(metric, pretty_metric(metric)))
+        ax.set_title(wrap(pretty_metric(metric)), fontsize=9)
+        ax.set_ylabel(y_label(metric))
         _step_axis(ax)
     for ax in flat[len(names):]:
         ax.set_visible(False)
@@ -814,10 +831,10 @@ def plot_k_tradeoff(df: pd.DataFrame, x: str, y: str = "accuracy", k: str = "k",
     ax.scatter(g["xm"][front], g["ym"][front], s=190, facecolors="none", edgecolors="tab:red", linewidths=1.5,
                zorder=4, label="Pareto-optimal k")
     ax.legend(loc="best", fontsize=7, frameon=False)
-    xl = pretty_metric(x)
+    xl = K_AXIS_LABELS.get(x) or pretty_metric(x)
     if is_lower_better(x, lower_is_better) and "lower is better" not in xl:
         xl += " (lower is better)"
-    ax.set_xlabel(xl)
+    ax.set_xlabel(wrap(xl, 48))
     ax.set_ylabel(pretty_metric(y))
     ax.set_title("accuracy weight k" + (" (mean ± sd over seeds)" if has_sd else ""), fontsize=9)
     fig.tight_layout()
@@ -1026,9 +1043,3 @@ def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
     if skipped:
         log.info("no inputs for: %s", ", ".join(sorted(skipped)))
     return written
-
-
-if __name__ == "__main__":  # the entry point of earlier releases: an alias of `python -m clinical_r1 figures`
-    from clinical_r1.cli import alias
-
-    alias("figures")

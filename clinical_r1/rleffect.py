@@ -34,6 +34,7 @@ import numpy as np
 
 from clinical_r1.errors import ClinicalR1Error
 from clinical_r1.files import read_yaml, write_json
+from clinical_r1.records import repo_relative
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def measure_run(run_dir: str | os.PathLike, items: Sequence[Mapping[str, Any]], 
         scores[role] = score_answers(_answers(path, items, n), items, spec.weights, spec.accuracy_reward, spec.prompt)
     effect = {
         "run": spec.run.name, "prompt": spec.prompt, "weights": spec.weights, "accuracy_reward": spec.accuracy_reward,
-        "cold_start": _portable(spec.start), "temperature": temp, "max_new_tokens": budget, "n": n, "seed": seed,
+        "cold_start": repo_relative(spec.start), "temperature": temp, "max_new_tokens": budget, "n": n, "seed": seed,
         "probe_ids": [str(it["id"]) for it in items],
         "components": paired_effect(scores["cold_start"], scores["policy"], n_boot=n_boot, seed=seed),
     }
@@ -181,13 +182,6 @@ def measure_run(run_dir: str | os.PathLike, items: Sequence[Mapping[str, Any]], 
              SHAPING, c[SHAPING]["diff"], *c[SHAPING]["ci"], c[spec.accuracy_reward]["diff"]
              if spec.accuracy_reward in c else float("nan"), c[VALID]["diff"], len(items), n)
     return effect
-
-
-def _portable(model: str) -> str:
-    """A model reference without this machine's folders above the repository (committed results stay portable)."""
-    from clinical_r1.files import relative_to_repo
-
-    return relative_to_repo(model)
 
 
 def read_effect(run_dir: str | os.PathLike) -> dict[str, Any] | None:

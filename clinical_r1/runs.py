@@ -36,7 +36,8 @@ from typing import Any, Iterator, Mapping
 from transformers import TrainerCallback
 
 from clinical_r1.config import ConfigError, run_dir
-from clinical_r1.files import provenance, read_json, read_jsonl, write_csv, write_json, write_jsonl, write_yaml
+from clinical_r1.files import read_json, read_jsonl, write_csv, write_json, write_jsonl, write_yaml
+from clinical_r1.records import provenance
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from clinical_r1.files import read_json, read_jsonl, read_yaml, relative_to_repo, write_json, write_text
+from clinical_r1.files import read_json, read_jsonl, read_yaml, write_json, write_text
+from clinical_r1.records import STATUS_FILE, read_status, repo_relative
 from clinical_r1.results import PlotDataError, collect_rl_effects, method_dirs, rl_run_dirs
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def rl_summary(run: Path, n_boot: int = 2000) -> dict[str, Any] | None:
     if cfg.is_file():
         preset = read_yaml(cfg, "training config", PlotDataError).get("reward", {}).get("preset")
     return {
-        "run": relative_to_repo(run.resolve()), "preset": preset, "steps": len(rows),
+        "run": repo_relative(run.resolve()), "preset": preset, "steps": len(rows),
         "frac_reward_zero_std_mean": float(np.mean(zero_std)) if zero_std else None,
         "steps_with_nonzero_loss": sum(abs(_finite(r.get("loss")) or 0.0) > 0 for r in rows),
         "steps_with_nonzero_grad": sum(abs(_finite(r.get("grad_norm")) or 0.0) > 0 for r in rows),
@@ -238,14 +239,12 @@ def targets(s: Mapping[str, Any], sft_method: str = "sft", base_method: str = "b
 
 def build_summary(out_dir: str | os.PathLike, splits_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Every number of a study folder (see the module docstring); reads files only."""
-    from clinical_r1.pipeline import STATUS_FILE, read_status
-
     out = Path(out_dir)
     status = read_status(out / STATUS_FILE)
     splits = Path(splits_dir) if splits_dir else out / "data"
     stages = {n: st.get("duration_s") for n, st in status.get("stages", {}).items()}
     s: dict[str, Any] = {
-        "out": relative_to_repo(out.resolve()), "recipe": status.get("recipe"),
+        "out": repo_relative(out.resolve()), "recipe": status.get("recipe"),
         "provenance": status.get("provenance") or {},
         "stages_seconds": stages, "total_seconds": round(sum(v or 0 for v in stages.values()), 1),
         "sft": sft_summary(out / "sft"),
@@ -328,9 +327,3 @@ def write_summary(out_dir: str | os.PathLike, splits_dir: str | os.PathLike | No
     md = to_markdown(s)
     write_text(md, Path(out_dir) / SUMMARY_MD)
     return s
-
-
-if __name__ == "__main__":  # the entry point of earlier releases: an alias of `python -m clinical_r1 summary`
-    from clinical_r1.cli import alias
-
-    alias("summary")

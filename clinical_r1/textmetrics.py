@@ -299,9 +299,3 @@ def summarize_generations(generations_path: str | os.PathLike, dataset: Iterable
     if per_response:
         out["responses"] = rows
     return out
-
-
-if __name__ == "__main__":  # the entry point of earlier releases: an alias of `python -m clinical_r1 textmetrics`
-    from clinical_r1.cli import alias
-
-    alias("textmetrics")

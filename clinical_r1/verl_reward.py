@@ -196,9 +196,3 @@ def to_verl_parquet(split_jsonl: str | os.PathLike, out_parquet: str | os.PathLi
         pd.DataFrame(rows, columns=list(VERL_COLUMNS)).to_parquet(tmp, index=False)
     log.info("%s: %d verl prompts (%s prompt, %s preset) -> %s", split_jsonl, len(rows), prompt_kind, preset, out)
     return out
-
-
-if __name__ == "__main__":  # the entry point of earlier releases: an alias of `python -m clinical_r1 verl-export`
-    from clinical_r1.cli import alias
-
-    alias("verl-export")

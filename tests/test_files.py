@@ -1,4 +1,4 @@
-"""clinical_r1.files: the one place that writes files (atomically), hashes them and records provenance."""
+"""clinical_r1.files: the one place that writes files (atomically) and hashes them; clinical_r1.records: provenance."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clinical_r1 import files
+from clinical_r1 import files, records
 from clinical_r1.errors import ClinicalR1Error, DataError
 
 PACKAGE = Path(files.__file__).parent
@@ -92,7 +92,7 @@ def test_sha256_json_ignores_key_order_and_keeps_the_api_cache_keys() -> None:
 def test_provenance_is_one_schema() -> None:
     import torch  # a training or generation process: the device record says what torch sees
 
-    p = files.provenance()
+    p = records.provenance()
     assert set(p) == {"commit", "dirty", "versions", "device"}
     assert re.fullmatch(r"[0-9a-f]{40}", p["commit"] or "0" * 40) and p["versions"]["python"]
     assert p["device"]["cpu_count"] >= 1 and p["device"]["cuda"] == torch.cuda.is_available()
@@ -102,6 +102,7 @@ def test_provenance_does_not_make_a_process_import_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, clinical_r1.files as f; p = f.provenance(); assert 'torch' not in sys.modules; print(p['device'])"
+    code = ("import sys, clinical_r1.records as r; p = r.provenance(); assert 'torch' not in sys.modules; "
+            "print(p['device'])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "cpu_count" in r.stdout, r.stderr

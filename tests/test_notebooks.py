@@ -106,3 +106,58 @@ def test_rerun_skips_finished_stages(smoke_run):
     after = json.loads((out / "pipeline.json").read_text())["stages"]
     assert all(s["status"] == "done" for s in after.values())
     assert {k: v["finished"] for k, v in json.loads(before)["stages"].items()} == {k: v["finished"] for k, v in after.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Progress a notebook user sees: tqdm.auto draws an ipywidgets bar, never "IProgress not found"
+# ---------------------------------------------------------------------------------------------------
+
+NO_WIDGETS = "IProgress not found"  # tqdm.notebook's warning when ipywidgets is missing: a text bar, or none
+DEMO_NOTEBOOKS = sorted((REPO / "results" / "demo").glob("**/notebooks/*.ipynb"))  # `make demo`'s executed copies
+
+
+def cells_warning_of_no_widgets(nb) -> list[int]:
+    """Indexes of the code cells whose outputs carry tqdm's ``IProgress not found`` warning."""
+    return [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+            and any(NO_WIDGETS in json.dumps(o) for o in c.get("outputs", []))]
+
+
+def test_the_warning_check_finds_the_warning() -> None:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("run()")])
+    assert cells_warning_of_no_widgets(nb) == []
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", name="stderr", text=(
+        "/venv/lib/python3.12/site-packages/tqdm/auto.py:21: TqdmWarning: IProgress not found. Please update "
+        "jupyter and ipywidgets."))]
+    assert cells_warning_of_no_widgets(nb) == [1]
+
+
+def test_tqdm_auto_draws_a_widget_in_a_kernel(tmp_path: Path) -> None:
+    """What the notebooks' progress (generation, judge and teacher requests) goes through: tqdm.auto in an
+    ipykernel kernel, executed by papermill as the pipeline does."""
+    import papermill as pm
+
+    src = tmp_path / "progress.ipynb"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc='answers'):\n    pass")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, src)
+    pm.execute_notebook(str(src), str(tmp_path / "out.ipynb"), kernel_name="python3", progress_bar=False,
+                        cwd=str(tmp_path))
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert cells_warning_of_no_widgets(out) == []
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in out.cells[0].outputs)
+
+
+@pytest.mark.skipif(not DEMO_NOTEBOOKS, reason="no executed demo notebooks under results/demo (make demo)")
+@pytest.mark.parametrize("path", DEMO_NOTEBOOKS, ids=lambda p: str(p.relative_to(REPO / "results" / "demo")))
+def test_the_executed_demo_notebooks_have_progress_widgets(path: Path) -> None:
+    assert cells_warning_of_no_widgets(nbformat.read(path, as_version=4)) == [], path
+
+
+@pytest.mark.slow
+def test_the_smoke_notebooks_have_progress_widgets(smoke_run):
+    out, _ = smoke_run
+    executed = sorted(out.glob("**/notebooks/*.ipynb"))
+    assert len(executed) >= 8
+    assert {p.name: cells_warning_of_no_widgets(nbformat.read(p, as_version=4)) for p in executed} == {
+        p.name: [] for p in executed}

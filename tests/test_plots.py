@@ -589,3 +589,76 @@ def test_a_run_without_any_varying_group_is_drawn_as_gaps() -> None:
     assert not [p for p in ax.patches if p.get_zorder() > 0 and p.get_height() != 0]
     assert len([p for p in ax.patches if p.get_zorder() == 0]) == 2  # two grey steps
     assert fig.legends[0].get_texts()[-1].get_text() == "no varying group"
+
+
+# ---------------------------------------------------------------------------------------------------
+# No two labels overlap (matplotlib's renderer measures every text as drawn)
+# ---------------------------------------------------------------------------------------------------
+
+
+def label_overlaps(fig) -> list[str]:
+    """Pairs of texts that overlap as drawn: axis labels, titles, the suptitle and legends with each other and
+    with any panel's tick labels, and tick labels within one axis. Boxes touching by under a pixel do not count."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    r = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(r)
+
+    def box(artist):
+        b = artist.get_window_extent(r)
+        return b.expanded((b.width - 1) / max(b.width, 1e-9), (b.height - 1) / max(b.height, 1e-9))
+
+    def shown(t) -> bool:
+        return t.get_visible() and bool(t.get_text().strip())
+
+    labels, ticks = [], []  # (name, box); tick labels grouped per axis
+    for i, ax in enumerate(a for a in fig.axes if a.get_visible()):
+        name = ax.get_title() or f"panel {i}"
+        for what, t in (("x label", ax.xaxis.label), ("y label", ax.yaxis.label), ("title", ax.title),
+                        ("left title", ax._left_title), ("right title", ax._right_title)):
+            if shown(t):
+                labels.append((f"{name!r} {what} {t.get_text()!r}", box(t)))
+        if ax.get_legend():
+            labels.append((f"{name!r} legend", box(ax.get_legend())))
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            ticks.append([(f"{name!r} tick {t.get_text()!r}", box(t)) for t, loc in
+                          zip(axis.get_ticklabels(), axis.get_ticklocs()) if shown(t) and lo <= loc <= hi])
+    if fig._suptitle is not None and shown(fig._suptitle):
+        labels.append((f"suptitle {fig._suptitle.get_text()!r}", box(fig._suptitle)))
+    labels += [(f"figure legend {j}", box(lg)) for j, lg in enumerate(fig.legends)]
+    out = [f"{a} / {b}" for i, (a, ba) in enumerate(labels) for b, bb in labels[i + 1:] if ba.overlaps(bb)]
+    out += [f"{a} / {b}" for a, ba in labels for group in ticks for b, bb in group if ba.overlaps(bb)]
+    out += [f"{a} / {b}" for group in ticks for i, (a, ba) in enumerate(group) for b, bb in group[i + 1:]
+            if ba.overlaps(bb)]
+    return out
+
+
+def test_the_overlap_check_sees_two_labels_collide() -> None:
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(3, 3))
+    top.set_ylabel("a y label far too long for a panel this short, running into the next one")
+    bottom.set_ylabel("share")
+    assert any("y label" in o and "'share'" in o for o in label_overlaps(fig))
+    top.set_ylabel("rate")
+    fig.tight_layout()
+    assert label_overlaps(fig) == []
+
+
+def extra_figures(tmp_path: Path) -> dict:
+    """The figures the demo-like study does not draw: judge panels, the k trade-off, advantage shares, monitors."""
+    write_monitored_run(tmp_path / "run")
+    log = results.load_training_log(tmp_path / "run")
+    k = pd.DataFrame([{"k": kv, "seed": s, "accuracy": 40 + kv + s, results.K_STAND_IN: 0.9 - 0.02 * kv + 0.01 * s}
+                      for kv in (1, 5, 10, 20) for s in (0, 1)])
+    judge, paper = judge_table(), results.paper_table(REF, "cognitive_behaviours")
+    return {"cognitive_behaviours": plots.plot_cognitive_behaviours(judge, paper),
+            "faithfulness": plots.plot_faithfulness(judge, results.paper_table(REF, "faithfulness")),
+            "k_tradeoff": plots.plot_k_tradeoff(k, x=results.K_STAND_IN),
+            "advantage_shares": plots.plot_advantage_shares(log),
+            "monitors": plots.plot_monitors(log, results.load_alarm_thresholds(tmp_path / "run")),
+            "accuracy_with_paper": plots.plot_accuracy(accuracy_table(), results.paper_table(REF, "accuracy"))}
+
+
+def test_no_two_labels_overlap_in_any_figure(figures: dict, tmp_path: Path) -> None:
+    drawn = {name: fig for name, (fig, _) in figures.items()} | extra_figures(tmp_path)
+    assert {name: label_overlaps(fig) for name, fig in drawn.items()} == {name: [] for name in drawn}

@@ -1,7 +1,7 @@
 """The pinned GPU stacks hold together: every pin in requirements-gpu.txt (CUDA 13) and requirements-gpu-cu12.txt
 (CUDA 12) satisfies the ranges its neighbours declare. Offline: the ranges are recorded below from the packages' own
 metadata (``pip install --dry-run --report`` of each file for CPython 3.11 and 3.12 on manylinux x86_64, PyPI only;
-``python -m clinical_r1.gpu_stack resolve`` re-measures; README, "Which GPU stack"). Re-record them when a pin moves.
+``python -m clinical_r1 gpu-stack resolve`` re-measures; README, "Which GPU stack"). Re-record them when a pin moves.
 """
 
 from pathlib import Path
