@@ -597,10 +597,19 @@ def _outputs(out_dir: Path, before: Mapping[str, tuple[int, int]]) -> dict[str, 
 
 
 def _scrub(executed: Path) -> None:
+    """Credentials out of an executed notebook, and this machine's repository folder out of its paths (``/home/me/
+    clinical-r1/results/demo`` reads ``results/demo``, relative to the repository), so it can be committed."""
+    from clinical_r1.files import write_text
     from clinical_r1.redact import redact_file
 
-    if executed.is_file() and redact_file(executed):
+    if not executed.is_file():
+        return
+    if redact_file(executed):
         log.warning("%s: removed credentials from the executed notebook", executed)
+    text = executed.read_text(encoding="utf-8")
+    portable = text.replace(json.dumps(str(REPO_ROOT) + os.sep)[1:-1], "")
+    if portable != text:
+        write_text(portable, executed)
 
 
 def _save_status(status: dict[str, Any], path: Path) -> None:
