@@ -647,14 +647,14 @@ def register_reward(fn: RewardFn | None = None, *, name: str | None = None, form
 
 def _register(name: str, fn: Any, source: str | None) -> RewardFn:
     where = f"reward {source or name!r}"
+    if not callable(fn):
+        raise RewardError(f"{where} is a {type(fn).__name__}, not a callable; name a function")
     if not _NAME.fullmatch(name or ""):
         raise RewardError(f"{where}: its name {name!r} is not a metric name (letters, digits, _); register it "
                           f"with register_reward(name=...)")
     if name in REWARDS:
         raise RewardError(f"{where}: its name {name!r} shadows the built-in reward {name!r}; rename the function or "
                           f"register it under another name (register_reward(name=...))")
-    if not callable(fn):
-        raise RewardError(f"{where} is a {type(fn).__name__}, not a callable; name a function")
     check_signature(fn, name)
     if getattr(fn, "__name__", None) != name:  # TRL names the metric after __name__
         fn = _renamed(fn, name)
