@@ -83,9 +83,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
             "limit": None,  # use only the first N questions
         },
         "reward": {
-            "preset": "crpo",  # a rewards.PRESETS name
+            "preset": "crpo",  # a rewards.PRESETS name; null: reward.functions only
             "k": None,  # override of the accuracy weight (the paper's k ablation)
             "weights": {},  # per-reward weight overrides, e.g. {consistency: 0.0}
+            "functions": {},  # more rewards -> weight: import paths "pkg.mod:func", registered or built-in names
+            "prompt": None,  # prompt kind; null: the preset's (or, without one, the format the functions declare)
         },
         "max_prompt_length": None,  # longer prompts are an error; None = context - max_completion_length
         "monitors": {  # reward-hacking alarm thresholds (clinical_r1.monitors.MONITORS); null = no alarm
@@ -117,6 +119,7 @@ PARAMETER_KEYS = {
     "model": "model.name",
     "preset": "reward.preset",
     "k": "reward.k",  # the accuracy weight: rewards.Preset.with_weights
+    "reward_functions": "reward.functions",  # user rewards -> weight (rewards.compose_preset)
     "multi_objective_aggregation": "trainer.multi_objective_aggregation",
 }
 
@@ -359,6 +362,13 @@ def _validate_values(cfg: Mapping[str, Any]) -> None:
             raise ConfigError(f"reward.weights must be a mapping of reward names to numbers, got {weights!r}")
         for name, w in weights.items():
             _check_value(f"reward.weights.{name}", w, "num")
+    found, functions = _get(cfg, "reward.functions")
+    if found and functions is not None:
+        if not isinstance(functions, Mapping):
+            raise ConfigError(f"reward.functions must be a mapping of rewards ('package.module:function' or a "
+                              f"registered name) to weights, got {functions!r}")
+        for name, w in functions.items():
+            _check_value(f"reward.functions[{name!r}]", w, "num")
     if not isinstance(cfg["lora"]["target_modules"], (str, list)):
         raise ConfigError(f"lora.target_modules must be 'all-linear' or a list of module names, got "
                           f"{cfg['lora']['target_modules']!r}")
@@ -436,18 +446,28 @@ def _validate_crpo(cfg: Mapping[str, Any]) -> None:
     from clinical_r1.monitors import check_thresholds
 
     check_thresholds(cfg["monitors"])
-    from clinical_r1.rewards import REWARDS, get_preset
+    from clinical_r1.prompts import PROMPT_KINDS
+    from clinical_r1.rewards import REWARDS, USER_REWARDS, RewardError, get_preset, is_import_path, load_reward
 
     r = cfg["reward"]
     if r["k"] is not None and not r["k"] > 0:
         raise ConfigError(f"reward.k must be > 0 (the accuracy weight), got {r['k']!r}")
+    if r["prompt"] is not None:
+        _choice(r["prompt"], PROMPT_KINDS, "reward.prompt")
     try:
-        get_preset(r["preset"])
+        if r["preset"] is not None:
+            get_preset(r["preset"])
+        for ref in r["functions"] or {}:
+            load_reward(str(ref))  # imports it; checks its name and signature
+        for name in r["weights"] or {}:
+            if name not in REWARDS and name not in USER_REWARDS and not is_import_path(name):
+                raise ConfigError(f"reward.weights: unknown reward {name!r}; known rewards: {sorted(REWARDS)}, "
+                                  f"registered: {sorted(USER_REWARDS)}")
+        reward_preset(cfg)
     except KeyError as e:
         raise ConfigError(str(e.args[0])) from None
-    for name in r["weights"] or {}:
-        if name not in REWARDS:
-            raise ConfigError(f"reward.weights: unknown reward {name!r}; known rewards: {sorted(REWARDS)}")
+    except RewardError as e:
+        raise ConfigError(str(e)) from None
     t = cfg["trainer"]
     if cfg["model"].get("backend") == "transformers" and cfg["model"].get("load_in_4bit") and t.get("use_vllm"):
         # TRL syncs the policy to vLLM by merging the LoRA adapter into the base weights, which fails on
@@ -559,12 +579,34 @@ def trainer_args(cfg: Mapping[str, Any], cpu_safe: bool = False):
 
 
 def reward_preset(cfg: Mapping[str, Any]):
-    """The config's reward preset with ``reward.k`` and ``reward.weights`` applied: the one place the reward
-    weights that reach TRL (``GRPOConfig.reward_weights``) and the reward functions are decided."""
-    from clinical_r1.rewards import get_preset
+    """The config's reward preset with ``reward.functions`` added and ``reward.k`` and ``reward.weights`` applied
+    (:func:`clinical_r1.rewards.compose_preset`): the one place the reward weights that reach TRL
+    (``GRPOConfig.reward_weights``) and the reward functions are decided. Rewards named by import path are imported
+    here, in this process (a probe in another kernel reads the run's ``config.yaml`` the same way)."""
+    from clinical_r1.rewards import compose_preset
 
     r = cfg["reward"]
-    return get_preset(r["preset"]).with_weights(k=r["k"], weights=r["weights"])
+    return compose_preset(r["preset"], k=r["k"], weights=r["weights"], functions=r.get("functions"),
+                          prompt=r.get("prompt"))
+
+
+def portable_rewards(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``cfg`` with each registered reward in ``reward.functions`` named by the import path another process can
+    load it from (``module:qualname``; see :func:`clinical_r1.rewards.reward_source`), so the run's ``config.yaml``
+    names rewards that notebook 05 and the grid's kernels can score with. A reward defined in a notebook has no
+    import path: it keeps its name, with a warning (it is known in its own kernel only)."""
+    from clinical_r1.rewards import REWARDS, is_import_path, reward_source
+
+    functions = dict(cfg["reward"].get("functions") or {})
+    out = {}
+    for ref, w in functions.items():
+        source = None if is_import_path(ref) or ref in REWARDS else reward_source(ref)
+        if source is None and not is_import_path(ref) and ref not in REWARDS:
+            log.warning("reward %r is defined in this process only (a notebook cell): the run's config.yaml names it "
+                        "by name, which another kernel (notebook 05's probe, the grid) cannot load; define it in a "
+                        "module and name it 'package.module:function' to score the run elsewhere", ref)
+        out[source or ref] = w
+    return {**cfg, "reward": {**cfg["reward"], "functions": out}}
 
 
 def config_warnings(cfg: Mapping[str, Any]) -> list[str]:

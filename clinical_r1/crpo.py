@@ -7,7 +7,9 @@
 
 The preset (``reward.preset``: crpo, grpo, r1-medical, the ablations in ``rewards.PRESETS``) gives the
 reward functions and their weights: ``reward_funcs=preset.functions()``,
-``reward_weights=preset.weight_list()``. Prompts are conversational, ``build_messages(item, preset.prompt)``.
+``reward_weights=preset.weight_list()``; ``reward.functions`` adds rewards from outside the package (import paths or
+registered names, :func:`clinical_r1.rewards.compose_preset`), each probed on training rows before anything is
+written, and every reward is checked at each step (:class:`clinical_r1.rewards.CheckedReward`). Prompts are conversational, ``build_messages(item, preset.prompt)``.
 TRL logs every reward component (``rewards/<name>/mean``, zero-weight diagnostics included: format and
 cross-reference rates), the total (``reward``), ``kl``, and completion lengths; :class:`runs.MetricsLogger`
 writes them to ``metrics.jsonl``, with, every step, each weighted reward's share of the advantage
@@ -26,7 +28,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from clinical_r1.config import ConfigError, check_paths, load_config, model_backend, config_warnings, reward_preset, trainer_args
+from clinical_r1.config import (ConfigError, check_paths, config_warnings, load_config, model_backend, portable_rewards,
+                                reward_preset, trainer_args)
 from clinical_r1.errors import ClinicalR1Error
 from clinical_r1.gpu_stack import vllm_installed
 from clinical_r1.parsing import LETTERS
@@ -141,7 +144,7 @@ def run_crpo(config: Mapping[str, Any] | str | os.PathLike, overrides: Any = Non
     models.import_unsloth_first(model_backend(config, overrides))  # before runs/load_config import transformers/TRL
     from clinical_r1 import runs
 
-    cfg = generation_engine(load_config(config, overrides, stage="crpo"))
+    cfg = portable_rewards(generation_engine(load_config(config, overrides, stage="crpo")))
     check_paths(cfg)  # every input exists and is the right kind, before anything is loaded or written
     preset = reward_preset(cfg)
     args = trainer_args(cfg)  # TRL's own checks (batch vs num_generations, ...) before anything heavy
@@ -155,10 +158,12 @@ def run_crpo(config: Mapping[str, Any] | str | os.PathLike, overrides: Any = Non
     check_columns(ds)
     ds = add_prompts(ds, preset.prompt)
     longest = check_prompt_lengths(ds, tok, prompt_limit(cfg, args, ref))
+    probe_rewards(preset, ds)
 
     with runs.claim_run(cfg) as run:  # locked; marked failed if anything below raises
         runs.write_run_info(run, cfg, model_ref=ref, n_train=len(ds), longest_prompt_tokens=longest,
-                            reward_preset={"name": preset.name, "weights": preset.weights, "prompt": preset.prompt})
+                            reward_preset={"name": preset.name, "weights": preset.weights, "prompt": preset.prompt,
+                                           "sources": preset.sources})
         model, tok = models.load_policy(cfg["model"], cfg["lora"], seed=cfg["seed"],
                                         gradient_checkpointing=bool(args.gradient_checkpointing),
                                         use_vllm=bool(getattr(args, "use_vllm", False)))
@@ -169,6 +174,19 @@ def run_crpo(config: Mapping[str, Any] | str | os.PathLike, overrides: Any = Non
     return run
 
 
+PROBE_ROWS = 4  # training rows a user reward scores before training (3 completions each)
+
+
+def probe_rewards(preset: Any, ds: Any) -> None:
+    """Every user reward of ``preset`` (``preset.sources``) scores a probe batch of the training data as TRL will
+    call it, before anything is written (:func:`clinical_r1.rewards.probe_reward`)."""
+    from clinical_r1.rewards import probe_reward
+
+    rows = [ds[i] for i in range(min(PROBE_ROWS, len(ds)))]
+    for name in preset.sources:
+        probe_reward(name, rows, preset.prompt)
+
+
 def build_grpo_trainer(args: Any, model: Any, tok: Any, ds: Any, preset: Any, run: Path,
                        monitors: Mapping[str, Any] | None = None):
     """TRL ``GRPOTrainer`` with the preset's reward functions (weights are in ``args.reward_weights``), tapped by
@@ -177,6 +195,7 @@ def build_grpo_trainer(args: Any, model: Any, tok: Any, ds: Any, preset: Any, ru
     from trl import GRPOTrainer
 
     from clinical_r1.monitors import StepMonitor
+    from clinical_r1.rewards import CheckedReward
     from clinical_r1.runs import MetricsLogger
 
     if list(args.reward_weights) != preset.weight_list():
@@ -184,7 +203,8 @@ def build_grpo_trainer(args: Any, model: Any, tok: Any, ds: Any, preset: Any, ru
                           f"{preset.weight_list()}")
     return GRPOTrainer(
         model=model,
-        reward_funcs=StepMonitor.for_trainer(args, preset).wrap(preset.functions()),
+        reward_funcs=StepMonitor.for_trainer(args, preset).wrap(
+            [CheckedReward(f, n) for f, n in zip(preset.functions(), preset.weights)]),
         args=args,
         train_dataset=ds,
         processing_class=tok,

@@ -385,3 +385,17 @@ def _named_by_text(statement: str, options: list[str]) -> set[int]:
     norms = [_norm_text(o) for o in options]
     hits = {i for i, o in enumerate(norms) if len(o.replace(" ", "")) >= MIN_NAMED_OPTION and f" {o} " in s}
     return {i for i in hits if not any(j != i and norms[i] in norms[j] and norms[i] != norms[j] for j in hits)}
+
+
+_OPTION_LETTER = re.compile(r"\b(?:option|choice|answer)\s+\(?([A-Z])\b\)?|\(([A-Z])\)|^\s*\(?([A-Z])[.):]\s", re.I | re.M)
+
+
+def options_named(text: str, options: Sequence[str]) -> set[str]:
+    """The letters of the options ``text`` names: by letter (``option C``, ``choice C``, ``(C)``, or ``C.``/``C)``
+    opening a line) or by the option's own text (as :func:`committed_answer` reads it)."""
+    found = {LETTERS[i] for i in _named_by_text(text, list(options))}
+    for m in _OPTION_LETTER.finditer(text):
+        letter = next(g for g in m.groups() if g).upper()
+        if LETTERS.index(letter) < len(options):
+            found.add(letter)
+    return found

@@ -16,16 +16,19 @@ Zero-weight rewards are diagnostics: TRL logs them every step for free.
 
 from __future__ import annotations
 
+import logging
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from clinical_r1.formats import CRPO, FORMATS, GRPO, parse
-from clinical_r1.errors import UnknownName
+from clinical_r1.errors import UnknownName, UsageError
 from clinical_r1.parsing import clear_cache, completion_text, is_correct
+
+log = logging.getLogger(__name__)
 
 RewardFn = Callable[..., list[float]]
 
@@ -489,6 +492,8 @@ class Preset:
     weights: dict[str, float]  # reward name -> weight, the accuracy reward first; weight 0 = logged diagnostic
     prompt: str  # prompt kind whose format the preset rewards
     summary: str
+    sources: dict[str, str] = field(default_factory=dict)  # user reward name -> its import path (or its name when
+    # it is registered in this process only); built-ins have none
 
     @property
     def accuracy_reward(self) -> str:
@@ -550,9 +555,17 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_reward(name: str) -> RewardFn:
-    if name not in REWARDS:
-        raise UnknownName(f"unknown reward {name!r}; known rewards: {sorted(REWARDS)}")
-    return REWARDS[name]
+    """A reward by name: built-in (``REWARDS``), registered in this process (:func:`register_reward`, or loaded by
+    import path), or an import path ``"package.module:function"`` (loaded and registered now)."""
+    if name in REWARDS:
+        return REWARDS[name]
+    if name in USER_REWARDS:
+        return USER_REWARDS[name]
+    if is_import_path(name):
+        return USER_REWARDS[load_reward(name)]
+    raise UnknownName(f"unknown reward {name!r}; known rewards: {sorted(REWARDS)}, registered in this process: "
+                      f"{sorted(USER_REWARDS)}; name a function by import path 'package.module:function', or register "
+                      f"it in this process with clinical_r1.rewards.register_reward")
 
 
 def get_preset(name: str) -> Preset:
@@ -586,3 +599,284 @@ def score(completion: Any, answer: str, options: Sequence[str] | None = None, pr
 _PUBLIC_NAME = {"r1_accuracy": "accuracy", "r1_format": "format"}
 
 assert set(FORMATS) >= {"crpo", "grpo"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rewards from outside the package: import paths and registered functions
+# ---------------------------------------------------------------------------------------------------
+
+# Keywords TRL's GRPOTrainer passes every reward function besides the dataset columns (TRL 1.x).
+TRL_KEYWORDS = ("prompts", "completions", "completion_ids", "trainer_state", "log_metric", "log_extra", "environments")
+USER_REWARDS: dict[str, RewardFn] = {}  # name -> a reward registered in this process (register_reward, import paths)
+USER_SOURCES: dict[str, str] = {}  # name -> the import path "package.module:function" it was loaded from
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a metric name: rewards/<name>/mean, advantage_share/<name>
+
+
+class RewardError(UsageError):
+    """A user reward that cannot train: it does not import, has the wrong signature, shadows a built-in reward,
+    or scores a batch badly (before training, or at a step). The message names the reward and the fix."""
+
+
+def is_import_path(ref: str) -> bool:
+    """``"package.module:function"`` (a reference by import path) rather than a reward name."""
+    return ":" in ref
+
+
+def register_reward(fn: RewardFn | None = None, *, name: str | None = None, format: str | None = None):  # noqa: A002
+    """Make a reward function known by ``name`` (default: its ``__name__``) in this process, so a training config
+    can name it in ``reward.functions`` and ``reward.weights``. Use as ``@register_reward`` or
+    ``@register_reward(name="guideline_citation", format="crpo")``; returns the function unchanged.
+
+    ``format`` is the answer format the reward reads (``crpo``, ``grpo``, ``cot``, ``direct``; stored as the
+    function's ``answer_format``): training checks it against the prompt. None: any format, the preset's.
+    A registration lives in this process only: a notebook kernel, not the papermill kernels of later notebooks or
+    the grid. Define the function in a module and name it by import path to reach those.
+    """
+    if fn is None:
+        return lambda f: register_reward(f, name=name, format=format)
+    reward_name = name or getattr(fn, "__name__", "")
+    if format is not None:
+        if format not in FORMATS:
+            raise RewardError(f"reward {reward_name!r}: unknown answer format {format!r}; use one of {sorted(FORMATS)} "
+                              f"or None (the preset's)")
+        fn.answer_format = format
+    fn.reward_name = reward_name
+    _register(reward_name, fn, source=None)
+    return fn
+
+
+def _register(name: str, fn: Any, source: str | None) -> RewardFn:
+    where = f"reward {source or name!r}"
+    if not callable(fn):
+        raise RewardError(f"{where} is a {type(fn).__name__}, not a callable; name a function")
+    if not _NAME.fullmatch(name or ""):
+        raise RewardError(f"{where}: its name {name!r} is not a metric name (letters, digits, _); register it "
+                          f"with register_reward(name=...)")
+    if name in REWARDS:
+        raise RewardError(f"{where}: its name {name!r} shadows the built-in reward {name!r}; rename the function or "
+                          f"register it under another name (register_reward(name=...))")
+    check_signature(fn, name)
+    if getattr(fn, "__name__", None) != name:  # TRL names the metric after __name__
+        fn = _renamed(fn, name)
+    if name in USER_REWARDS and source and USER_SOURCES.get(name) not in (None, source):
+        raise RewardError(f"{where}: the name {name!r} is already taken by {USER_SOURCES[name]}; register one of "
+                          f"them under another name (register_reward(name=...))")
+    if name in USER_REWARDS and USER_REWARDS[name] is not fn:
+        log.info("reward %r registered again (replaces the earlier function)", name)
+    USER_REWARDS[name] = fn
+    if source:
+        USER_SOURCES[name] = source
+    elif name in USER_SOURCES and not _same(USER_SOURCES[name], fn):
+        del USER_SOURCES[name]
+    return fn
+
+
+def _renamed(fn: Any, name: str) -> RewardFn:
+    import functools
+
+    @functools.wraps(fn)
+    def named(*args: Any, **kwargs: Any) -> list[float]:
+        return fn(*args, **kwargs)
+
+    named.__name__ = name
+    return named
+
+
+def _same(source: str, fn: Any) -> bool:
+    try:
+        return _import(source) is getattr(fn, "__wrapped__", fn)
+    except RewardError:
+        return False
+
+
+def check_signature(fn: Any, name: str, columns: Sequence[str] | None = None) -> None:
+    """TRL calls a reward as ``fn(prompts=..., completions=..., completion_ids=..., <each dataset column>=...,
+    trainer_state=..., log_metric=..., log_extra=...)``: the function needs ``**kwargs`` and no argument TRL
+    cannot fill (checked against the dataset ``columns`` when given)."""
+    import inspect
+
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError) as e:
+        raise RewardError(f"reward {name!r}: its signature cannot be read ({e}); name a plain function") from None
+    params = list(sig.parameters.values())
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        raise RewardError(f"reward {name!r}{sig}: add **kwargs; TRL passes {', '.join(TRL_KEYWORDS[:6])} and every "
+                          f"dataset column as keywords")
+    for p in params:
+        if p.kind in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL) and p.default is p.empty and p.kind is not p.VAR_POSITIONAL:
+            raise RewardError(f"reward {name!r}{sig}: argument {p.name!r} is positional-only; TRL passes keywords "
+                              f"(completions=..., answer=...): drop the '/'")
+    known = set(TRL_KEYWORDS) | set(columns or ())
+    for p in params:
+        required = p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        if required and columns is not None and p.name not in known:
+            raise RewardError(f"reward {name!r}{sig}: TRL cannot fill the argument {p.name!r}: it is neither a TRL "
+                              f"keyword nor a column of the training data {sorted(columns)}; give it a default or "
+                              f"add the column")
+
+
+def _import(ref: str) -> Any:
+    import importlib
+
+    module, _, qualname = ref.partition(":")
+    if not module or not qualname:
+        raise RewardError(f"reward {ref!r}: an import path is 'package.module:function'")
+    try:
+        obj: Any = importlib.import_module(module)
+    except ImportError as e:
+        raise RewardError(f"reward {ref!r}: cannot import module {module!r} ({e}); install it or put its folder "
+                          f"on PYTHONPATH") from None
+    for part in qualname.split("."):
+        if not hasattr(obj, part):
+            raise RewardError(f"reward {ref!r}: module {module!r} has no {qualname!r}; check the name after ':'")
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_reward(ref: str) -> str:
+    """Resolve a reward reference and return its name: a built-in or registered name as is, or an import path
+    ``"package.module:function"`` imported and registered under the function's ``reward_name`` (set by
+    :func:`register_reward`) or ``__name__``. Raises :class:`RewardError` naming the reward and the fix."""
+    if not is_import_path(ref):
+        get_reward(ref)
+        return ref
+    fn = _import(ref)
+    name = getattr(fn, "reward_name", None) or getattr(fn, "__name__", "")
+    _register(name, fn, source=ref)
+    return name
+
+
+def reward_source(name: str) -> str | None:
+    """The import path another process can load reward ``name`` from: built-ins and rewards loaded by import path
+    have one; a function registered from an importable module is found as ``module:qualname``; a function
+    defined in a notebook (``__main__``) or inside a function has none."""
+    if name in REWARDS:
+        return None
+    if name in USER_SOURCES:
+        return USER_SOURCES[name]
+    fn = getattr(USER_REWARDS.get(name), "__wrapped__", USER_REWARDS.get(name))
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not module or module == "__main__" or "<locals>" in qualname:
+        return None
+    ref = f"{module}:{qualname}"
+    return ref if _same(ref, fn) else None
+
+
+def answer_format_of(name: str) -> str | None:
+    """The answer format a reward declares it reads (``answer_format``), or None (any: the preset's)."""
+    return getattr(get_reward(name), "answer_format", None)
+
+
+def compose_preset(preset: str | None, k: float | None = None, weights: Mapping[str, float] | None = None,
+                   functions: Mapping[str, float] | None = None, prompt: str | None = None) -> Preset:
+    """The reward a training config asks for: the named ``preset`` (or none), then ``functions`` (reward reference
+    -> weight: built-in names, registered names, import paths) added after its rewards, then ``k`` (the accuracy
+    weight: the preset's accuracy reward, or with no preset the first function) and ``weights`` (by name or
+    reference). The prompt is ``prompt``, else the preset's, else the one answer format the functions declare;
+    a function declaring another format than the prompt is an error."""
+    names = {ref: load_reward(str(ref)) for ref in (functions or {})}
+    if preset is None:
+        if not names:
+            raise RewardError("reward.preset is null and reward.functions is empty: name a preset or some functions")
+        declared = sorted({f for n in names.values() if (f := answer_format_of(n))})
+        kind = prompt or (declared[0] if len(declared) == 1 else None)
+        if kind is None:
+            raise RewardError(f"reward.preset is null and the functions declare {declared or 'no'} answer format(s): "
+                              f"set reward.prompt to the prompt kind to train with")
+        base = Preset("custom", {}, kind, "user rewards")
+    else:
+        base = get_preset(preset)
+        base = replace(base, prompt=prompt or base.prompt)
+    added = {names[ref]: float(w) for ref, w in (functions or {}).items()}
+    p = replace(base, weights={**base.weights, **added})
+    p = p.with_weights(k=k, weights={(load_reward(n) if is_import_path(n) else n): w for n, w in (weights or {}).items()})
+    for n in p.weights:
+        fmt = answer_format_of(n) if n not in REWARDS else None
+        if fmt is not None and fmt != p.prompt:
+            raise RewardError(f"reward {n!r} reads the {fmt!r} answer format but the run prompts for {p.prompt!r}: "
+                              f"set reward.prompt={fmt}, or a preset of that format")
+    sources = {n: (reward_source(n) or n) for n in p.weights if n not in REWARDS}
+    return replace(p, sources=sources)
+
+
+def checked_scores(fn: RewardFn, name: str, kwargs: Mapping[str, Any], when: str) -> list[Any]:
+    """``fn(**kwargs)``, refusing what TRL would silently turn into a bad advantage: an exception (the first row
+    that raises alone is named), a wrong count, or a value that is neither a finite number nor None."""
+    completions = kwargs.get("completions") or []
+    ids = kwargs.get("id")
+
+    def row(i: int) -> str:
+        return f"row {i}" + (f" (id {ids[i]!r})" if ids is not None and i < len(ids) else "")
+
+    try:
+        scores = fn(**kwargs)
+    except Exception as e:  # noqa: BLE001 - re-raised with the reward, the step and the row
+        bad = None
+        for i in range(len(completions)):
+            one = {k: (v[i : i + 1] if isinstance(v, list) and len(v) == len(completions) else v)
+                   for k, v in kwargs.items()}
+            try:
+                fn(**one)
+            except Exception:  # noqa: BLE001
+                bad = i
+                break
+        at = row(bad) if bad is not None else f"a batch of {len(completions)} (no row alone raises)"
+        raise RewardError(f"reward {name!r} raised {when}, {at}: {type(e).__name__}: {e}") from e
+    try:
+        scores = list(scores)
+    except TypeError:
+        raise RewardError(f"reward {name!r} returned a {type(scores).__name__} {when}; return a list with one float "
+                          f"per completion") from None
+    if len(scores) != len(completions):
+        raise RewardError(f"reward {name!r} returned {len(scores)} values for {len(completions)} completions {when}; "
+                          f"return one float per completion")
+    for i, s in enumerate(scores):
+        ok = s is None or (isinstance(s, (int, float, np.integer, np.floating)) and not isinstance(s, bool)
+                           and np.isfinite(float(s)))
+        if not ok:
+            raise RewardError(f"reward {name!r} returned {s!r} {when}, {row(i)}; return a finite float (or None where "
+                              f"the reward does not apply to the row)")
+    return scores
+
+
+class CheckedReward:
+    """A reward function as TRL calls it, stopping the run at the first exception or non-finite value with the step,
+    the reward and the row (TRL would train on a NaN advantage, or die without saying which reward failed)."""
+
+    def __init__(self, fn: RewardFn, name: str):
+        self.fn, self.__name__ = fn, name
+        self.__doc__ = getattr(fn, "__doc__", None)
+
+    def __call__(self, **kwargs: Any) -> list[Any]:
+        state = kwargs.get("trainer_state")
+        when = f"at step {state.global_step + 1}" if state is not None else "outside training"
+        return checked_scores(self.fn, self.__name__, kwargs, when)
+
+
+def probe_completions(item: Mapping[str, Any], prompt: str) -> list[str]:
+    """Completions a reward must be able to score, for one training row: a well-formed one with the gold answer
+    in the prompt's format, the same with another letter, and an empty one."""
+    letters = [str(item["answer"])]
+    n = len(item.get("options") or [])
+    letters.append(next((x for x in "ABCDEFGHIJ"[: max(n, 2)] if x != letters[0]), "A"))
+    fmt = FORMATS.get(prompt)
+    out = []
+    for x in letters:
+        box = f"The findings point to option {x}. \\boxed{{{x}}}"
+        out.append(fmt.render("The key findings and a verdict on each option.", box) if fmt and fmt.tags else box)
+    return [*out, ""]
+
+
+def probe_reward(name: str, rows: Sequence[Mapping[str, Any]], prompt: str) -> None:
+    """Before training: call reward ``name`` as TRL will on a probe batch of training ``rows`` (with their
+    ``prompt`` column), and raise :class:`RewardError` unless it returns one finite float (or None) per completion."""
+    fn = get_reward(name)
+    check_signature(fn, name, columns=[c for c in rows[0] if c != "prompt"])
+    batch = [(r, c) for r in rows for c in probe_completions(r, prompt)]
+    kwargs: dict[str, Any] = {k: [r[k] for r, _ in batch] for k in rows[0] if k != "prompt"}
+    kwargs.update(prompts=[r["prompt"] for r, _ in batch],
+                  completions=[[{"role": "assistant", "content": c}] for _, c in batch],
+                  completion_ids=[list(range(len(c.split()))) for _, c in batch], trainer_state=None,
+                  log_metric=lambda *a, **k: None, log_extra=lambda *a, **k: None)
+    checked_scores(fn, name, kwargs, "on a probe batch of the training data")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from clinical_r1.config import load_config
+from clinical_r1.config import load_config, reward_preset
 from clinical_r1.errors import UsageError
 from clinical_r1.files import atomic_path
 from clinical_r1.rewards import get_preset
@@ -144,7 +144,14 @@ def from_config(cfg: Mapping[str, Any], lora: bool = False, gdpo: bool = False,
     if cfg["reward"]["weights"]:
         raise UsageError("reward.weights: verl's compute_score takes a preset and k only (reward_kwargs); "
                          "use a preset, or train with TRL")
-    preset = get_preset(cfg["reward"]["preset"]).with_weights(k=cfg["reward"]["k"])
+    if cfg["reward"]["preset"] is None:
+        raise UsageError("reward.preset: verl's compute_score starts from a preset; name one (reward.functions adds "
+                         "rewards to it)")
+    preset = reward_preset(cfg)
+    local = sorted(n for n, ref in preset.sources.items() if ":" not in ref)
+    if local:
+        raise UsageError(f"reward.functions: {local} are registered in this process only; verl's workers import rewards "
+                         f"by path: define them in a module and name them 'package.module:function'")
     aggregation = "normalize_then_sum" if gdpo else t.get("multi_objective_aggregation", "sum_then_normalize")
     o: list[Override] = []
 
@@ -225,6 +232,12 @@ def from_config(cfg: Mapping[str, Any], lora: bool = False, gdpo: bool = False,
     add(f"{rw}.reward_kwargs.preset", preset.name, f"{c} reward.preset", plus=True)
     add(f"{rw}.reward_kwargs.k", preset.weights[preset.accuracy_reward], f"{c} reward.k (null: the preset's own)",
         plus=True)
+    if preset.sources:
+        import json
+
+        functions = {ref: preset.weights[n] for n, ref in preset.sources.items()}
+        add(f"{rw}.reward_kwargs.functions", "'" + json.dumps(functions, separators=(",", ":")) + "'",
+            f"{c} reward.functions (JSON: an import path's ':' cannot be a Hydra key)", plus=True)
     add("reward.reward_manager.name", "naive", "verl's default: compute_score per response, its dict logged")
     # --- trainer
     add("trainer.nnodes", "${NNODES}", "ours: $NNODES (authors 1)")
@@ -258,7 +271,7 @@ def render_script(overrides: list[Override], defaults: Mapping[str, str], header
     lines.append("ARGS=(")
     for x in overrides:
         lines.append(f"  # {x.source}")
-        lines.append(f'  "{x.text()}"')
+        lines.append('  "' + x.text().replace("\\", "\\\\").replace('"', '\\"') + '"')  # JSON values hold quotes
     lines += [")",
               'if [[ -n "${PRINT_OVERRIDES:-}" ]]; then printf \'%s\\n\' "${ARGS[@]}"; exit 0; fi',
               'exec python3 -m verl.trainer.main_ppo "${ARGS[@]}" "$@"', ""]

@@ -38,7 +38,10 @@ verl imports the file by its path, so ``clinical_r1`` must be importable in verl
 (``pip install -e .`` in the repository). The preset is chosen, first match wins, by ``reward_kwargs["preset"]`` (the run config), the row's
 ``extra_info["preset"]`` (written by :func:`to_verl_parquet`), the environment variable
 ``CLINICAL_R1_VERL_PRESET``, then ``crpo``. The accuracy weight ``k`` the same way (``reward_kwargs["k"]``,
-``extra_info["k"]``, ``CLINICAL_R1_VERL_K``, the preset's own). The item's options come from
+``extra_info["k"]``, ``CLINICAL_R1_VERL_K``, the preset's own). User rewards (``reward.functions`` of a training config:
+import paths to weights) come from ``reward_kwargs["functions"]`` (a mapping, or its JSON string), ``extra_info``
+or ``CLINICAL_R1_VERL_FUNCTIONS``; each is returned under its name like the preset's rewards, and weighted into
+``score``. They must be importable in verl's workers (a function registered in a notebook is not). The item's options come from
 ``extra_info["options"]`` (needed for answers boxed as option text). verl collects the returned keys across a
 batch, so one run should use one preset (the keys differ between presets; ``verl-launch`` passes it in
 ``reward_kwargs``).
@@ -55,12 +58,13 @@ from clinical_r1.errors import DataError, UsageError
 from clinical_r1.files import atomic_path
 from clinical_r1.parsing import LETTERS, is_correct
 from clinical_r1.prompts import PROMPT_KINDS, build_messages
-from clinical_r1.rewards import PRESETS, Preset, get_preset, get_reward
+from clinical_r1.rewards import PRESETS, Preset, RewardError, compose_preset, get_preset, get_reward
 
 log = logging.getLogger(__name__)
 
 PRESET_ENV = "CLINICAL_R1_VERL_PRESET"  # the preset when neither reward_kwargs nor extra_info name one
 K_ENV = "CLINICAL_R1_VERL_K"  # the accuracy weight when neither reward_kwargs nor extra_info set one
+FUNCTIONS_ENV = "CLINICAL_R1_VERL_FUNCTIONS"  # user rewards (JSON {"pkg.mod:func": weight}) when reward_kwargs has none
 DEFAULT_PRESET = "crpo"
 ABILITY = "medical_mcq"  # verl's task-category column
 VERL_COLUMNS = ("data_source", "prompt", "ability", "reward_model", "extra_info")
@@ -133,7 +137,7 @@ def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_
         k = float(k_raw) if k_raw is not None else None
     except (TypeError, ValueError) as e:
         raise VerlDataError(f"{where}: accuracy weight k={k_raw!r} is not a number") from e
-    preset = get_preset(name).with_weights(k=k)
+    preset = _preset(name, k, _pick("functions", kwargs, info, FUNCTIONS_ENV), where)
     options = _options(info, where)
     gold = _gold(ground_truth, options, where)
     text = solution_str if solution_str is not None else ""
@@ -143,6 +147,41 @@ def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_
         if w != 0:
             total += w * parts[n]
     return {"score": total, "acc": 1.0 if is_correct(text, gold, options) else 0.0, **parts}
+
+
+def _functions(raw: Any, where: str) -> dict[str, float]:
+    """``reward_kwargs["functions"]``: a mapping of import paths to weights, or the same as a JSON string (what
+    ``verl-launch`` writes: a Hydra override cannot hold ``:`` in a key)."""
+    import json
+
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise VerlDataError(f"{where}: functions {raw!r} is not JSON {{\"pkg.mod:func\": weight}}: {e}") from None
+    if not isinstance(raw, Mapping):
+        raise VerlDataError(f"{where}: functions must map 'package.module:function' to a weight, got {raw!r}")
+    try:
+        return {str(ref): float(w) for ref, w in raw.items()}
+    except (TypeError, ValueError) as e:
+        raise VerlDataError(f"{where}: functions {dict(raw)!r}: a weight is not a number ({e})") from None
+
+
+_PRESETS: dict[tuple[str, float | None, str], Preset] = {}  # (preset, k, functions) -> composed, per process
+
+
+def _preset(name: str, k: float | None, functions: Any, where: str) -> Preset:
+    """The preset with ``k`` and the user ``functions`` (imported once per worker process)."""
+    if functions is None:
+        return get_preset(name).with_weights(k=k)
+    funcs = _functions(functions, where)
+    key = (name, k, repr(sorted(funcs.items())))
+    if key not in _PRESETS:
+        try:
+            _PRESETS[key] = compose_preset(name, k=k, functions=funcs)
+        except RewardError as e:
+            raise VerlDataError(f"{where}: {e}") from None
+    return _PRESETS[key]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ def test_project_grid_matches_the_notebooks(recipe, tmp_path):
     from clinical_r1.grid import run_grid
 
     assert len(run_grid(REPO / "configs" / "ablations.yaml", out=tmp_path, recipe=recipe, dry_run=True,
-                        progress=False)) == 30
+                        progress=False)) == 33
 
 
 def test_every_notebook_is_thin_and_parameterised():

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 
-from clinical_r1 import rewards, study
+from clinical_r1 import study
 from clinical_r1.crpo import run_crpo
 from clinical_r1.rleffect import measure_run
 
@@ -29,16 +29,12 @@ STEPS = 8  # optimiser steps of 2 prompts x G 4
 PROBE = 16  # held-out questions, 4 samples each
 
 
-def length_preset(sign: float) -> rewards.Preset:
-    return rewards.Preset(f"test-length{'+' if sign > 0 else '-'}", {"completion_length": sign}, "direct",
-                          "test only: reward longer (+) or shorter (-) answers")
-
-
 def train(root, splits, sign: float):
     return run_crpo("configs/cpu_demo_crpo.yaml", {
         "output_root": str(root), "run_name": f"length{'+' if sign > 0 else '-'}", "seed": 0,
         "model.init_adapter": None, "data.name": "split", "data.path": str(splits), "data.split": "rl",
-        "data.limit": None, "reward.preset": length_preset(sign).name, "reward.k": None,
+        "data.limit": None, "reward.preset": None, "reward.prompt": "direct",  # the reward alone, no preset
+        "reward.functions": {"completion_length": sign}, "reward.k": None,
         "trainer.max_steps": STEPS, "trainer.learning_rate": 1e-3, "trainer.max_completion_length": 64,
         "trainer.beta": 0.0, "trainer.entropy_coef": 0.0, "trainer.save_strategy": "no",
         "trainer.per_device_train_batch_size": 8, "trainer.num_generations": 4, "trainer.temperature": 1.0})
@@ -52,12 +48,9 @@ def effects(tmp_path_factory):
                        seed=0)
     probe = study.probe_items(splits, ["sample"])
     out = {}
-    with pytest.MonkeyPatch.context() as mp:
-        for sign in (-1.0, 1.0):
-            p = length_preset(sign)
-            mp.setitem(rewards.PRESETS, p.name, p)
-            run = train(root, splits, sign)
-            out[sign] = measure_run(run, probe, n=4, batch_size=16, seed=0, n_boot=2000)
+    for sign in (-1.0, 1.0):
+        run = train(root, splits, sign)
+        out[sign] = measure_run(run, probe, n=4, batch_size=16, seed=0, n_boot=2000)
     return out
 
 
