@@ -5,8 +5,9 @@
 
 The training curve cannot answer it: a step's reward depends on which questions it drew and, at k = 10, on
 a near-chance model's lucky guesses. So for one RL run this module
-1. samples ``n`` answers to each held-out probe question from the policy the run **started** from (its
-   cold-start adapter, or the base model) and from the **trained** policy, under the run's own prompt, at
+1. samples ``n`` answers to each held-out probe question from the policy the run **started** from (the trained
+   policy with its RL adapter switched off: the merged cold start, or the base model, in the training dtype) and
+   from the **trained** policy, under the run's own prompt, at
    the run's training temperature and completion budget, with the same per-question seeds for both (the
    same random stream, so the two samples differ by the policy, not by the draw);
 2. scores every answer with each weighted reward of the run's own preset (``reward.k`` and
@@ -61,6 +62,7 @@ class RunSpec:
     accuracy_reward: str
     temperature: float
     max_new_tokens: int
+    continues: bool  # init_adapter_mode continue: the RL adapter is the cold-start adapter trained further
 
 
 def run_spec(run_dir: str | os.PathLike) -> RunSpec:
@@ -78,12 +80,13 @@ def run_spec(run_dir: str | os.PathLike) -> RunSpec:
         raise EffectError(f"{run}: no adapter/adapter_config.json; the run has not finished")
     preset = reward_preset(cfg)
     model = cfg["model"]
-    start = model.get("init_adapter") if model.get("init_adapter_mode", "merge") in ("merge", "continue") else None
+    start = model.get("init_adapter")
     trainer = cfg["trainer"]
     return RunSpec(run=run, start=str(start or model["name"]), policy=str(run / "adapter"), prompt=preset.prompt,
                    weights=dict(preset.weights), accuracy_reward=preset.accuracy_reward,
                    temperature=float(trainer.get("temperature", 1.0)),
-                   max_new_tokens=int(trainer["max_completion_length"]))
+                   max_new_tokens=int(trainer["max_completion_length"]),
+                   continues=bool(start) and model.get("init_adapter_mode", "merge") == "continue")
 
 
 def score_answers(texts: Sequence[Sequence[str]], items: Sequence[Mapping[str, Any]], weights: Mapping[str, float],
@@ -146,13 +149,40 @@ def _answers(path: Path, items: Sequence[Mapping[str, Any]], n: int) -> list[lis
         raise EffectError(f"{path}: answer {e.args[0]} is missing; delete the file to regenerate it") from None
 
 
+def _generate_pair(spec: RunSpec, items: Sequence[Mapping[str, Any]], out_dir: Path, **kw: Any) -> dict[str, Path]:
+    """The probe's answers from the cold start and from the trained policy: ``{role: generations file}``.
+
+    The cold start is the trained policy with its RL adapter switched off (``disable_adapter``): exactly the weights
+    the run started from, in the dtype it trained in (the cold-start adapter merged into the base, or the base
+    itself), so the comparison cannot pick up a difference in loading or rounding. A run that kept training its
+    cold-start adapter (``init_adapter_mode: continue``) has no such switch; its cold start is that adapter folder.
+    """
+    from clinical_r1.generate import generate, open_engine
+    from clinical_r1.models import load_trained
+
+    paths = {role: out_dir / f"{role}.jsonl" for role in ("cold_start", "policy")}
+    common = dict(prompt_kind=spec.prompt, dataset_name="probe", **kw)
+    if spec.continues:
+        for role, model in (("cold_start", spec.start), ("policy", spec.policy)):
+            engine = open_engine(model, seed=kw["seed"])
+            try:
+                generate(engine, None, items, paths[role], model_name=str(model), **common)
+            finally:
+                engine.close()
+        return paths
+    model, tok = load_trained(spec.policy)
+    with model.disable_adapter():
+        generate(model, tok, items, paths["cold_start"], model_name=f"{spec.policy} (RL adapter off)",
+                 backend="transformers", **common)
+    generate(model, tok, items, paths["policy"], model_name=spec.policy, backend="transformers", **common)
+    return paths
+
+
 def measure_run(run_dir: str | os.PathLike, items: Sequence[Mapping[str, Any]], n: int = 4,
                 temperature: float | None = None, max_new_tokens: int | None = None, batch_size: int = 8,
                 seed: int = 0, n_boot: int = 2000, progress: bool = True) -> dict[str, Any]:
     """Measure one RL run's held-out effect on the probe ``items`` (see the module docstring); writes and returns
     ``<run>/rl_effect/effect.json``. ``temperature``/``max_new_tokens``: None = the run's training values."""
-    from clinical_r1.generate import generate, open_engine
-
     spec = run_spec(run_dir)
     items = list(items)
     if len(items) < 2 or n < 1:
@@ -161,14 +191,8 @@ def measure_run(run_dir: str | os.PathLike, items: Sequence[Mapping[str, Any]], 
     budget = spec.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
     out_dir = spec.run / EFFECT_DIR
     scores = {}
-    for role, model in (("cold_start", spec.start), ("policy", spec.policy)):
-        path = out_dir / f"{role}.jsonl"
-        engine = open_engine(model, seed=seed)
-        try:
-            generate(engine, None, items, path, prompt_kind=spec.prompt, n=n, temperature=temp, max_new_tokens=budget,
-                     batch_size=batch_size, seed=seed, dataset_name="probe", model_name=str(model), progress=progress)
-        finally:
-            engine.close()
+    for role, path in _generate_pair(spec, items, out_dir, n=n, temperature=temp, max_new_tokens=budget,
+                                     batch_size=batch_size, seed=seed, progress=progress).items():
         scores[role] = score_answers(_answers(path, items, n), items, spec.weights, spec.accuracy_reward, spec.prompt)
     effect = {
         "run": spec.run.name, "prompt": spec.prompt, "weights": spec.weights, "accuracy_reward": spec.accuracy_reward,

@@ -66,6 +66,7 @@ def test_check_config_warns_when_the_kl_form_is_left_to_trl(tmp_path, caplog):
     from clinical_r1.cli import main
 
     raw = yaml.safe_load((REPO / "configs/cpu_demo_crpo.yaml").read_text())
+    raw["trainer"]["beta"] = 0.001  # the paper's KL (the CPU demo turns it off)
     assert C.config_warnings(C.load_config(raw)) == []
     del raw["trainer"]["use_bias_correction_kl"]
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))

@@ -222,3 +222,23 @@ def test_vllm_backend(model_dir, tmp_path):  # pragma: no cover - GPU only
                    max_new_tokens=MAX_NEW, backend="vllm", progress=False)
     rows = _lines(out)
     assert len(rows) == 4 and read_meta(out)["backend"] == "vllm"
+
+
+@pytest.mark.slow
+def test_n_samples_read_each_prompt_once_and_answer_as_if_read_n_times(benchmark_policy):
+    """The shared-prefix path (one prefill per prompt, its KV cache copied n times) must not change what the model
+    answers: greedy decoding through it equals greedy decoding of the prompt on its own, for prompts of different
+    lengths in one left-padded batch (so the cache's positions and mask are exercised)."""
+    from clinical_r1.generate import Decoding
+
+    model, tok = benchmark_policy
+    backend = TransformersBackend(model, tok)
+    items = _items(3)
+    prompts = [render_prompt(tok, it, "crpo") for it in items]
+    prompts[1] += "Let me think about this carefully, considering every option in turn."  # a longer prompt
+    ids = [it["id"] for it in items]
+    shared = backend.run(prompts, ids, Decoding(temperature=0.0, top_p=1.0, max_new_tokens=24, n=2, seed=0))
+    alone = [backend.run([p], [i], Decoding(temperature=0.0, top_p=1.0, max_new_tokens=24, n=1, seed=0))[0][0]
+             for p, i in zip(prompts, ids)]
+    for got, want in zip(shared, alone):
+        assert [g[0] for g in got] == [want[0], want[0]]
