@@ -133,7 +133,8 @@ def crpo(tmp_path_factory, sft_adapter):
                     "trainer.num_generations": 2, "trainer.max_completion_length": 8, "trainer.temperature": 1.0,
                     "trainer.learning_rate": 1e-3, "trainer.lr_scheduler_type": "constant",
                     "trainer.warmup_steps": 0, "trainer.beta": 0.0,  # beta 0: no reference forward pass
-                    "trainer.bf16": False, "trainer.fp16": False}  # fp32 compute, so logits compare at 1e-4
+                    "model.dtype": "float32",  # the CPU demo trains bf16 weights; fp32 here ...
+                    "trainer.bf16": False, "trainer.fp16": False}  # ... and fp32 compute, so logits compare at 1e-4
             done[mode] = train_holding(run_crpo, "cpu_demo_crpo.yaml", over)
         return done[mode]
 
