@@ -106,7 +106,7 @@ class PhaseTimer:
         enter, exit_ = profiling.ProfilingContext.__enter__, profiling.ProfilingContext.__exit__
 
         def _enter(ctx):  # type: ignore[no-untyped-def]
-            timer.stack.append(ctx.name)
+            timer.stack.append(ctx.name.split(".", 1)[-1])  # "GRPOTrainer.compute_loss" -> "compute_loss"
             return enter(ctx)
 
         def _exit(ctx, *exc):  # type: ignore[no-untyped-def]
