@@ -31,7 +31,7 @@ PROBE = 16  # held-out questions, 4 samples each
 
 def train(root, splits, sign: float):
     return run_crpo("configs/cpu_demo_crpo.yaml", {
-        "output_root": str(root), "run_name": f"length{'+' if sign > 0 else '-'}", "seed": 0,
+        "output_root": str(root), "run_name": "longer" if sign > 0 else "shorter", "seed": 0,
         "model.init_adapter": None, "data.name": "split", "data.path": str(splits), "data.split": "rl",
         "data.limit": None, "reward.preset": None, "reward.prompt": "direct",  # the reward alone, no preset
         "reward.functions": {"completion_length": sign}, "reward.k": None,

@@ -387,7 +387,8 @@ def test_crpo_logs_rewards_and_resumes_after_kill_9(tmp_path, sft_run):
             "model.init_adapter": str(sft_dir / "adapter"), "model.init_adapter_mode": "continue", "lora.r": 8,
             "reward.weights": {"completion_length": 0.1}, "trainer.max_steps": 2, "trainer.save_steps": 1,
             "trainer.per_device_train_batch_size": 2, "trainer.num_generations": 2,
-            "trainer.max_completion_length": 24, "trainer.temperature": 1.0, "trainer.learning_rate": 1e-4}
+            "trainer.max_completion_length": 24, "trainer.temperature": 1.0, "trainer.learning_rate": 1e-4,
+            "trainer.beta": 0.001}  # the paper's KL (the CPU demo turns it off): kl is logged and checked below
     cli = ["-m", "clinical_r1", "crpo", "--config", str(REPO / "configs/cpu_demo_crpo.yaml")]
     for k, v in over.items():
         cli += ["--set", f"{k}={json.dumps(v)}"]
