@@ -194,7 +194,7 @@ def test_project_recipes_load(name: str) -> None:
 
 def test_project_grid_expands_to_stable_unique_runs() -> None:
     runs = expand_grid(GRID)
-    assert len(runs) == 10 * 3  # 10 variants (4 of the 2x2, 3 more k, 2 reward, 1 aggregation) x 3 seeds
+    assert len(runs) == 11 * 3  # 11 variants (4 of the 2x2, 3 more k, 3 reward, 1 aggregation) x 3 seeds
     ids = [r.run_id for r in runs]
     assert len(set(ids)) == len(ids)
     assert ids == [r.run_id for r in expand_grid(GRID)]  # stable
