@@ -203,12 +203,12 @@ def test_project_grid_expands_to_stable_unique_runs() -> None:
                                   "crpo-no-consistency", "normalize_then_sum"}
     two_by_two = {(r.settings["cold_start"], r.settings["preset"]) for r in runs if "2x2" in r.groups}
     assert two_by_two == {(False, "grpo"), (False, "crpo"), (True, "grpo"), (True, "crpo")}
-    assert sorted({r.settings["k"] for r in runs if "k" in r.groups}) == [1, 5, 10, 20]
+    assert sorted({r.settings["k"] for r in runs if "k" in r.groups}) == [1, 2, 5, 20]
     assert {r.settings["multi_objective_aggregation"] for r in runs if "aggregation" in r.groups} == {
         "sum_then_normalize", "normalize_then_sum"}
     assert by[("crpo-no-xref", 1)].settings["seed"] == 1
     assert by[("crpo-no-xref", 1)].settings["model"] == "embedded:smollm2-135m-instruct"  # from base_recipe demo
-    assert len(expand_grid(GRID, seeds=[0])) == 10
+    assert len(expand_grid(GRID, seeds=[0])) == 11
     assert len(expand_grid(GRID, groups=["2x2"])) == 12
     assert [r.variant for r in expand_grid(GRID, variants=["grpo"], seeds=[5])] == ["grpo"]
 
