@@ -201,8 +201,10 @@ def build_grpo_trainer(args: Any, model: Any, tok: Any, ds: Any, preset: Any, ru
     if list(args.reward_weights) != preset.weight_list():
         raise ConfigError(f"reward_weights {args.reward_weights} do not match preset {preset.name!r} "
                           f"{preset.weight_list()}")
+    from clinical_r1.models import decode_eagerly_on_cpu
+
     return GRPOTrainer(
-        model=model,
+        model=decode_eagerly_on_cpu(model),  # TRL samples with model.generate: eager attention there on CPU
         reward_funcs=StepMonitor.for_trainer(args, preset).wrap(
             [CheckedReward(f, n) for f, n in zip(preset.functions(), preset.weights)]),
         args=args,

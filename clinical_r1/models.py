@@ -32,6 +32,8 @@ error, not a silently different policy.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -45,7 +47,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from clinical_r1.errors import ClinicalR1Error
 
@@ -397,6 +399,45 @@ def torch_dtype(name: str = "auto"):
             return torch.float32
         return getattr(torch, half_dtype_name())
     return getattr(torch, name)
+
+
+@contextlib.contextmanager
+def cpu_decode_attention(model: Any) -> Iterator[None]:
+    """While decoding on CPU, the eager attention instead of torch's SDPA: one query token against a long prompt's
+    cache is 2.3x faster there in bf16 and 1.2x in fp32 (a batch of 32 answers to ~400-token prompts on 2 cores:
+    0.17 against 0.38 s a token in bf16; a batch of 8 with the LoRA on: 1.2x), and the same attention up to
+    rounding. Elsewhere, and for models that cannot switch, the model's own attention."""
+    inner = getattr(model, "get_base_model", lambda: model)()
+    before = getattr(getattr(inner, "config", None), "_attn_implementation", None)
+    device = getattr(inner, "device", None)
+    switch = (getattr(device, "type", None) == "cpu" and before == "sdpa"
+              and hasattr(inner, "set_attn_implementation"))
+    if switch:
+        inner.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if switch:
+            inner.set_attn_implementation(before)
+
+
+def decode_eagerly_on_cpu(model: Any) -> Any:
+    """Route ``model.generate`` (what TRL's GRPO trainer calls to sample on the transformers path) through
+    :func:`cpu_decode_attention`; training forwards keep SDPA, which is faster there for full sequences
+    (fwd+bwd of 8 x 460 tokens, bf16, LoRA: 14 s with SDPA against 17 s eager on 2 cores). A model on a GPU
+    (Unsloth patches its own ``generate``) is left as it is. Returns the model."""
+    inner = getattr(model, "get_base_model", lambda: model)()
+    if getattr(getattr(inner, "device", None), "type", None) != "cpu":
+        return model
+    original = model.generate
+
+    @functools.wraps(original)
+    def generate(*args: Any, **kwargs: Any) -> Any:
+        with cpu_decode_attention(model):
+            return original(*args, **kwargs)
+
+    model.generate = generate
+    return model
 
 
 def lora_config(lora: Mapping[str, Any]):

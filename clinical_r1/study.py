@@ -238,7 +238,8 @@ def evaluate_methods(methods: Mapping[str, Mapping[str, Any]], splits_dir: str |
 
     A method's ``model`` is ``base`` (``base_model``), a model or run folder, or such a folder under ``{out}``
     (the recipes' placeholder, replaced by ``out_dir``, so one ``out_dir`` parameter moves a whole study).
-    Writes ``<out_dir>/<method>/<benchmark>.jsonl`` (+ ``.meta.json``), ``<benchmark>.metrics.json``
+    Its optional ``dtype`` loads the weights in that dtype on the transformers path (None: a trained adapter in
+    its training dtype, a plain model in ``auto``). Writes ``<out_dir>/<method>/<benchmark>.jsonl`` (+ ``.meta.json``), ``<benchmark>.metrics.json``
     (accuracy, majority vote, CIs) and ``<benchmark>.textmetrics.json`` (judge-free metrics). Finished
     generation files are reused (resumable), so rerunning only rescoring is cheap.
     """
@@ -259,7 +260,8 @@ def evaluate_methods(methods: Mapping[str, Mapping[str, Any]], splits_dir: str |
         if only and not mine:
             raise UsageError(f"method {method!r}: none of its benchmarks {list(only)} is an evaluation set "
                              f"({sorted(sets)})")
-        engine = open_engine(model_ref, seed=seed)  # vLLM when installed on CUDA (the path builds its engine)
+        # vLLM when installed on CUDA (the path builds its engine); `dtype`: the method's weights (None: as trained)
+        engine = open_engine(model_ref, seed=seed, dtype=spec.get("dtype"))
         for bench, ds in mine.items():
             gen = Path(out_dir) / method / f"{bench}.jsonl"
             generate(engine, None, ds, gen, prompt_kind=kind, n=n_samples, temperature=temperature,

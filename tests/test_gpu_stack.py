@@ -221,7 +221,7 @@ def test_evaluation_says_which_engine_it_opens(monkeypatch, caplog):
 
     monkeypatch.setattr(generate, "vllm_available", lambda: False)
     tok = type("Tok", (), {"eos_token_id": 2, "pad_token_id": 0})()
-    monkeypatch.setattr(generate, "load_for_inference", lambda m: (object(), tok))
+    monkeypatch.setattr(generate, "load_for_inference", lambda m, **kw: (object(), tok))
     with caplog.at_level(logging.INFO, logger="clinical_r1"):
         engine = generate.open_engine("some/model")
     assert engine.name == "transformers" and "vLLM not available" in caplog.text
