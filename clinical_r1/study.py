@@ -233,8 +233,9 @@ def method_model(model: str, base_model: str) -> str:
 def evaluate_methods(methods: Mapping[str, Mapping[str, Any]], splits_dir: str | os.PathLike,
                      out_dir: str | os.PathLike, base_model: str, n_samples: int = 1, temperature: float = 0.0,
                      max_new_tokens: int = 1024, batch_size: int = 8, n_boot: int = 2000, seed: int = 0,
-                     benchmarks: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Generate and score every method on every evaluation set (or on its ``benchmarks`` list).
+                     benchmarks: Sequence[str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """Generate and score every method on every evaluation set (or on its ``benchmarks`` list), on the first
+    ``limit`` questions of each set (None: all the split holds; the RL-effect probe may read more of them).
 
     A method's ``model`` is ``base`` (``base_model``), a model or run folder, or such a folder under ``{out}``
     (the recipes' placeholder, replaced by ``out_dir``, so one ``out_dir`` parameter moves a whole study).
@@ -247,9 +248,14 @@ def evaluate_methods(methods: Mapping[str, Mapping[str, Any]], splits_dir: str |
     from clinical_r1.generate import generate, open_engine
     from clinical_r1.textmetrics import summarize_generations
 
+    if limit is not None and limit < 1:
+        raise UsageError(f"eval_limit={limit}: questions per evaluation set must be >= 1 (or None for all)")
     sets = eval_sets(splits_dir)
     if benchmarks:
         sets = {k: v for k, v in sets.items() if k in benchmarks}
+    if limit:
+        sets = {k: v.select(range(min(limit, len(v)))) if hasattr(v, "select") else to_records(v)[:limit]
+                for k, v in sets.items()}
     rows = []
     for method, spec in methods.items():
         model = str(spec["model"]).replace("{out}", str(out_dir))

@@ -291,6 +291,33 @@ def test_evaluation_passes_paths_so_vllm_can_build_its_engine(monkeypatch, tmp_p
     assert opened == ["some/model", "closed"]
 
 
+def test_evaluation_limit_and_dtype_reach_generation(monkeypatch, tmp_path):
+    """A method's ``dtype`` reaches its engine, and ``limit`` cuts every evaluation set to its first questions."""
+    from clinical_r1 import generate, study
+    from clinical_r1.errors import UsageError
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_generate(model, tok, ds, *a, **k):
+        seen.append([r["id"] for r in ds])
+        raise Stop
+
+    monkeypatch.setattr(generate, "open_engine", lambda ref, **kw: seen.append(kw["dtype"]))
+    monkeypatch.setattr(generate, "generate", fake_generate)
+    rows = [{"id": f"q{i}", "question": "?", "options": ["a", "b"], "answer": "A"} for i in range(5)]
+    monkeypatch.setattr(study, "eval_sets", lambda d: {"set": rows})
+    with pytest.raises(Stop):
+        study.evaluate_methods({"m": {"model": "some/model", "prompt": "cot", "dtype": "bfloat16"}}, tmp_path,
+                               tmp_path, base_model="b", limit=2)
+    assert seen == ["bfloat16", ["q0", "q1"]]
+    with pytest.raises(UsageError, match="eval_limit=0"):
+        study.evaluate_methods({"m": {"model": "some/model", "prompt": "cot"}}, tmp_path, tmp_path, base_model="b",
+                               limit=0)
+
+
 # ---------------------------------------------------------------------------------------------------
 # The GPU benchmark's recipe and the GPU smoke command
 # ---------------------------------------------------------------------------------------------------

@@ -148,3 +148,32 @@ def test_lora_policy_generates_and_merges(embedded_model_dir, tmp_path):
         b = merged(**enc).logits
     assert torch.allclose(a, b, atol=1e-3), (a - b).abs().max()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # atomic: no temp folder left
+
+
+def test_trl_sampling_decodes_with_eager_attention_on_cpu_only():
+    """``decode_eagerly_on_cpu``: ``generate`` runs with eager attention on a CPU model and hands SDPA back after
+    (training forwards keep it); a model elsewhere is left untouched."""
+    import types
+
+    from clinical_r1.models import decode_eagerly_on_cpu
+
+    class Fake:
+        def __init__(self, device):
+            self.device = types.SimpleNamespace(type=device)
+            self.config = types.SimpleNamespace(_attn_implementation="sdpa")
+            self.during = []
+
+        def set_attn_implementation(self, name):
+            self.config._attn_implementation = name
+
+        def generate(self, **kw):
+            self.during.append(self.config._attn_implementation)
+            return "ids"
+
+    cpu = decode_eagerly_on_cpu(Fake("cpu"))
+    assert cpu.generate(input_ids=None) == "ids"
+    assert cpu.during == ["eager"] and cpu.config._attn_implementation == "sdpa"
+    gpu = Fake("cuda")
+    assert decode_eagerly_on_cpu(gpu) is gpu and "generate" not in vars(gpu)
+    gpu.generate()
+    assert gpu.during == ["sdpa"]
