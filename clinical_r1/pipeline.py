@@ -608,8 +608,39 @@ def _scrub(executed: Path) -> None:
         log.warning("%s: removed credentials from the executed notebook", executed)
     text = executed.read_text(encoding="utf-8")
     portable = text.replace(json.dumps(str(REPO_ROOT) + os.sep)[1:-1], "")
+    portable = shrink_images(portable)
     if portable != text:
         write_text(portable, executed)
+
+
+def shrink_images(notebook_json: str, above: int = 60_000, max_width: int = 1400) -> str:
+    """A notebook (its JSON text) with every inline PNG larger than ``above`` base64 characters scaled down to at
+    most ``max_width`` pixels (GitHub shows a notebook's images under 1,000 wide) and stored as a 256-colour palette
+    PNG, when that is smaller: a plot has few colours, so it reads the same at a fraction of the size, and committed
+    executed notebooks stay small. Other outputs are left as they are."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    nb = json.loads(notebook_json)
+    changed = False
+    for cell in nb.get("cells", []):
+        for output in cell.get("outputs", []):
+            data = output.get("data") or {}
+            png = data.get("image/png")
+            if not isinstance(png, str) or len(png) <= above:
+                continue
+            img = Image.open(io.BytesIO(base64.b64decode(png))).convert("RGB")
+            if img.width > max_width:
+                img = img.resize((max_width, round(img.height * max_width / img.width)), Image.LANCZOS)
+            buf = io.BytesIO()
+            img.quantize(colors=256).save(buf, format="PNG", optimize=True)
+            small = base64.b64encode(buf.getvalue()).decode("ascii")
+            if len(small) < len(png):
+                data["image/png"] = small
+                changed = True
+    return json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n" if changed else notebook_json
 
 
 def _save_status(status: dict[str, Any], path: Path) -> None:

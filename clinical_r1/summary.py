@@ -67,7 +67,7 @@ def sft_summary(run: Path) -> dict[str, Any] | None:
     dev = [r for r in rows if _finite(r.get("eval_loss")) is not None]
     if not train:
         return None
-    return {"run": str(run), "steps": max(r["step"] for r in train),
+    return {"run": repo_relative(Path(run).resolve()), "steps": max(r["step"] for r in train),
             "loss_first": train[0]["loss"], "loss_last": train[-1]["loss"],
             "dev_loss_first": dev[0]["eval_loss"] if dev else None,
             "dev_loss_best": min(r["eval_loss"] for r in dev) if dev else None}

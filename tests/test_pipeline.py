@@ -393,3 +393,42 @@ def test_gather_needs_no_matplotlib(tmp_path: Path) -> None:
     assert tables == "accuracy,advantage,alarms,faithfulness,training"  # every reader ran
     assert plotting == ""
     assert (tmp_path / "ablations" / "summary.csv").is_file()
+
+
+def test_executed_notebooks_keep_their_figures_small():
+    """``shrink_images``: a large inline plot is scaled to at most 1,400 pixels and stored as a palette PNG (smaller,
+    still a PNG of the same picture); small images and text outputs stay exactly as they were."""
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from clinical_r1.pipeline import shrink_images
+
+    def png(size, dpi):
+        fig, ax = plt.subplots(figsize=size, dpi=dpi)
+        ax.plot(range(50), [i % 7 for i in range(50)], marker="o")
+        ax.set_title("reward per step")
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        return base64.b64encode(buf.getvalue()).decode("ascii")
+
+    big, small = png((24, 10), 150), png((2, 1), 50)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("plot()", outputs=[
+        nbformat.v4.new_output("display_data", data={"image/png": big, "text/plain": "<Figure>"}),
+        nbformat.v4.new_output("display_data", data={"image/png": small}),
+        nbformat.v4.new_output("stream", name="stdout", text="step 1/8\n")])]
+    out = json.loads(shrink_images(nbformat.writes(nb)))
+    o1, o2, o3 = out["cells"][0]["outputs"]
+    shrunk = Image.open(io.BytesIO(base64.b64decode(o1["data"]["image/png"])))
+    assert shrunk.format == "PNG" and shrunk.width == 1400 and shrunk.height == round(1500 * 1400 / 3600)
+    assert len(o1["data"]["image/png"]) < len(big) / 3 and "".join(o1["data"]["text/plain"]) == "<Figure>"
+    assert o2["data"]["image/png"] == small and "".join(o3["text"]) == "step 1/8\n"
+    text = nbformat.writes(nbformat.v4.new_notebook())
+    assert shrink_images(text) == text

@@ -97,6 +97,18 @@ def test_written_files(study):
     assert s["recipe"] == "demo" and "| sft | sample | 4 | 75.0 [" in md and "**no**" in md
 
 
+def test_a_study_inside_the_repository_names_no_machine_folder(study, monkeypatch):
+    """Committed summaries name folders relative to the repository (here: the study's parent as the root)."""
+    from clinical_r1 import records
+
+    monkeypatch.setattr(records, "REPO_ROOT", study.parent.resolve())
+    write_summary(study)
+    text = (study / SUMMARY_JSON).read_text()
+    assert str(study.parent.resolve()) not in text
+    s = json.loads(text)
+    assert s["out"] == "demo" and s["sft"]["run"] == "demo/sft" and s["rl"]["cold_start_crpo"]["run"] == "demo/cold_start_crpo"
+
+
 def test_bootstrap_difference_interval():
     lo, hi = bootstrap_diff([1.0, 1.2, 0.8], [3.0, 3.1, 2.9])
     assert 1.5 < lo < 2.0 < hi < 2.5
