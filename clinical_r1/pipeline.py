@@ -631,7 +631,10 @@ def shrink_images(notebook_json: str, above: int = 60_000, max_width: int = 1400
             png = data.get("image/png")
             if not isinstance(png, str) or len(png) <= above:
                 continue
-            img = Image.open(io.BytesIO(base64.b64decode(png))).convert("RGB")
+            try:
+                img = Image.open(io.BytesIO(base64.b64decode(png))).convert("RGB")
+            except (OSError, ValueError):  # not a PNG Pillow can read: left as it is
+                continue
             if img.width > max_width:
                 img = img.resize((max_width, round(img.height * max_width / img.width)), Image.LANCZOS)
             buf = io.BytesIO()
