@@ -25,9 +25,11 @@ MASK = "[REDACTED]"
 KEY_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", "DEEPSEEK_API_KEY", "ANTHROPIC_API_KEY",
                  "WANDB_API_KEY", "GITHUB_TOKEN")
 URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"<>]+@")
+# Every shape but AWS's holds a character base64 lacks (-, _ or a space); AWS's is anchored to word boundaries, or it
+# matches inside the base64 of an image in an executed notebook (a run of zero bytes reads ...AAAAKIAAAAAAAAAAAAAAAA...).
 TOKEN_SHAPES = re.compile(
     r"sk-[A-Za-z0-9_-]{10,}|sk_(?:live|test)_[A-Za-z0-9]{10,}|hf_[A-Za-z0-9]{10,}|gh[pousr]_[A-Za-z0-9]{20,}"
-    r"|github_pat_[A-Za-z0-9_]{20,}|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}|(?i:bearer)\s+[A-Za-z0-9._~+/=-]{8,}")
+    r"|github_pat_[A-Za-z0-9_]{20,}|xox[abprs]-[A-Za-z0-9-]{10,}|\bAKIA[0-9A-Z]{16}\b|(?i:bearer)\s+[A-Za-z0-9._~+/=-]{8,}")
 
 _secrets: set[str] = set()
 _lock = threading.Lock()

@@ -407,3 +407,16 @@ def test_generate_bad_settings_are_user_errors() -> None:
     with pytest.raises(GenerationError, match="would be identical"):
         generate(object(), None, [], "x.jsonl", n=2, temperature=0.0)
     assert run_cli(lambda: generate(object(), None, [], "x.jsonl", n=2, temperature=0.0)) == 2
+
+
+def test_redaction_leaves_base64_image_data_intact():
+    """A run of zero bytes in an inline PNG encodes as ...AAAAKIAAAAAAAAAAAAAAAA...: the AWS key shape must not match
+    inside it (it used to, and corrupted the executed notebooks' figures); a real key on its own is still masked."""
+    import base64
+
+    from clinical_r1.redact import MASK, redact
+
+    data = base64.b64encode(b"\x89PN" + b"\x00" * 6 + b"\x00\xa2\x00" + b"\x00" * 48).decode("ascii")
+    assert "AKIA" in data
+    assert redact(f'"image/png": "{data}"') == f'"image/png": "{data}"'
+    assert redact("key AKIAABCDEFGHIJKLMNOP here") == f"key {MASK} here"
