@@ -305,13 +305,18 @@ def probe_items(splits_dir: str | os.PathLike, benchmarks: Sequence[str] | None 
 
 def measure_rl_effects(runs: Sequence[str], splits_dir: str | os.PathLike, out_dir: str | os.PathLike,
                        benchmarks: Sequence[str] | None = None, limit: int | None = None, n: int = 4,
-                       batch_size: int = 8, seed: int = 0, n_boot: int = 2000) -> dict[str, dict[str, Any]]:
+                       batch_size: int | None = None, seed: int = 0, n_boot: int = 2000) -> dict[str, dict[str, Any]]:
     """The held-out RL effect of each RL run folder in ``runs`` (``{out}`` is ``out_dir``) on the probe questions:
     :func:`clinical_r1.rleffect.measure_run` (each run against its own cold start, under its own prompt and
-    reward). Returns run folder name -> effect."""
+    reward). ``batch_size``: probe questions per generation batch (each with its ``n`` samples); None: all of
+    them in one batch, which on CPU decodes 96 answers for about the price of 48 (``benchmarks/decode_cpu.py``).
+    Returns run folder name -> effect."""
     from clinical_r1.rleffect import measure_run
 
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"probe_batch_size={batch_size}: probe questions per batch must be >= 1 (or None for all)")
     items = probe_items(splits_dir, benchmarks, limit)
+    batch_size = batch_size or max(1, len(items))
     out = {}
     for run in runs:
         path = Path(str(run).replace("{out}", str(out_dir)))

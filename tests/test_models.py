@@ -150,12 +150,49 @@ def test_lora_policy_generates_and_merges(embedded_model_dir, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # atomic: no temp folder left
 
 
+def test_grouped_eager_attention_is_eager_attention_without_the_cache_copies():
+    """A tiny grouped-query Llama (6 query heads on 2 key/value heads): left-padded prompts, a prefill then cached
+    decode steps, give the same logits under the grouped form as under transformers' eager attention, and greedy
+    generation writes the same tokens."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from clinical_r1.models import GROUPED_EAGER, cpu_decode_attention
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=97, hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=6,
+                      num_key_value_heads=2, max_position_embeddings=64, attn_implementation="sdpa")
+    model = LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(1, 97, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # left padding of different lengths
+    mask[1, :2] = 0
+
+    def run(impl):
+        model.set_attn_implementation(impl)
+        with torch.inference_mode():
+            out = model(input_ids=ids, attention_mask=mask, use_cache=True)
+            step = model(input_ids=ids[:, :1], attention_mask=torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], 1),
+                         past_key_values=out.past_key_values, use_cache=True)
+            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        return out.logits[mask.bool()], step.logits, gen
+
+    with cpu_decode_attention(model):
+        assert model.config._attn_implementation == GROUPED_EAGER
+        grouped = run(GROUPED_EAGER)
+    assert model.config._attn_implementation == "sdpa"  # handed back
+    eager = run("eager")
+    for a, b in zip(grouped[:2], eager[:2]):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    assert torch.equal(grouped[2], eager[2])
+
+
 def test_trl_sampling_decodes_with_eager_attention_on_cpu_only():
     """``decode_eagerly_on_cpu``: ``generate`` runs with eager attention on a CPU model and hands SDPA back after
     (training forwards keep it); a model elsewhere is left untouched."""
     import types
 
-    from clinical_r1.models import decode_eagerly_on_cpu
+    from clinical_r1.models import GROUPED_EAGER, decode_eagerly_on_cpu
 
     class Fake:
         def __init__(self, device):
@@ -172,7 +209,7 @@ def test_trl_sampling_decodes_with_eager_attention_on_cpu_only():
 
     cpu = decode_eagerly_on_cpu(Fake("cpu"))
     assert cpu.generate(input_ids=None) == "ids"
-    assert cpu.during == ["eager"] and cpu.config._attn_implementation == "sdpa"
+    assert cpu.during == [GROUPED_EAGER] and cpu.config._attn_implementation == "sdpa"
     gpu = Fake("cuda")
     assert decode_eagerly_on_cpu(gpu) is gpu and "generate" not in vars(gpu)
     gpu.generate()
