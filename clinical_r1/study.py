@@ -240,12 +240,14 @@ def evaluate_methods(methods: Mapping[str, Mapping[str, Any]], splits_dir: str |
     A method's ``model`` is ``base`` (``base_model``), a model or run folder, or such a folder under ``{out}``
     (the recipes' placeholder, replaced by ``out_dir``, so one ``out_dir`` parameter moves a whole study).
     Its optional ``dtype`` loads the weights in that dtype on the transformers path (None: a trained adapter in
-    its training dtype, a plain model in ``auto``). Writes ``<out_dir>/<method>/<benchmark>.jsonl`` (+ ``.meta.json``), ``<benchmark>.metrics.json``
+    its training dtype, a plain model in ``auto``). A method's sets are generated together
+    (:func:`clinical_r1.generate.generate_sets`): ``batch_size`` questions per batch, drawn across the sets.
+    Writes ``<out_dir>/<method>/<benchmark>.jsonl`` (+ ``.meta.json``), ``<benchmark>.metrics.json``
     (accuracy, majority vote, CIs) and ``<benchmark>.textmetrics.json`` (judge-free metrics). Finished
     generation files are reused (resumable), so rerunning only rescoring is cheap.
     """
     from clinical_r1.evaluate import evaluate
-    from clinical_r1.generate import generate, open_engine
+    from clinical_r1.generate import generate_sets, open_engine
     from clinical_r1.textmetrics import summarize_generations
 
     if limit is not None and limit < 1:
@@ -268,11 +270,14 @@ def evaluate_methods(methods: Mapping[str, Mapping[str, Any]], splits_dir: str |
                              f"({sorted(sets)})")
         # vLLM when installed on CUDA (the path builds its engine); `dtype`: the method's weights (None: as trained)
         engine = open_engine(model_ref, seed=seed, dtype=spec.get("dtype"))
+        files = {bench: Path(out_dir) / method / f"{bench}.jsonl" for bench in mine}
+        # all of the method's sets in shared batches (batch_size questions each), one file per set
+        generate_sets(engine, None, [(ds, files[bench], bench) for bench, ds in mine.items()], prompt_kind=kind,
+                      n=n_samples, temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                      seed=seed, model_name=model_ref)
+        engine.close()
         for bench, ds in mine.items():
-            gen = Path(out_dir) / method / f"{bench}.jsonl"
-            generate(engine, None, ds, gen, prompt_kind=kind, n=n_samples, temperature=temperature,
-                     max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, dataset_name=bench,
-                     model_name=model_ref)
+            gen = files[bench]
             res = evaluate(gen, ds, out_path=gen.with_suffix(".metrics.json"), n_boot=n_boot, seed=seed,
                            dataset_name=bench)
             text = summarize_generations(gen, ds)
@@ -283,7 +288,6 @@ def evaluate_methods(methods: Mapping[str, Mapping[str, Any]], splits_dir: str |
                          "ci_high": (o.get("accuracy_ci") or [None, None])[1], "valid_ratio": o.get("valid_ratio"),
                          "format_compliance": text["format_compliance"]["mean"],
                          "cross_reference": text["cross_reference"]["mean"], "mean_tokens": text["n_tokens"]["mean"]})
-        engine.close()
     return rows
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from clinical_r1.generate import (GenerationError, TransformersBackend, generate, meta_path, question_seed,
-                                  read_generations, read_meta, render_prompt, vllm_available)
+from clinical_r1.generate import (GenerationError, TransformersBackend, generate, generate_sets, meta_path,
+                                  question_seed, read_generations, read_meta, render_prompt, vllm_available)
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDQA_SAMPLE = ROOT.parent / "shared" / "benchmarks" / "medqa_usmle4_test_sample.jsonl"
@@ -147,6 +147,29 @@ def test_resume_after_crash_regenerates_only_missing(policy, tmp_path):
     before = out.read_bytes()
     generate(model, tok, _items(3), out, **kw)  # finished: nothing new
     assert out.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_several_sets_share_batches_and_each_keeps_its_own_file(policy, tmp_path):
+    """generate_sets: two datasets (with the same ids) in batches drawn across both; each file holds its own set,
+    labelled, with its own sidecar, the same greedy answers as generated alone, and resumes alone."""
+    model, tok = policy
+    kw = dict(prompt_kind="cot", max_new_tokens=MAX_NEW, model_name="m", progress=False)
+    a, b = _items(3), [{**r, "question": r["question"] + " Explain."} for r in _items(2)]
+    fa, fb = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert generate_sets(model, tok, [(a, fa, "set_a"), (b, fb, "set_b")], batch_size=4, **kw) == [fa, fb]
+    rows = {f: _lines(f) for f in (fa, fb)}
+    assert [r["id"] for r in rows[fa]] == ["q0", "q1", "q2"] and [r["id"] for r in rows[fb]] == ["q0", "q1"]
+    assert {r["dataset"] for r in rows[fa]} == {"set_a"} and read_meta(fb)["dataset"] == "set_b"
+    alone = tmp_path / "alone.jsonl"
+    generate(model, tok, b, alone, batch_size=2, dataset_name="set_b", **kw)
+    assert [r["text"] for r in _lines(alone)] == [r["text"] for r in rows[fb]]
+    before = fa.read_bytes()
+    fb.unlink()
+    generate_sets(model, tok, [(a, fa, "set_a"), (b, fb, "set_b")], batch_size=4, **kw)
+    assert fa.read_bytes() == before and [r["id"] for r in _lines(fb)] == ["q0", "q1"]
+    with pytest.raises(GenerationError, match="two datasets write to one file"):
+        generate_sets(model, tok, [(a, fa, "x"), (b, fa, "y")], **kw)
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """RL moves the policy toward its reward, on held-out questions, and the opposite reward moves it the other way.
 
-    .venv/bin/pytest tests/test_rl_effect.py -q          # ~3 min on 2 cores
+    .venv/bin/pytest tests/test_rl_effect.py -q          # ~4 min on 2 cores
 
 This is the test that catches RL wired wrong: an advantage with the wrong sign, rewards aligned to the wrong
 completions, or LoRA weights that are updated but never used for generation or evaluation would all leave the
@@ -9,10 +9,13 @@ trained policy where it started, or move it the wrong way. The real path runs en
 held-out probe the demo reports: the run's cold start against its trained policy, same seeds, paired by
 question).
 
-The reward is one a 135M model learns in a few CPU steps: answer length (``rewards.completion_length``, words).
+The reward is one a 135M model learns in a few CPU steps: answer length (``rewards.completion_length``, words),
+beside a user's reward named by import path (``clinical_r1.examples.rewards:concise_answer``, 1 for at most 30
+words), so the same runs show that a researcher's own reward trains, is logged and moves on held-out questions.
 Under the short ``direct`` prompt the base model's answers are bimodal (about half stop within 40 tokens, the
 rest run to the 64-token cap), so both directions have room. One run rewards shorter answers, the other, with
-the weight negated, longer ones; each must move the held-out length its own way with a 95% CI that excludes 0.
+both weights negated, longer ones; each must move the held-out length and the concise share its own way with a 95%
+CI that excludes 0.
 """
 
 from __future__ import annotations
@@ -21,12 +24,19 @@ import pytest
 
 from clinical_r1 import study
 from clinical_r1.crpo import run_crpo
+from clinical_r1.files import read_jsonl, read_yaml
 from clinical_r1.rleffect import measure_run
 
 pytestmark = pytest.mark.slow
 
-STEPS = 8  # optimiser steps of 2 prompts x G 4
+STEPS = 5  # optimiser steps of 2 prompts x G 4 (8 steps moved the held-out length by ~30 words, CI +-4)
 PROBE = 16  # held-out questions, 4 samples each
+CONCISE = "clinical_r1.examples.rewards:concise_answer"  # a user's reward, by import path
+
+
+def rewards(sign: float) -> dict[str, float]:
+    """sign -1: shorter answers and more concise ones; +1: both weights negated."""
+    return {"completion_length": sign, CONCISE: -sign}
 
 
 def train(root, splits, sign: float):
@@ -34,7 +44,7 @@ def train(root, splits, sign: float):
         "output_root": str(root), "run_name": "longer" if sign > 0 else "shorter", "seed": 0,
         "model.init_adapter": None, "data.name": "split", "data.path": str(splits), "data.split": "rl",
         "data.limit": None, "reward.preset": None, "reward.prompt": "direct",  # the reward alone, no preset
-        "reward.functions": {"completion_length": sign}, "reward.k": None,
+        "reward.functions": rewards(sign), "reward.k": None,
         "trainer.max_steps": STEPS, "trainer.learning_rate": 1e-3, "trainer.max_completion_length": 64,
         "trainer.beta": 0.0, "trainer.entropy_coef": 0.0, "trainer.save_strategy": "no",
         "trainer.per_device_train_batch_size": 8, "trainer.num_generations": 4, "trainer.temperature": 1.0})
@@ -50,7 +60,8 @@ def effects(tmp_path_factory):
     out = {}
     for sign in (-1.0, 1.0):
         run = train(root, splits, sign)
-        out[sign] = measure_run(run, probe, n=4, batch_size=16, seed=0, n_boot=2000)
+        out[sign] = measure_run(run, probe, n=4, batch_size=PROBE, seed=0, n_boot=2000)
+        out[sign]["dir"] = run
     return out
 
 
@@ -63,13 +74,25 @@ def test_probe_questions_are_held_out(effects):
 def test_rewarding_shorter_answers_shortens_held_out_answers(effects):
     c = effects[-1.0]["components"]
     assert c["completion_length"]["ci"][1] < 0, c["completion_length"]
+    assert c["concise_answer"]["ci"][0] > 0, c["concise_answer"]  # the user's reward moved too
     assert c["reward"]["ci"][0] > 0, c["reward"]
 
 
 def test_the_negated_reward_lengthens_them(effects):
     c = effects[1.0]["components"]
     assert c["completion_length"]["ci"][0] > 0, c["completion_length"]
+    assert c["concise_answer"]["ci"][1] < 0, c["concise_answer"]
     assert c["reward"]["ci"][0] > 0, c["reward"]
+
+
+def test_the_user_reward_is_trained_logged_and_named_by_import_path(effects):
+    """The run's config.yaml keeps the import path; TRL's logs carry the reward and its advantage share."""
+    run = effects[-1.0]["dir"]
+    assert read_yaml(run / "config.yaml", "config")["reward"]["functions"] == rewards(-1.0)
+    rows = read_jsonl(run / "metrics.jsonl")
+    for key in ("rewards/concise_answer/mean", "advantage_share/concise_answer", "advantage_share/completion_length"):
+        assert any(key in r for r in rows), key
+    assert effects[-1.0]["weights"] == {"completion_length": -1.0, "concise_answer": 1.0}
 
 
 def test_both_runs_start_from_the_same_answers(effects):

@@ -106,3 +106,11 @@ def test_effects_are_collected_from_the_runs_and_drawn(tmp_path):
     fig = plot_rl_effect(found)
     labels = [tl.get_text() for tl in fig.axes[0].get_yticklabels()]
     assert any("1.00 → 1.10" in x for x in labels)
+
+
+def test_a_probe_batch_below_one_is_refused_naming_the_parameter(tmp_path):
+    from clinical_r1 import study
+    from clinical_r1.errors import UsageError
+
+    with pytest.raises(UsageError, match="probe_batch_size=0"):
+        study.measure_rl_effects(["{out}/run"], tmp_path, tmp_path, batch_size=0)

@@ -1,8 +1,9 @@
 """Bring your own reward: rewards named by import path or registered in a notebook kernel train beside the paper's,
 validated before training, stopped with the step and row when they fail, and passed through the verl export.
 
-    .venv/bin/pytest tests/test_user_rewards.py -q -m "not slow"     # seconds
-    .venv/bin/pytest tests/test_user_rewards.py -q -m slow           # trains the embedded model (~3 min on 2 cores)
+    .venv/bin/pytest tests/test_user_rewards.py -q                   # seconds
+
+Training with the example user reward, and its move on held-out questions, is in tests/test_rl_effect.py.
 """
 
 from __future__ import annotations
@@ -258,36 +259,5 @@ def test_verl_round_trip_with_a_user_reward(tmp_path):
     assert list(bad)[-1] == "contradicts_dx"
 
 
-# ---------------------------------------------------------------------------------------------------
-# The example moves its component on held-out questions (the RL-effect measurement)
-# ---------------------------------------------------------------------------------------------------
-
-CONCISE = "clinical_r1.examples.rewards:concise_answer"
-
-
-@pytest.mark.slow
-def test_training_with_a_user_reward_moves_it_on_held_out_questions(tmp_path):
-    """8 steps of 2 prompts x G 4 under the short direct prompt (as tests/test_rl_effect.py), the user reward alone
-    (no preset): the held-out share of concise answers rises, with a 95% CI above 0 (rleffect.measure_run). The run
-    logs the reward and its advantage share under its name, and its config.yaml names it by import path."""
-    from clinical_r1 import study
-    from clinical_r1.crpo import run_crpo
-    from clinical_r1.files import read_jsonl, read_yaml
-    from clinical_r1.rleffect import measure_run
-
-    splits = tmp_path / "data"
-    study.prepare_data(splits, train_benchmark="sample", split_sizes={"sft": 4, "rl": 16, "dev": 2, "test": 16}, seed=0)
-    run = run_crpo("configs/cpu_demo_crpo.yaml", {
-        "output_root": str(tmp_path), "run_name": "concise", "seed": 0, "model.init_adapter": None,
-        "data.name": "split", "data.path": str(splits), "data.split": "rl", "data.limit": None,
-        "reward.preset": None, "reward.prompt": "direct", "reward.functions": {CONCISE: 1.0}, "reward.k": None,
-        "trainer.max_steps": 8, "trainer.learning_rate": 1e-3, "trainer.max_completion_length": 64,
-        "trainer.beta": 0.0, "trainer.entropy_coef": 0.0, "trainer.save_strategy": "no",
-        "trainer.per_device_train_batch_size": 8, "trainer.num_generations": 4, "trainer.temperature": 1.0})
-    assert read_yaml(run / "config.yaml", "config")["reward"]["functions"] == {CONCISE: 1.0}
-    rows = read_jsonl(run / "metrics.jsonl")
-    assert any("rewards/concise_answer/mean" in r for r in rows)
-    assert any("advantage_share/concise_answer" in r for r in rows)
-    effect = measure_run(run, study.probe_items(splits, ["sample"]), n=4, batch_size=16, seed=0, n_boot=2000)
-    c = effect["components"]["concise_answer"]
-    assert c["ci"][0] > 0, c
+# The example reward training and moving on held-out questions: tests/test_rl_effect.py (the RL wiring test trains
+# with it beside completion_length, both directions).
