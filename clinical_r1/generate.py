@@ -489,8 +489,9 @@ def generate_sets(model: Any, tokenizer: Any,
                    seed=int(seed))
     model_label = model_name or _model_label(model)
     outs = [Path(out) for _, out, _ in jobs]
-    if len(set(outs)) != len(outs):
-        raise GenerationError(f"two datasets write to one file: {[str(o) for o, c in Counter(outs).items() if c > 1]}")
+    same = [str(o) for o, c in Counter(o.resolve() for o in outs).items() if c > 1]
+    if same:
+        raise GenerationError(f"two datasets write to one file: {same}")
     with contextlib.ExitStack() as stack:
         plans = []
         for dataset, out, name in jobs:
