@@ -2,9 +2,10 @@
 
     .venv/bin/pytest tests/test_rl_effect.py -q          # ~4 min on 2 cores
 
-This is the test that catches RL wired wrong: an advantage with the wrong sign, rewards aligned to the wrong
-completions, or LoRA weights that are updated but never used for generation or evaluation would all leave the
-trained policy where it started, or move it the wrong way. The real path runs end to end: ``crpo.run_crpo``
+This is the test that catches RL wired wrong: an advantage with the wrong sign, or LoRA weights that are updated
+but never used for generation or evaluation, would leave the trained policy where it started or move it the wrong
+way (measured with the sign flipped inside TRL: both direction tests fail). It does not catch advantages shuffled
+across completions: measured that way, both runs still moved their own way (README, "The wiring test"). The real path runs end to end: ``crpo.run_crpo``
 (TRL's ``GRPOTrainer`` on the embedded model, from a training config) and ``rleffect.measure_run`` (the same
 held-out probe the demo reports: the run's cold start against its trained policy, same seeds, paired by
 question).
