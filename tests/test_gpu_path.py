@@ -301,12 +301,12 @@ def test_evaluation_limit_and_dtype_reach_generation(monkeypatch, tmp_path):
     class Stop(Exception):
         pass
 
-    def fake_generate(model, tok, ds, *a, **k):
-        seen.append([r["id"] for r in ds])
+    def fake_generate_sets(model, tok, jobs, *a, **k):
+        seen.append([r["id"] for ds, _, _ in jobs for r in ds])
         raise Stop
 
     monkeypatch.setattr(generate, "open_engine", lambda ref, **kw: seen.append(kw["dtype"]))
-    monkeypatch.setattr(generate, "generate", fake_generate)
+    monkeypatch.setattr(generate, "generate_sets", fake_generate_sets)
     rows = [{"id": f"q{i}", "question": "?", "options": ["a", "b"], "answer": "A"} for i in range(5)]
     monkeypatch.setattr(study, "eval_sets", lambda d: {"set": rows})
     with pytest.raises(Stop):
