@@ -23,9 +23,11 @@ skipped, each batch is appended and flushed, and a torn last line left by a cras
 appending. Resuming with other settings than the sidecar's raises :class:`GenerationError`.
 
 Seeds: vLLM gets one ``SamplingParams(n=N, seed=...)`` per question, the seed derived from ``seed`` and the
-question id, so samples do not depend on batching or on resuming. ``transformers`` has one random stream per
-batch: each batch is seeded from ``seed`` and its first question id, so sampled text depends on the batch
-layout (greedy decoding does not, up to padding numerics).
+question id, so samples do not depend on batching or on resuming. ``transformers`` (:func:`decode`, this module's
+own decoding loop) gives each answer its own random stream, seeded from ``seed``, the question id and the sample
+index: an answer depends neither on the batch it was drawn in nor on resuming, and two policies asked with the
+same seed draw with the same numbers (the paired comparison of :mod:`clinical_r1.rleffect`). Greedy decoding
+equals transformers' ``generate`` up to rounding.
 """
 
 from __future__ import annotations
@@ -205,9 +207,92 @@ def question_seed(seed: int, qid: str) -> int:
     return zlib.crc32(f"{seed}:{qid}".encode()) & 0x7FFFFFFF
 
 
+def sample_seed(seed: int, qid: str, sample: int) -> int:
+    """A stable 31-bit seed for one sample of one question (``transformers`` backend): each answer has its own random
+    stream, so it does not depend on batching, on the other answers in the batch, on resuming, or on the policy
+    (two policies given the same seed draw with the same numbers: the paired comparison of the RL effect)."""
+    return zlib.crc32(f"{seed}:{qid}:{sample}".encode()) & 0x7FFFFFFF
+
+
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The transformers decoding loop
+# ---------------------------------------------------------------------------------------------------
+
+
+def pick_tokens(logits: Any, uniforms: Any | None, temperature: float, top_p: float) -> Any:
+    """The next token of each row: the argmax when ``uniforms`` is None (greedy), else a draw from
+    ``softmax(logits / temperature)`` restricted to the top-``top_p`` nucleus (the smallest set of most likely
+    tokens whose mass reaches ``top_p``, as transformers' ``TopPLogitsWarper``), by inverse CDF: row i takes the
+    first token whose cumulative probability exceeds ``uniforms[i]`` (one number in [0, 1) per row and step)."""
+    import torch
+
+    if uniforms is None:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    order = None
+    if top_p < 1.0:
+        probs, order = probs.sort(dim=-1, descending=True)
+        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)  # keeps the most likely token always
+    cdf = probs.cumsum(-1)
+    j = torch.searchsorted(cdf, (uniforms.to(cdf) * cdf[:, -1]).unsqueeze(1), right=True).clamp_(max=cdf.shape[1] - 1)
+    return (order.gather(1, j) if order is not None else j).squeeze(1)
+
+
+def decode(model: Any, input_ids: Any, attention_mask: Any, n: int, max_new_tokens: int, eos_ids: set[int],
+           temperature: float = 0.0, top_p: float = 1.0, seeds: Sequence[int] | None = None) -> list[list[int]]:
+    """``n`` answers to each left-padded prompt: the generated token ids of each (prompt-major: prompt 0's n answers,
+    then prompt 1's), each ending at its first EOS token (included) or after ``max_new_tokens``.
+
+    One forward pass reads each prompt once and its KV cache is copied ``n`` times (the prompt is most of a short
+    answer's tokens); then one token per step for the answers still running: an answer that has ended leaves the
+    batch, so a step costs what the live answers cost rather than what the longest one does. Sampling
+    (``temperature`` > 0) draws row r's tokens from its own generator seeded with ``seeds[r]`` (:func:`pick_tokens`),
+    so an answer does not depend on the other rows of its batch. Greedy decoding equals transformers' ``generate``
+    up to rounding (tests/test_generate.py)."""
+    import torch
+
+    sample = temperature > 0
+    rows = input_ids.shape[0] * n
+    if sample and (seeds is None or len(seeds) != rows):
+        raise GenerationError(f"sampling {rows} answers needs {rows} seeds, got {0 if seeds is None else len(seeds)}")
+    uniforms = None
+    if sample:
+        uniforms = torch.stack([torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(int(s)),
+                                           dtype=torch.float64) for s in seeds]).to(input_ids.device)
+    mask = attention_mask.long()
+    position = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position, use_cache=True, logits_to_keep=1)
+    cache, logits = out.past_key_values, out.logits[:, -1]
+    last = position[:, -1]
+    if n > 1:
+        cache.batch_repeat_interleave(n)
+        logits, mask, last = (t.repeat_interleave(n, dim=0) for t in (logits, mask, last))
+    live = torch.arange(rows, device=input_ids.device)
+    tokens: list[list[int]] = [[] for _ in range(rows)]
+    stops = set(eos_ids)
+    for step in range(max_new_tokens):
+        nxt = pick_tokens(logits, None if uniforms is None else uniforms[live, step], temperature, top_p)
+        keep = []
+        for j, (r, t) in enumerate(zip(live.tolist(), nxt.tolist())):
+            tokens[r].append(t)
+            if t not in stops:
+                keep.append(j)
+        if not keep or step + 1 == max_new_tokens:
+            break
+        if len(keep) < len(live):  # ended answers leave the batch
+            idx = torch.tensor(keep, device=live.device)
+            cache.batch_select_indices(idx)
+            live, nxt, mask, last = live[idx], nxt[idx], mask[idx], last[idx]
+        mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
+        last = last + 1
+        logits = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=last.unsqueeze(1),
+                       past_key_values=cache, use_cache=True).logits[:, -1]
+    return tokens
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -252,39 +337,18 @@ class TransformersBackend:
         finally:
             tok.padding_side = side
         device = next(self.model.parameters()).device
-        enc = {k: v.to(device) for k, v in enc.items()}
-        kwargs: dict[str, Any] = dict(max_new_tokens=dec.max_new_tokens, pad_token_id=self.pad_id,
-                                      eos_token_id=sorted(self.eos_ids), num_return_sequences=dec.n)
-        if dec.temperature > 0:
-            kwargs.update(do_sample=True, temperature=dec.temperature, top_p=dec.top_p, top_k=0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        torch.manual_seed(question_seed(dec.seed, ids[0]))
+        seeds = [sample_seed(dec.seed, q, s) for q in ids for s in range(dec.n)]
         training = self.model.training
         self.model.eval()  # no dropout while answering; the caller's mode is restored after
         try:
             with torch.inference_mode(), cpu_decode_attention(self.model):
-                if dec.n > 1 and enc["input_ids"].shape[1] > 1:
-                    enc, kwargs = self._shared_prefix(enc, kwargs, dec.n)
-                out = self.model.generate(**enc, **kwargs)
+                rows = decode(self.model, enc["input_ids"].to(device), enc["attention_mask"].to(device),
+                              n=dec.n, max_new_tokens=dec.max_new_tokens, eos_ids=self.eos_ids,
+                              temperature=dec.temperature, top_p=dec.top_p, seeds=seeds)
         finally:
             self.model.train(training)
-        gen = out[:, enc["input_ids"].shape[1] :].tolist()
-        results = [self._decode(row, dec.max_new_tokens) for row in gen]
+        results = [self._decode(row, dec.max_new_tokens) for row in rows]
         return [results[i * dec.n : (i + 1) * dec.n] for i in range(len(prompts))]
-
-    def _shared_prefix(self, enc: dict[str, Any], kwargs: dict[str, Any], n: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        """``n`` samples per prompt without reading each prompt ``n`` times: one forward pass over the prompts
-        (all but their last token) fills the KV cache, which is copied ``n`` times; ``generate`` then reads only
-        the last prompt token of each copy. The prompt is most of a short answer's tokens, so sampling 4 answers
-        costs about a quarter of the prefill it would otherwise."""
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: positions count real tokens only
-        cache = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
-                           use_cache=True).past_key_values
-        cache.batch_repeat_interleave(n)
-        rep = {"input_ids": ids.repeat_interleave(n, dim=0), "attention_mask": mask.repeat_interleave(n, dim=0)}
-        return {**rep, "past_key_values": cache}, {**kwargs, "num_return_sequences": 1}
 
     def close(self) -> None:
         """Drop the model (and its GPU memory) before the next one is loaded."""

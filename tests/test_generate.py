@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from clinical_r1.generate import (GenerationError, TransformersBackend, generate, generate_sets, meta_path,
-                                  question_seed, read_generations, read_meta, render_prompt, vllm_available)
+from clinical_r1.generate import (GenerationError, TransformersBackend, decode, generate, generate_sets, meta_path,
+                                  pick_tokens, question_seed, read_generations, read_meta, render_prompt,
+                                  sample_seed, vllm_available)
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDQA_SAMPLE = ROOT.parent / "shared" / "benchmarks" / "medqa_usmle4_test_sample.jsonl"
@@ -265,3 +266,81 @@ def test_n_samples_read_each_prompt_once_and_answer_as_if_read_n_times(benchmark
              for p, i in zip(prompts, ids)]
     for got, want in zip(shared, alone):
         assert [g[0] for g in got] == [want[0], want[0]]
+
+
+def _left_padded(tok, items, kinds):
+    prompts = [render_prompt(tok, it, k) for it, k in zip(items, kinds)]
+    side, tok.padding_side = tok.padding_side, "left"
+    try:
+        return tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tok.padding_side = side
+
+
+@pytest.mark.slow
+def test_greedy_decoding_equals_transformers_generate_while_answers_leave_the_batch(benchmark_policy):
+    """The decoding loop against ``model.generate`` (the embedded model: the tiny one writes one token forever):
+    a left-padded batch of prompts of different lengths, with an
+    end token that some answers reach early (they leave the batch, so the cache is cut down mid-answer), others
+    later, others never; n = 2 (the prompt's cache copied) must give each answer twice."""
+    import torch
+
+    model, tok = benchmark_policy
+    enc = _left_padded(tok, _items(4), ["crpo", "direct", "cot", "grpo"])
+    with torch.inference_mode():
+        free = decode(model, enc["input_ids"], enc["attention_mask"], n=1, max_new_tokens=MAX_NEW, eos_ids={-1})
+    # the end token: one that some answers write early and at least one never writes
+    stop = next(t for t in free[0] if any(t not in row for row in free))
+    with torch.inference_mode():
+        ref = model.generate(**enc, max_new_tokens=MAX_NEW, do_sample=False, eos_token_id=stop,
+                             pad_token_id=stop, temperature=None, top_p=None, top_k=None)
+        got = decode(model, enc["input_ids"], enc["attention_mask"], n=2, max_new_tokens=MAX_NEW, eos_ids={stop})
+    want = []
+    for row in ref[:, enc["input_ids"].shape[1]:].tolist():
+        end = row.index(stop) + 1 if stop in row else len(row)
+        want += [row[:end]] * 2
+    assert got == want
+    assert {len(r) for r in got} != {MAX_NEW}  # some answers did end early
+
+
+def test_sampling_draws_from_the_tempered_nucleus():
+    """``pick_tokens``: token frequencies over many draws match softmax(logits / T) within the nucleus, renormalised,
+    and a token outside the nucleus is never drawn; greedy is the argmax."""
+    import torch
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
+    draws = 40_000
+    u = torch.rand(draws, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    rows = logits.expand(draws, -1)
+    for temp, top_p in ((1.0, 1.0), (0.7, 1.0), (1.0, 0.8)):
+        p = torch.softmax(logits[0] / temp, -1)
+        if top_p < 1.0:
+            keep = (p.cumsum(0) - p) < top_p
+            p = torch.where(keep, p, torch.zeros_like(p))
+            p = p / p.sum()
+        freq = torch.bincount(pick_tokens(rows, u, temp, top_p), minlength=6).double() / draws
+        assert torch.allclose(freq, p.double(), atol=0.01), (temp, top_p, freq, p)
+        assert (freq[p == 0] == 0).all()
+    assert pick_tokens(logits, None, 1.0, 1.0).tolist() == [0]
+
+
+def test_a_sampled_answer_does_not_depend_on_its_batch(policy):
+    """Each answer has its own random stream (``sample_seed``): drawn alone or beside other prompts (other lengths,
+    so other padding), an answer is the same, and another seed gives another answer."""
+    import torch
+
+    model, tok = policy
+    items = _items(3)
+    seeds = [sample_seed(0, it["id"], s) for it in items for s in range(2)]
+    kw = dict(n=2, max_new_tokens=MAX_NEW, eos_ids={tok.eos_token_id}, temperature=1.0, top_p=1.0)
+    with torch.inference_mode():
+        enc = _left_padded(tok, items, ["crpo", "direct", "cot"])
+        together = decode(model, enc["input_ids"], enc["attention_mask"], seeds=seeds, **kw)
+        one = _left_padded(tok, items[1:2], ["direct"])
+        alone = decode(model, one["input_ids"], one["attention_mask"], seeds=seeds[2:4], **kw)
+        other = decode(model, one["input_ids"], one["attention_mask"], seeds=[s + 1 for s in seeds[2:4]], **kw)
+    assert together[2:4] == alone
+    assert other != alone
+    assert together[0] != together[1]  # two samples of one question differ
+    with pytest.raises(GenerationError, match="needs 6 seeds, got 2"):
+        decode(model, enc["input_ids"], enc["attention_mask"], seeds=seeds[:2], **kw)
