@@ -4,8 +4,10 @@
 
 This is the test that catches RL wired wrong: an advantage with the wrong sign, or LoRA weights that are updated
 but never used for generation or evaluation, would leave the trained policy where it started or move it the wrong
-way (measured with the sign flipped inside TRL: both direction tests fail). It does not catch advantages shuffled
-across completions: measured that way, both runs still moved their own way (README, "The wiring test"). The real path runs end to end: ``crpo.run_crpo``
+way (measured with the sign flipped inside TRL: both direction tests fail). Advantages shuffled across completions
+can still move both runs their own way by chance (measured: README, "The wiring test"), so the runs also record
+what TRL's loss trains on, and each completion's advantage must be its own reward, recomputed from its text
+(``test_each_completion_is_trained_with_its_own_reward``). The real path runs end to end: ``crpo.run_crpo``
 (TRL's ``GRPOTrainer`` on the embedded model, from a training config) and ``rleffect.measure_run`` (the same
 held-out probe the demo reports: the run's cold start against its trained policy, same seeds, paired by
 question).
@@ -56,8 +58,27 @@ def train(root, splits, sign: float):
         "trainer.per_device_train_batch_size": 8, "trainer.num_generations": 4, "trainer.temperature": 1.0})
 
 
+def _recording_loss(seen: list):
+    """TRL's loss, recording what it trains on: each completion's text and the advantage it is pushed with."""
+    from trl import GRPOTrainer
+
+    original = GRPOTrainer._compute_loss
+
+    def record(self, model, inputs):
+        mask = inputs["completion_mask"].bool()
+        texts = [self.processing_class.decode(ids[m], skip_special_tokens=True)
+                 for ids, m in zip(inputs["completion_ids"], mask)]
+        prompts = [tuple(ids[m].tolist()) for ids, m in zip(inputs["prompt_ids"], inputs["prompt_mask"].bool())]
+        seen.append((prompts, texts, inputs["advantages"].detach().float().tolist()))
+        return original(self, model, inputs)
+
+    return record
+
+
 @pytest.fixture(scope="module")
 def effects(tmp_path_factory):
+    from trl import GRPOTrainer
+
     root = tmp_path_factory.mktemp("rl_effect")
     splits = root / "data"
     study.prepare_data(splits, train_benchmark="sample", split_sizes={"sft": 4, "rl": 16, "dev": 2, "test": PROBE},
@@ -65,10 +86,38 @@ def effects(tmp_path_factory):
     probe = study.probe_items(splits, ["sample"])
     out = {}
     for sign in (-1.0, 1.0):
-        run = train(root, splits, sign)
+        seen: list = []
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(GRPOTrainer, "_compute_loss", _recording_loss(seen))
+            run = train(root, splits, sign)
         out[sign] = measure_run(run, probe, n=4, batch_size=PROBE, seed=0, n_boot=2000)
-        out[sign]["dir"] = run
+        out[sign]["dir"], out[sign]["trained_on"] = run, seen
     return out
+
+
+def test_each_completion_is_trained_with_its_own_reward(effects):
+    """At TRL's loss, each completion's advantage is its own reward, recomputed here from its text, standardised
+    among the G completions of its prompt (``scale_rewards: group``; TRL shuffles a generation batch before the loss,
+    so groups are found by prompt): rewards aligned to the wrong completions (shuffled) or with the wrong sign fail
+    here whatever the held-out moves do (a shuffled run can still drift its own way by chance)."""
+    import numpy as np
+
+    from clinical_r1.examples.rewards import concise_answer
+    from clinical_r1.rewards import completion_length
+
+    for sign, e in effects.items():
+        assert len(e["trained_on"]) == STEPS
+        w = rewards(sign)
+        for prompts, texts, adv in e["trained_on"]:
+            r = w["completion_length"] * np.array(completion_length(texts)) + w[CONCISE] * np.array(concise_answer(texts))
+            want = np.zeros(len(texts))
+            groups = {}
+            for i, p in enumerate(prompts):
+                groups.setdefault(p, []).append(i)
+            assert sorted(len(g) for g in groups.values()) == [4, 4], "2 prompts x G 4 a step"
+            for g in groups.values():
+                want[g] = (r[g] - r[g].mean()) / (r[g].std(ddof=1) + 1e-4)
+            assert np.allclose(adv, want, atol=1e-3), (sign, texts, adv, want.tolist())
 
 
 def test_probe_questions_are_held_out(effects):
