@@ -924,6 +924,11 @@ def plot_rl_effect(effects: Mapping[str, Mapping[str, Any]], labels: Mapping[str
         n_q, n_s = int(t["n_questions"].iloc[0]), int(t["n_samples"].iloc[0])
         ax.set_title(f"{(labels or {}).get(arm, arm)}\n{n_q} held-out questions × {n_s} samples, "
                      f"T = {e['temperature']:g}", fontsize=10)
+    from matplotlib.lines import Line2D
+
+    key = [Line2D([], [], marker="o", ls="", ms=7, color="0.3", mfc="0.3", label="95% CI above 0"),
+           Line2D([], [], marker="o", ls="", ms=7, color="0.3", mfc="white", mew=1.6, label="95% CI not above 0")]
+    axes[0][-1].legend(handles=key, loc="lower right", fontsize=8, frameon=True)
     fig.suptitle("Held-out effect of RL: does each arm move toward its own reward?", y=1.0)
     fig.tight_layout()
     return fig

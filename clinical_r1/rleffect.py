@@ -8,8 +8,9 @@ a near-chance model's lucky guesses. So for one RL run this module
 1. samples ``n`` answers to each held-out probe question from the policy the run **started** from (the trained
    policy with its RL adapter switched off: the merged cold start, or the base model, in the training dtype) and
    from the **trained** policy, under the run's own prompt, at
-   the run's training temperature and completion budget, with the same per-question seeds for both (the
-   same random stream, so the two samples differ by the policy, not by the draw);
+   the run's training temperature and completion budget, with the same seed for each answer in both (each
+   answer has its own random stream, ``generate.sample_seed``, so the two samples differ by the policy, not by
+   the draw);
 2. scores every answer with each weighted reward of the run's own preset (``reward.k`` and
    ``reward.weights`` as trained), plus ``reward`` (the weighted total), ``reward_without_accuracy`` (the total
    less the accuracy term: what a near-chance model can learn) and ``valid`` (evaluation's rule: a letter was
