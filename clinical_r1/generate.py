@@ -243,13 +243,58 @@ def pick_tokens(logits: Any, uniforms: Any | None, temperature: float, top_p: fl
     return (order.gather(1, j) if order is not None else j).squeeze(1)
 
 
+PREFILL_ROWS = 8  # prompts read in one forward pass; a larger batch is read in passes of similar lengths
+
+
+def _prefill(model: Any, input_ids: Any, mask: Any, position: Any, rows: int) -> tuple[Any, Any]:
+    """Read left-padded prompts into a KV cache: ``(cache, last-token logits)``, as one forward pass over the batch
+    would. More than ``rows`` prompts are read in passes of ``rows``, longest first, each pass only as wide as its
+    longest prompt; the passes' caches are left-padded back to the batch's width (padding is masked) and joined in
+    the batch's order. A batch mixing short and long prompts (an evaluation of 4 sets: 131 to 506 tokens) would
+    otherwise pad every prompt to the longest: 24,288 tokens read for 13,711. Models whose cache layers are not
+    plain dynamic ones (sliding windows) are read in one pass."""
+    import torch
+    from torch.nn.functional import pad
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    width = input_ids.shape[1]
+
+    def read(idx: Any, real: int) -> Any:
+        return model(input_ids=input_ids[idx, width - real :], attention_mask=mask[idx, width - real :],
+                     position_ids=position[idx, width - real :], use_cache=True, logits_to_keep=1)
+
+    everything = torch.arange(input_ids.shape[0], device=input_ids.device)
+    if input_ids.shape[0] <= rows:
+        out = read(everything, width)
+        return out.past_key_values, out.logits[:, -1]
+    lengths = mask.sum(1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    layers: list[list[tuple[Any, Any]]] = []
+    logits = []
+    for idx in order.split(rows):
+        real = int(lengths[idx].max())
+        out = read(idx, real)
+        if any(type(layer) is not DynamicLayer for layer in out.past_key_values.layers):
+            out = read(everything, width)
+            return out.past_key_values, out.logits[:, -1]
+        layers.append([(pad(layer.keys, (0, 0, width - real, 0)), pad(layer.values, (0, 0, width - real, 0)))
+                       for layer in out.past_key_values.layers])
+        logits.append(out.logits[:, -1])
+    back = torch.argsort(order)
+    cache = DynamicCache()
+    for i in range(len(layers[0])):
+        cache.update(torch.cat([p[i][0] for p in layers])[back], torch.cat([p[i][1] for p in layers])[back], i)
+    return cache, torch.cat(logits)[back]
+
+
 def decode(model: Any, input_ids: Any, attention_mask: Any, n: int, max_new_tokens: int, eos_ids: set[int],
-           temperature: float = 0.0, top_p: float = 1.0, seeds: Sequence[int] | None = None) -> list[list[int]]:
+           temperature: float = 0.0, top_p: float = 1.0, seeds: Sequence[int] | None = None,
+           prefill_rows: int = PREFILL_ROWS) -> list[list[int]]:
     """``n`` answers to each left-padded prompt: the generated token ids of each (prompt-major: prompt 0's n answers,
     then prompt 1's), each ending at its first EOS token (included) or after ``max_new_tokens``.
 
-    One forward pass reads each prompt once and its KV cache is copied ``n`` times (the prompt is most of a short
-    answer's tokens); then one token per step for the answers still running: an answer that has ended leaves the
+    Each prompt is read once and its KV cache is copied ``n`` times (the prompt is most of a short answer's
+    tokens), in passes of ``prefill_rows`` prompts of similar length (:func:`_prefill`); then one token per step for the answers still running: an answer that has ended leaves the
     batch, so a step costs what the live answers cost rather than what the longest one does. Sampling
     (``temperature`` > 0) draws row r's tokens from its own generator seeded with ``seeds[r]`` (:func:`pick_tokens`),
     so an answer does not depend on the other rows of its batch. Greedy decoding equals transformers' ``generate``
@@ -266,8 +311,7 @@ def decode(model: Any, input_ids: Any, attention_mask: Any, n: int, max_new_toke
                                            dtype=torch.float64) for s in seeds]).to(input_ids.device)
     mask = attention_mask.long()
     position = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position, use_cache=True, logits_to_keep=1)
-    cache, logits = out.past_key_values, out.logits[:, -1]
+    cache, logits = _prefill(model, input_ids, mask, position, prefill_rows)
     last = position[:, -1]
     if n > 1:
         cache.batch_repeat_interleave(n)

@@ -282,7 +282,8 @@ def test_greedy_decoding_equals_transformers_generate_while_answers_leave_the_ba
     """The decoding loop against ``model.generate`` (the embedded model: the tiny one writes one token forever):
     a left-padded batch of prompts of different lengths, with an
     end token that some answers reach early (they leave the batch, so the cache is cut down mid-answer), others
-    later, others never; n = 2 (the prompt's cache copied) must give each answer twice."""
+    later, others never; n = 2 (the prompt's cache copied) must give each answer twice, and reading the prompts in
+    passes of 2 (similar lengths together, the caches padded back and joined) must not change an answer."""
     import torch
 
     model, tok = benchmark_policy
@@ -295,6 +296,10 @@ def test_greedy_decoding_equals_transformers_generate_while_answers_leave_the_ba
         ref = model.generate(**enc, max_new_tokens=MAX_NEW, do_sample=False, eos_token_id=stop,
                              pad_token_id=stop, temperature=None, top_p=None, top_k=None)
         got = decode(model, enc["input_ids"], enc["attention_mask"], n=2, max_new_tokens=MAX_NEW, eos_ids={stop})
+        # the prompts read in passes of 2 of similar length, their caches padded back to the batch's width
+        passes = decode(model, enc["input_ids"], enc["attention_mask"], n=2, max_new_tokens=MAX_NEW, eos_ids={stop},
+                        prefill_rows=2)
+    assert passes == got
     want = []
     for row in ref[:, enc["input_ids"].shape[1]:].tolist():
         end = row.index(stop) + 1 if stop in row else len(row)
