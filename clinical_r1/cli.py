@@ -10,6 +10,7 @@
     python -m clinical_r1 evaluate gen.jsonl --benchmark medqa --data medqa.jsonl --out gen.metrics.json
     python -m clinical_r1 judge    --generations gen.jsonl --items medqa.jsonl --config judge.yaml --cache c.jsonl --out j.jsonl
     python -m clinical_r1 textmetrics gen.jsonl --benchmark medqa --data medqa.jsonl --out gen.textmetrics.json
+    python -m clinical_r1 rl-effect results/demo/cold_start_crpo --splits results/demo/data --limit 12 --out probe48
     python -m clinical_r1 pipeline --recipe demo          # a whole study through papermill (also --grid, --gather)
     python -m clinical_r1 summary  results/demo           # (re)write results/demo/summary.{json,md}
     python -m clinical_r1 figures  results/demo --out figures
@@ -375,6 +376,38 @@ def add_textmetrics(sub: Any) -> Handler:
     return run
 
 
+def add_rl_effect(sub: Any) -> Handler:
+    from clinical_r1.evaluate import N_BOOT
+
+    p = sub.add_parser("rl-effect", help="an RL run's held-out effect: its cold start vs its trained policy, sampled "
+                                         "and scored with the run's own rewards, paired by question, 95%% CIs")
+    p.add_argument("run", help="an RL run folder (config.yaml and adapter/, as `crpo` writes it)")
+    p.add_argument("--splits", required=True, help="a split folder (`split` or notebook 01): its evaluation sets")
+    p.add_argument("--benchmarks", nargs="+", default=None, help="evaluation sets to probe (default: all of them)")
+    p.add_argument("--limit", type=int, default=None, help="the first N questions of each set (default: all)")
+    p.add_argument("--n", type=int, default=4, help="samples per question and policy")
+    p.add_argument("--seed", type=int, default=0, help="base seed of the samples (the same for both policies)")
+    p.add_argument("--batch-size", type=int, default=None, help="questions per generation batch (default: all)")
+    p.add_argument("--n-boot", type=int, default=N_BOOT)
+    p.add_argument("--out", default=None, help="folder for the answers and effect.json (default: <run>/rl_effect)")
+
+    def run(a: argparse.Namespace) -> Any:
+        from clinical_r1.errors import UsageError
+        from clinical_r1.rleffect import SHAPING, measure_run
+        from clinical_r1.study import probe_items
+
+        if a.limit is not None and a.limit < 1 or a.n < 1 or (a.batch_size is not None and a.batch_size < 1):
+            raise UsageError(f"--limit {a.limit}, --n {a.n} and --batch-size {a.batch_size} must be >= 1")
+        items = probe_items(a.splits, a.benchmarks, a.limit)
+        e = measure_run(a.run, items, n=a.n, batch_size=a.batch_size or len(items), seed=a.seed, n_boot=a.n_boot,
+                        out_dir=a.out)
+        for name, c in e["components"].items():
+            log.info("%-26s %.3f -> %.3f  %+.3f [%+.3f, %+.3f]%s", name, c["before"], c["after"], c["diff"], *c["ci"],
+                     "  <- the target: CI above 0" if name == SHAPING else "")
+
+    return run
+
+
 def add_pipeline(sub: Any) -> Handler:
     from clinical_r1.pipeline import NOTEBOOKS_DIR
 
@@ -584,6 +617,7 @@ SUBCOMMANDS: dict[str, Callable[[Any], Handler]] = {
     "evaluate": add_evaluate,
     "judge": add_judge,
     "textmetrics": add_textmetrics,
+    "rl-effect": add_rl_effect,
     "pipeline": add_pipeline,
     "summary": add_summary,
     "figures": add_figures,

@@ -181,16 +181,19 @@ def _generate_pair(spec: RunSpec, items: Sequence[Mapping[str, Any]], out_dir: P
 
 def measure_run(run_dir: str | os.PathLike, items: Sequence[Mapping[str, Any]], n: int = 4,
                 temperature: float | None = None, max_new_tokens: int | None = None, batch_size: int = 8,
-                seed: int = 0, n_boot: int = 2000, progress: bool = True) -> dict[str, Any]:
+                seed: int = 0, n_boot: int = 2000, progress: bool = True,
+                out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Measure one RL run's held-out effect on the probe ``items`` (see the module docstring); writes and returns
-    ``<run>/rl_effect/effect.json``. ``temperature``/``max_new_tokens``: None = the run's training values."""
+    ``<out_dir>/effect.json`` (default ``out_dir``: ``<run>/rl_effect``, the probe the study reports; another folder
+    keeps a second probe of the same run, say a larger one or other seeds, beside it). ``temperature``/
+    ``max_new_tokens``: None = the run's training values."""
     spec = run_spec(run_dir)
     items = list(items)
     if len(items) < 2 or n < 1:
         raise EffectError(f"the probe needs at least 2 questions and 1 sample each, got {len(items)} x {n}")
     temp = spec.temperature if temperature is None else float(temperature)
     budget = spec.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
-    out_dir = spec.run / EFFECT_DIR
+    out_dir = spec.run / EFFECT_DIR if out_dir is None else Path(out_dir)
     scores = {}
     for role, path in _generate_pair(spec, items, out_dir, n=n, temperature=temp, max_new_tokens=budget,
                                      batch_size=batch_size, seed=seed, progress=progress).items():

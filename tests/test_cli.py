@@ -97,6 +97,7 @@ def test_an_error_names_its_file_row_and_field() -> None:
     ["check-config", "/nonexistent/crpo.yaml"],
     ["summary", "/nonexistent/study"],
     ["pipeline", "--recipe", "/nonexistent/recipe.yaml"],
+    ["rl-effect", "/nonexistent/run", "--splits", "/nonexistent/splits"],
 ])
 def test_a_missing_input_is_exit_2_with_one_line_naming_it(argv: list[str], tmp_path: Path, monkeypatch, caplog) -> None:
     monkeypatch.chdir(tmp_path)
@@ -111,6 +112,7 @@ def test_a_missing_input_is_exit_2_with_one_line_naming_it(argv: list[str], tmp_
     (["evaluate", "g.jsonl", "--benchmark", "medqa2"], "unknown benchmark 'medqa2'"),
     (["textmetrics", "g.jsonl", "--benchmark", "jsonl"], "benchmark 'jsonl' needs a path"),
     (["generate", "--model", "m", "--benchmark", "sample", "--out", "g.jsonl", "--n", "2"], "would be identical"),
+    (["rl-effect", "run", "--splits", "s", "--n", "0"], "--n 0"),
 ])
 def test_a_bad_option_is_exit_2_naming_it(argv: list[str], says: str, tmp_path: Path, monkeypatch, caplog) -> None:
     monkeypatch.chdir(tmp_path)
