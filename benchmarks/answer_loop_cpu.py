@@ -83,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.perf_counter()
                 with torch.inference_mode(), cpu_decode_attention(model):
                     if path == "generate":
-                        kw = dict(do_sample=True, temperature=s["temperature"], top_p=1.0, top_k=0) if s["temperature"] \
-                            else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+                        if s["temperature"]:
+                            kw = dict(do_sample=True, temperature=s["temperature"], top_p=1.0, top_k=0)
+                        else:
+                            kw = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
                         out = model.generate(**enc, max_new_tokens=s["max_new_tokens"], num_return_sequences=s["n"],
                                              pad_token_id=pad, eos_token_id=sorted(eos), **kw)
                         rows = []

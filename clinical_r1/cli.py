@@ -396,7 +396,7 @@ def add_rl_effect(sub: Any) -> Handler:
         from clinical_r1.rleffect import SHAPING, measure_run
         from clinical_r1.study import probe_items
 
-        if a.limit is not None and a.limit < 1 or a.n < 1 or (a.batch_size is not None and a.batch_size < 1):
+        if (a.limit is not None and a.limit < 1) or a.n < 1 or (a.batch_size is not None and a.batch_size < 1):
             raise UsageError(f"--limit {a.limit}, --n {a.n} and --batch-size {a.batch_size} must be >= 1")
         items = probe_items(a.splits, a.benchmarks, a.limit)
         e = measure_run(a.run, items, n=a.n, batch_size=a.batch_size or len(items), seed=a.seed, n_boot=a.n_boot,

@@ -294,8 +294,9 @@ def decode(model: Any, input_ids: Any, attention_mask: Any, n: int, max_new_toke
     then prompt 1's), each ending at its first EOS token (included) or after ``max_new_tokens``.
 
     Each prompt is read once and its KV cache is copied ``n`` times (the prompt is most of a short answer's
-    tokens), in passes of ``prefill_rows`` prompts of similar length (:func:`_prefill`); then one token per step for the answers still running: an answer that has ended leaves the
-    batch, so a step costs what the live answers cost rather than what the longest one does. Sampling
+    tokens), in passes of ``prefill_rows`` prompts of similar length (:func:`_prefill`); then one token per step
+    for the answers still running: an answer that has ended leaves the batch, so a step costs what the live
+    answers cost rather than what the longest one does. Sampling
     (``temperature`` > 0) draws row r's tokens from its own generator seeded with ``seeds[r]`` (:func:`pick_tokens`),
     so an answer does not depend on the other rows of its batch. Greedy decoding equals transformers' ``generate``
     up to rounding (tests/test_generate.py)."""
@@ -368,7 +369,6 @@ class TransformersBackend:
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
         if not self.eos_ids:
             raise GenerationError("neither the model's generation_config nor the tokenizer defines an EOS token")
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
 
     def run(self, prompts: Sequence[str], ids: Sequence[str], dec: Decoding) -> list[list[tuple[str, int, str]]]:
         import torch

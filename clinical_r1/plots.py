@@ -887,6 +887,9 @@ def plot_response_length(df: pd.DataFrame, kind: str = "box", order: Sequence[st
 # ---------------------------------------------------------------------------------------------------
 
 
+# tick labels of the recipes' own methods, which the paper's reference (``method_labels``) does not name
+OWN_METHOD_LABELS = {"sft": "Cold start (SFT) alone", "baseline_crpo_prompt": "Base model + crpo prompt (control)"}
+
 EFFECT_LABELS = {"reward_without_accuracy": "reward without accuracy\n(what RL can teach here)",
                  "reward": "total reward", "valid": "valid answers"}
 
@@ -963,7 +966,8 @@ def make_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
     ref = results.resolve_paper_reference(paper_reference)
     order = results.paper_methods(ref, method_map) if ref else None
     rename = dict(method_map or {})
-    labels = {rename.get(m, m): v for m, v in (ref or {}).get("method_labels", {}).items()}
+    labels = {**OWN_METHOD_LABELS,
+              **{rename.get(m, m): v for m, v in (ref or {}).get("method_labels", {}).items()}}
     summary = results.read_grid_summary(ablation_summary) if ablation_summary is not None else None
     grid_dir = Path(ablation_summary).parent if summary is not None else None
     written: dict[str, list[Path]] = {}

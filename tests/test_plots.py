@@ -429,7 +429,8 @@ def test_accuracy_writes_every_number_and_draws_a_zero(study: Path, figures: dic
     diamonds = [ln for ln in medxpert.lines if ln.get_marker() == "D"]
     assert [(ln.get_xdata()[0], ln.get_ydata()[0]) for ln in diamonds] == [pytest.approx(zero.xy)]
     ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
-    assert "Cold Start + GRPO (grid, 2 seeds)" in ticks and "sft" in ticks  # the grid's 2x2 arm beside the run's
+    # the grid's 2x2 arm beside the run's own methods
+    assert "Cold Start + GRPO (grid, 2 seeds)" in ticks and plots.OWN_METHOD_LABELS["sft"] in ticks
     assert all(0 <= t <= 100 for t in medxpert.get_xticks())
     check_readable(fig)
 
@@ -476,8 +477,9 @@ def test_format_rewards_and_sft_loss_figures(study: Path, figures: dict) -> None
     assert [ax.get_title().split("\n")[0] for ax in fig.axes] == ["format compliance", "cross-reference rate",
                                                                    "valid answers"]
     ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
-    assert ticks == ["Base model + CoT [cot]", "Cold Start + GRPO (grid, 2 seeds) [grpo]",
-                     "Cold Start + CRPO (Clinical-R1) [crpo]", "sft [crpo]"]  # paper order; k-group run left out
+    assert ticks == ["Base model + CoT [cot]", "Cold Start + GRPO (grid, 2 seeds) [grpo]",  # paper order;
+                     "Cold Start + CRPO (Clinical-R1) [crpo]",  # k-group run left out
+                     f"{plots.OWN_METHOD_LABELS['sft']} [crpo]"]
     text = json.loads((study / "cold_start_crpo" / "medqa.textmetrics.json").read_text())
     xref = fig.axes[1]
     widths = sorted(round(p.get_width(), 6) for p in xref.patches)
@@ -662,3 +664,11 @@ def extra_figures(tmp_path: Path) -> dict:
 def test_no_two_labels_overlap_in_any_figure(figures: dict, tmp_path: Path) -> None:
     drawn = {name: fig for name, (fig, _) in figures.items()} | extra_figures(tmp_path)
     assert {name: label_overlaps(fig) for name, fig in drawn.items()} == {name: [] for name in drawn}
+
+
+def test_the_studys_own_methods_get_readable_names(figures: dict) -> None:
+    """The SFT cold start is not a method of the paper's reference, so its label comes from the plots' own map,
+    never the folder name."""
+    fig, _ = figures["format_by_method"]
+    ticks = {t.get_text() for ax in fig.axes for t in ax.get_yticklabels()}
+    assert f"{plots.OWN_METHOD_LABELS['sft']} [crpo]" in ticks and "sft [crpo]" not in ticks

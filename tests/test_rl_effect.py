@@ -109,7 +109,8 @@ def test_each_completion_is_trained_with_its_own_reward(effects):
         assert len(e["trained_on"]) == STEPS
         w = rewards(sign)
         for prompts, texts, adv in e["trained_on"]:
-            r = w["completion_length"] * np.array(completion_length(texts)) + w[CONCISE] * np.array(concise_answer(texts))
+            r = (w["completion_length"] * np.array(completion_length(texts))
+                 + w[CONCISE] * np.array(concise_answer(texts)))
             want = np.zeros(len(texts))
             groups = {}
             for i, p in enumerate(prompts):
